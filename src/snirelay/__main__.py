@@ -1,0 +1,3 @@
+from snirelay.cli import entry
+
+entry()

@@ -1,0 +1,1 @@
+"""snirelay.observe"""

@@ -1,0 +1,1 @@
+"""Pure protocol readers: no asyncio, socket, time or logging imports."""
