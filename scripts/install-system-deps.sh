@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the integration tests and benchmark need, if any is missing.
+# Needs root (or sudo); does nothing when everything is already there.
+set -euo pipefail
+need=()
+command -v nginx   >/dev/null 2>&1 || need+=(nginx-light)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v socat   >/dev/null 2>&1 || need+=(socat)
+command -v curl    >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v dig     >/dev/null 2>&1 || need+=(dnsutils)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${need[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
