@@ -1,0 +1,246 @@
+"""Tests for snirelay.routing: patterns, first-match order, `when` routes, hints."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snirelay.config.model import Addr, Route, Upstream
+from snirelay.routing import RouteTable, compile_pattern, match_name, normalize_name
+
+
+def route(i: int, *names: str, when: str | None = None) -> Route:
+    return Route(
+        place=f"endpoints[0].routes[{i}]",
+        upstream=Upstream(remotes=(Addr("127.0.0.1", 1000 + i),)),
+        server_names=names,
+        when=when,
+    )
+
+
+def table(*specs: tuple[str, ...] | str) -> RouteTable:
+    """Each spec is a tuple of server names, or a `when` condition string."""
+    routes = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str):
+            routes.append(route(i, when=spec))
+        else:
+            routes.append(route(i, *spec))
+    return RouteTable(routes)
+
+
+def idx(t: RouteTable, name: str | None, tls: bool = True, ip: bool = False) -> int | None:
+    picked = t.pick(name, tls=tls, name_is_ip=ip)
+    index = t.pick_index(name, tls=tls, name_is_ip=ip)
+    assert (picked is None) == (index is None)
+    if picked is not None:
+        assert picked is t.routes[index]  # type: ignore[index]
+    return index
+
+
+# --- patterns -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "expected"),
+    [
+        ("emby.example.com", "emby.example.com", True),
+        ("Emby.Example.COM.", "emby.example.com", True),
+        ("emby.example.com", "EMBY.example.com.", True),
+        ("emby.example.com", "x.emby.example.com", False),
+        ("*.example.com", "a.example.com", True),
+        ("*.example.com", "a.b.c.example.com", True),
+        ("*.example.com", "example.com", False),
+        ("*.example.com", "badexample.com", False),
+        ("*.example.com", ".example.com", False),
+        ("*.Example.com.", "A.EXAMPLE.COM", True),
+        ("~^media[0-9]+\\.example\\.org$", "media12.example.org", True),
+        ("~media[0-9]+\\.example\\.org", "media12.example.org", True),
+        ("~media[0-9]+\\.example\\.org", "xmedia12.example.org", False),  # anchored start
+        ("~media[0-9]+\\.example\\.org", "media12.example.org.uk", False),  # anchored end
+        ("~MEDIA[0-9]+\\.example\\.org", "media1.example.org", True),  # case-insensitive
+        ("bücher.example", "xn--bcher-kva.example", True),  # IDN pattern -> A-label
+    ],
+)
+def test_match_name(pattern: str, name: str, expected: bool) -> None:
+    assert match_name(pattern, name) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("~(unclosed", "invalid regex '(unclosed'"),
+        ("~", "invalid regex"),
+        ("", "empty server name"),
+        ("*", "invalid wildcard"),
+        ("*.", "invalid wildcard"),
+        ("a.*.example.com", "invalid wildcard"),
+        ("*example.com", "invalid wildcard"),
+        ("*.*.example.com", "invalid wildcard"),
+        ("a..b", "invalid server name"),
+    ],
+)
+def test_compile_pattern_errors(pattern: str, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        compile_pattern(pattern)
+
+
+def test_compile_pattern_kinds() -> None:
+    assert compile_pattern("A.B.").kind == "exact"
+    assert compile_pattern("A.B.").value == "a.b"
+    assert compile_pattern("*.B").value == "b"
+    assert compile_pattern("~x").kind == "regex"
+
+
+def test_normalize_name() -> None:
+    assert normalize_name("Emby.Example.com.") == "emby.example.com"
+    assert normalize_name("bücher.example") == "xn--bcher-kva.example"
+
+
+def test_table_error_names_its_place() -> None:
+    routes = [route(0, "a.com"), route(1, "b.com", "~(bad")]
+    with pytest.raises(ValueError, match=r"^endpoints\[0\]\.routes\[1\]\.server_names\[1\]: "):
+        RouteTable(routes)
+    with pytest.raises(ValueError, match=r"^endpoints\[0\]\.routes\[0\]\.when: unknown"):
+        RouteTable([route(0, when="sometimes")])
+
+
+# --- first match wins -----------------------------------------------------------------
+
+
+def test_exact_wildcard_regex() -> None:
+    t = table(("emby.example.com",), ("*.example.com", "~^media[0-9]+\\.example\\.org$"))
+    assert idx(t, "emby.example.com") == 0
+    assert idx(t, "jellyfin.example.com") == 1
+    assert idx(t, "a.b.example.com") == 1
+    assert idx(t, "media7.example.org") == 1
+    assert idx(t, "example.com") is None
+    assert idx(t, "other.net") is None
+    assert idx(t, "EMBY.example.com.") == 0  # normalised defensively
+
+
+def test_earlier_wildcard_beats_later_exact() -> None:
+    t = table(("*.example.com",), ("emby.example.com",))
+    assert idx(t, "emby.example.com") == 0
+
+
+def test_earlier_regex_beats_later_exact_and_wildcard() -> None:
+    t = table(("~e.*",), ("emby.example.com",), ("*.example.com",))
+    assert idx(t, "emby.example.com") == 0
+    assert idx(t, "x.example.com") == 2
+
+
+def test_later_regex_loses_to_earlier_exact() -> None:
+    t = table(("emby.example.com",), ("~.*",))
+    assert idx(t, "emby.example.com") == 0
+    assert idx(t, "anything") == 1
+
+
+def test_nested_wildcards_earliest_wins() -> None:
+    t = table(("*.example.com",), ("*.b.example.com",))
+    assert idx(t, "a.b.example.com") == 0
+    t = table(("*.b.example.com",), ("*.example.com",))
+    assert idx(t, "a.b.example.com") == 0
+    assert idx(t, "a.c.example.com") == 1
+    assert idx(t, "b.example.com") == 1
+
+
+def test_duplicate_exact_name_first_route_wins() -> None:
+    t = table(("a.com",), ("a.com",))
+    assert idx(t, "a.com") == 0
+
+
+# --- when conditions ------------------------------------------------------------------
+
+
+def test_when_routes() -> None:
+    t = table("not_tls", ("emby.example.com",), "ip_sni", "no_sni")
+    assert idx(t, None, tls=True) == 3
+    assert idx(t, "192.0.2.1", tls=True, ip=True) == 2
+    assert idx(t, "emby.example.com", tls=True) == 1
+    assert idx(t, "unknown.example.com", tls=True) is None
+    # plaintext HTTP: Host tried against server_names first, even past an earlier not_tls
+    assert idx(t, "emby.example.com", tls=False) == 1
+    assert idx(t, "unknown.example.com", tls=False) == 0
+    assert idx(t, None, tls=False) == 0
+    assert idx(t, "192.0.2.1", tls=False, ip=True) == 0
+
+
+def test_ip_literal_never_matches_server_names() -> None:
+    t = table(("~.*",), ("192.0.2.1",), ("*.0.2.1",))
+    assert idx(t, "192.0.2.1", ip=True) is None
+    assert idx(t, "2001:db8::1", ip=True) is None
+
+
+def test_no_when_routes_means_none() -> None:
+    t = table(("a.com",))
+    assert idx(t, None) is None
+    assert idx(t, None, tls=False) is None
+    assert idx(t, "1.2.3.4", ip=True) is None
+
+
+def test_empty_table() -> None:
+    t = RouteTable([])
+    assert idx(t, "a.com") is None
+    assert idx(t, None) is None
+
+
+# --- explain_miss ---------------------------------------------------------------------
+
+
+def test_explain_no_sni() -> None:
+    t = table(("emby.example.com",))
+    hint = t.explain_miss(None, True, False)
+    assert hint.startswith("client sent no server name (connected by IP?)")
+    assert "curl --resolve NAME:PORT:RELAY_IP https://NAME:PORT/" in hint
+    assert "\n" not in hint
+
+
+def test_explain_ip_sni() -> None:
+    hint = table(("a.com",)).explain_miss("192.0.2.1", True, True)
+    assert "192.0.2.1" in hint and "ip_sni" in hint
+
+
+def test_explain_not_tls() -> None:
+    t = table(("emby.example.com",))
+    assert "not_tls" in t.explain_miss(None, False, False)
+    hint = t.explain_miss("emby.example.org", False, False)
+    assert "emby.example.org" in hint and "emby.example.com" in hint
+
+
+def test_explain_unknown_name_lists_closest() -> None:
+    t = table(("emby.example.com", "other.net"), ("*.example.org",), ("jellyfin.example.com",))
+    hint = t.explain_miss("emby2.example.com", True, False)
+    assert "emby2.example.com" in hint
+    closest = hint.split("closest configured: ")[1].split(";")[0].split(", ")
+    assert closest[0] == "emby.example.com"
+    assert set(closest[:2]) == {"emby.example.com", "jellyfin.example.com"}
+    assert "\n" not in hint
+    assert "no server_names configured" in table("no_sni").explain_miss("a.com", True, False)
+
+
+# --- properties -----------------------------------------------------------------------
+
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?", fullmatch=True)
+_name = st.lists(_label, min_size=1, max_size=5).map(".".join)
+_pattern = st.one_of(
+    _name,
+    _name.map(lambda n: "*." + n),
+    _name.map(lambda n: "~" + n.replace(".", "\\.")),
+    _name.map(lambda n: "~.*" + n.split(".")[-1]),
+)
+
+
+@given(st.lists(st.lists(_pattern, min_size=1, max_size=3), max_size=6), _name)
+def test_pick_equals_linear_scan(route_names: list[list[str]], name: str) -> None:
+    """The precomputed lookup gives the same answer as trying every route in order."""
+    t = table(*(tuple(names) for names in route_names))
+    expected = next(
+        (i for i, names in enumerate(route_names) if any(match_name(p, name) for p in names)),
+        None,
+    )
+    assert idx(t, name) == expected
+    assert isinstance(t.explain_miss(name, True, False), str)
