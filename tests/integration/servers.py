@@ -48,7 +48,9 @@ def pick_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(ports: Iterable[int], proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+def wait_listening(
+    ports: Iterable[int], proc: subprocess.Popen[bytes], timeout: float = 10
+) -> None:
     """Wait until every port accepts a TCP connection on 127.0.0.1, or raise."""
     deadline = time.monotonic() + timeout
     pending = set(ports)
@@ -203,7 +205,9 @@ class TlsBackends:
     certs: Certs
     https: dict[str, int]  # name -> port of the https server for that name
     default_port: int  # https server with the default.example.com certificate
-    http: dict[str, int]  # name -> port of a plaintext server answering `http name=<name> host=$host`
+    http: dict[
+        str, int
+    ]  # name -> port of a plaintext server answering `http name=<name> host=$host`
     nginx: Nginx
 
     @property
