@@ -1,0 +1,426 @@
+"""One relayed TCP connection, from accept to its single log record.
+
+How it works
+------------
+A `Connection` is a small state machine driven only by event-loop callbacks (no task,
+no coroutine), which keeps the per-connection cost low:
+
+  [sniff: read first bytes, parse, pick a route]  (only when the endpoint has routes)
+  -> balancer order -> resolve -> connect each address in turn (tcp_timeout each)
+  -> replay the sniffed bytes byte-exact -> pump both ways (net.pump) -> close + record
+
+Every wait has a deadline: the first bytes (`sniff_timeout`), each connect attempt
+(`tcp_timeout`) and traffic in either direction (`tcp_idle_timeout`, enforced by the
+server's sweeper from the pump's byte counters, so the hot path never touches a timer).
+
+Error handling: any failure closes this connection only, with a reason in its record;
+a remote that refuses or times out is reported to the balancer and the next one is
+tried, so the client is served by a live remote instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from snirelay.net.pump import CopyDir, SpliceDir
+from snirelay.net.resolve import SockTarget
+from snirelay.net.sockopt import outbound_socket
+from snirelay.observe.log import CONN_LOG, LOG, conn_record
+from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.sniff import Sniffed, sniff
+
+if TYPE_CHECKING:
+    from asyncio import TimerHandle
+
+    from snirelay.net.runtime import Context, EndpointRT, UpstreamRT
+
+
+def _fmt(sa: Any) -> str:
+    host, port = sa[0], sa[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class Connection:
+    __slots__ = (
+        "ctx",
+        "ep",
+        "id",
+        "client",
+        "caddr",
+        "backend",
+        "upstream",
+        "route",
+        "up",
+        "down",
+        "t0",
+        "timer",
+        "order",
+        "oi",
+        "cur",
+        "targets",
+        "ti",
+        "prefix",
+        "buf",
+        "sni",
+        "alpn",
+        "ech",
+        "kind",
+        "hint",
+        "baddr",
+        "ndone",
+        "closed",
+        "idle_bytes",
+        "idle_since",
+        "failed_remotes",
+    )
+
+    def __init__(self, ctx: Context, ep: EndpointRT, client: socket.socket, caddr: Any) -> None:
+        self.ctx = ctx
+        self.ep = ep
+        ctx.next_id += 1
+        self.id = ctx.next_id
+        self.client = client
+        self.caddr = caddr
+        self.backend: socket.socket | None = None
+        self.upstream: UpstreamRT = ep.default
+        self.route = "default"
+        self.up: SpliceDir | CopyDir | None = None
+        self.down: SpliceDir | CopyDir | None = None
+        self.t0 = ctx.loop.time()
+        self.timer: TimerHandle | None = None
+        self.order: list[int] = []
+        self.oi = 0
+        self.cur = 0
+        self.targets: list[SockTarget] = []
+        self.ti = 0
+        self.prefix = b""
+        self.buf: bytearray | None = None
+        self.sni: str | None = None
+        self.alpn: tuple[str, ...] | None = None
+        self.ech = False
+        self.kind: str | None = None
+        self.hint: str | None = None
+        self.baddr: str | None = None
+        self.ndone = 0
+        self.closed = False
+        self.idle_bytes = -1
+        self.idle_since = 0.0
+        self.failed_remotes: list[str] | None = None
+
+    # ---- start -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.ctx.conns.add(self)
+        if self.ep.table is not None:
+            self.buf = bytearray()
+            self.ctx.loop.add_reader(self.client.fileno(), self._on_sniff)
+            self.timer = self.ctx.loop.call_later(
+                self.ep.cfg.upstream.network.sniff_timeout, self._on_sniff_timeout
+            )
+        else:
+            self._connect()
+
+    # ---- sniff -------------------------------------------------------------------------
+    def _on_sniff(self) -> None:
+        assert self.buf is not None
+        try:
+            data = self.client.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.close("reset" if isinstance(exc, ConnectionResetError) else f"error: {exc}")
+            return
+        if not data:
+            self.close("client-eof-before-hello")
+            return
+        self.buf += data
+        limit = self.ep.cfg.upstream.network.sniff_max_bytes
+        try:
+            res = sniff(bytes(self.buf), limit)
+        except ProtocolError as exc:
+            self._sniffed(None, exc)
+            return
+        if isinstance(res, NeedData):
+            if len(self.buf) >= limit:
+                self._sniffed(None, ProtocolError("too-large", f"first bytes exceed {limit}"))
+            return
+        self._sniffed(res, None)
+
+    def _on_sniff_timeout(self) -> None:
+        self.timer = None
+        if self.buf:
+            self._end_sniff()
+            self.close("sniff-timeout", "client sent an incomplete first message")
+            return
+        self._sniffed(None, ProtocolError("not-tls", "client sent nothing"), timed_out=True)
+
+    def _end_sniff(self) -> None:
+        self.ctx.loop.remove_reader(self.client.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _sniffed(
+        self, res: Sniffed | None, err: ProtocolError | None, timed_out: bool = False
+    ) -> None:
+        self._end_sniff()
+        ep = self.ep
+        table = ep.table
+        assert table is not None
+        if res is not None:
+            self.kind = res.kind
+            self.sni = res.name
+            if res.hello is not None:
+                self.alpn = res.hello.alpn
+                self.ech = res.hello.ech
+            tls = res.kind != "http"
+            route = table.pick(res.name, tls=tls, name_is_ip=res.name_is_ip)
+            if route is None:
+                self.hint = table.explain_miss(res.name, tls=tls, name_is_ip=res.name_is_ip)
+        else:
+            assert err is not None
+            self.kind = err.kind
+            route = table.pick(None, tls=False, name_is_ip=False)
+            if route is None:
+                self.hint = str(err)
+                if timed_out:
+                    self.close("sniff-timeout", "client sent nothing before network.sniff_timeout")
+                    return
+                if err.kind != "not-tls":
+                    self.close(err.kind, str(err))
+                    return
+        if route is not None:
+            self.route = route.place
+            self.upstream = ep.routes[route.place]
+        assert self.buf is not None
+        self.prefix = bytes(self.buf)
+        self.buf = None
+        if not self.upstream.cfg.remotes:
+            self.close("no-route", self.hint or "the endpoint has no remote for this connection")
+            return
+        self._connect()
+
+    # ---- connect -----------------------------------------------------------------------
+    def _connect(self) -> None:
+        up = self.upstream
+        n = len(up.cfg.remotes)
+        self.order = [0] if n == 1 else up.balancer.order(self.caddr[0], self.ctx.loop.time())
+        self.oi = 0
+        self._next_remote()
+
+    def _next_remote(self) -> None:
+        if self.oi >= len(self.order):
+            self.close("connect-failed", "no remote accepted the connection")
+            return
+        self.cur = self.order[self.oi]
+        self.oi += 1
+        addr = self.upstream.cfg.remotes[self.cur]
+        self.ctx.resolver.resolve(addr.host, addr.port, self._on_resolved)
+
+    def _on_resolved(self, res: list[SockTarget] | OSError) -> None:
+        if self.closed:
+            return
+        if isinstance(res, OSError):
+            LOG.debug("conn %d: resolve %s failed: %s", self.id, self._remote_name(), res)
+            self._remote_failed()
+            return
+        self.targets = res
+        self.ti = 0
+        self._try_target()
+
+    def _remote_name(self) -> str:
+        return str(self.upstream.cfg.remotes[self.cur])
+
+    def _remote_failed(self) -> None:
+        up = self.upstream
+        if len(up.cfg.remotes) > 1:
+            up.balancer.failed(self.cur, self.ctx.loop.time())
+        if self.failed_remotes is None:
+            self.failed_remotes = []
+        self.failed_remotes.append(self._remote_name())
+        self._next_remote()
+
+    def _try_target(self) -> None:
+        up = self.upstream
+        while self.ti < len(self.targets):
+            fam, sa = self.targets[self.ti]
+            self.ti += 1
+            try:
+                s = outbound_socket(fam, up.cfg.network, up.through, up.cfg.interface)
+            except OSError as exc:
+                LOG.warning("conn %d: cannot create socket for %s: %s", self.id, _fmt(sa), exc)
+                continue
+            err = s.connect_ex(sa)
+            if err == 0:
+                self.backend = s
+                self._connected(sa)
+                return
+            if err == errno.EINPROGRESS:
+                self.backend = s
+                self.baddr = _fmt(sa)
+                self.ctx.loop.add_writer(s.fileno(), self._on_connect_ready)
+                tmo = up.cfg.network.tcp_timeout
+                if tmo > 0:
+                    self.timer = self.ctx.loop.call_later(tmo, self._on_connect_timeout)
+                return
+            s.close()
+            LOG.debug("conn %d: connect %s: %s", self.id, _fmt(sa), errno.errorcode.get(err, err))
+        self._remote_failed()
+
+    def _drop_backend(self) -> None:
+        s = self.backend
+        if s is not None:
+            self.ctx.loop.remove_writer(s.fileno())
+            s.close()
+            self.backend = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _on_connect_ready(self) -> None:
+        s = self.backend
+        assert s is not None
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            LOG.debug("conn %d: connect %s: %s", self.id, self.baddr, errno.errorcode.get(err, err))
+            self._drop_backend()
+            self._try_target()
+            return
+        self.ctx.loop.remove_writer(s.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._connected(None)
+
+    def _on_connect_timeout(self) -> None:
+        self.timer = None
+        LOG.debug("conn %d: connect %s timed out", self.id, self.baddr)
+        self._drop_backend()
+        self._try_target()
+
+    def _connected(self, sa: Any) -> None:
+        if sa is not None:
+            self.baddr = _fmt(sa)
+        up = self.upstream
+        if len(up.cfg.remotes) > 1:
+            up.balancer.succeeded(self.cur)
+        if self.prefix:
+            self._send_prefix()
+        else:
+            self._start_pump()
+
+    def _send_prefix(self) -> None:
+        s = self.backend
+        assert s is not None
+        try:
+            n = s.send(self.prefix)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.close(f"error: backend: {exc}")
+            return
+        self.prefix = self.prefix[n:]
+        if self.prefix:
+            self.ctx.loop.add_writer(s.fileno(), self._on_prefix_writable)
+        else:
+            self._start_pump()
+
+    def _on_prefix_writable(self) -> None:
+        assert self.backend is not None
+        self.ctx.loop.remove_writer(self.backend.fileno())
+        self._send_prefix()
+
+    # ---- pump --------------------------------------------------------------------------
+    def _start_pump(self) -> None:
+        b = self.backend
+        assert b is not None
+        ctx = self.ctx
+        if ctx.splice:
+            self.up = SpliceDir(ctx.loop, self, self.client, b, ctx.pipes)
+            self.down = SpliceDir(ctx.loop, self, b, self.client, ctx.pipes)
+        else:
+            self.up = CopyDir(ctx.loop, self, self.client, b)
+            self.down = CopyDir(ctx.loop, self, b, self.client)
+        self.up.start()
+        self.down.start()
+
+    def pump_done(self) -> None:
+        self.ndone += 1
+        if self.ndone == 2:
+            self.close("eof")
+
+    def pump_failed(self, exc: OSError) -> None:
+        if isinstance(exc, ConnectionResetError):
+            self.close("reset")
+        elif isinstance(exc, BrokenPipeError):
+            self.close("broken-pipe")
+        else:
+            self.close(f"error: {exc}")
+
+    def idle_check(self, now: float) -> None:
+        """Called by the server's sweeper: close when no byte moved for the idle limit."""
+        limit = self.upstream.cfg.network.tcp_idle_timeout
+        if self.up is None or self.down is None or limit <= 0:
+            return
+        total = self.up.nbytes + self.down.nbytes
+        if total != self.idle_bytes:
+            self.idle_bytes = total
+            self.idle_since = now
+        elif now - self.idle_since >= limit:
+            self.close("idle-timeout")
+
+    # ---- close -------------------------------------------------------------------------
+    def close(self, reason: str, hint: str | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if hint is not None:
+            self.hint = hint
+        loop = self.ctx.loop
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for d in (self.up, self.down):
+            if d is not None:
+                d.stop()
+                d.release()
+        cfd = self.client.fileno()
+        if cfd >= 0:
+            loop.remove_reader(cfd)
+            loop.remove_writer(cfd)
+        self.client.close()
+        if self.backend is not None:
+            bfd = self.backend.fileno()
+            loop.remove_reader(bfd)
+            loop.remove_writer(bfd)
+            self.backend.close()
+        self.ctx.conns.discard(self)
+        if CONN_LOG.isEnabledFor(logging.INFO):
+            self._record(reason)
+
+    def _record(self, reason: str) -> None:
+        up, down = self.up, self.down
+        fields: dict[str, Any] = {
+            "event": "conn",
+            "id": self.id,
+            "listener": self.ep.cfg.place,
+            "client": _fmt(self.caddr),
+            "backend": self.baddr,
+            "sni": self.sni,
+            "alpn": list(self.alpn) if self.alpn is not None else None,
+            "ech": self.ech,
+            "kind": self.kind,
+            "route": self.route,
+            "bytes_up": up.nbytes if up else 0,
+            "bytes_down": down.nbytes if down else 0,
+            "duration": round(self.ctx.loop.time() - self.t0, 6),
+            "path": ("splice" if isinstance(up, SpliceDir) else "copy") if up else None,
+            "close": reason,
+        }
+        if self.failed_remotes:
+            fields["failed_remotes"] = self.failed_remotes
+        if self.hint:
+            fields["hint"] = self.hint
+        conn_record(fields)

@@ -1,0 +1,256 @@
+"""The byte pump: one object per direction, driven by event-loop readiness callbacks.
+
+How it works
+------------
+A connection has two directions (client->backend "up", backend->client "down"). Each
+direction owns its source and destination file descriptors and moves bytes with no
+Python objects in between:
+
+- `SpliceDir` (Linux): socket -> pipe -> socket with `os.splice`. The pipe is empty
+  whenever the source is being read, so `EAGAIN` from the first splice always means
+  "the source has nothing", never "the pipe is full". Bytes the destination could not
+  take stay in the pipe; the direction then stops reading its source (backpressure) and
+  waits for the destination to become writable.
+- `CopyDir`: the portable fallback, `recv_into` a per-direction buffer and `send`.
+
+Each callback reads until `EAGAIN` (bounded per call so one fast stream cannot starve
+others): a reader that stopped at a short read would never hear of a peer that sent
+data and then reset, because uvloop drops the watcher of a socket in error after one
+callback.
+
+EOF from the source becomes `shutdown(SHUT_WR)` on the destination while the other
+direction keeps flowing (half-close). When both directions are done the owner's
+`pump_done()` runs; any socket error calls the owner's `pump_failed(exc)`.
+
+Resource handling: pipes come from a bounded `PipePool` and go back to it only when
+empty; a direction never closes the sockets (its owner does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+from typing import Protocol
+
+SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+HAVE_SPLICE = hasattr(os, "splice")
+F_SETPIPE_SZ = 1031
+MAX_ROUNDS = 16  # chunks moved per readiness callback before yielding to the loop
+
+
+class PumpOwner(Protocol):
+    def pump_done(self) -> None: ...
+    def pump_failed(self, exc: OSError) -> None: ...
+
+
+class PipePool:
+    """Reusable non-blocking pipe pairs of one size. Bounded: extras are closed."""
+
+    __slots__ = ("size", "_free", "_limit")
+
+    def __init__(self, pages: int = 16, limit: int = 512) -> None:
+        self.size = pages * 4096
+        self._free: list[tuple[int, int]] = []
+        self._limit = limit
+
+    def get(self) -> tuple[int, int]:
+        if self._free:
+            return self._free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.size != 65536:
+            try:
+                fcntl.fcntl(w, F_SETPIPE_SZ, self.size)
+            except OSError:
+                pass  # over /proc/sys/fs/pipe-max-size: keep the default
+        return r, w
+
+    def put(self, pipe: tuple[int, int], clean: bool) -> None:
+        if clean and len(self._free) < self._limit:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        for r, w in self._free:
+            os.close(r)
+            os.close(w)
+        self._free.clear()
+
+
+class _Dir:
+    """State shared by both pump kinds."""
+
+    __slots__ = ("loop", "owner", "src", "dst", "sfd", "dfd", "pending", "nbytes", "done")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        owner: PumpOwner,
+        src: socket.socket,
+        dst: socket.socket,
+    ) -> None:
+        self.loop = loop
+        self.owner = owner
+        self.src = src
+        self.dst = dst
+        self.sfd = src.fileno()
+        self.dfd = dst.fileno()
+        self.pending = 0  # bytes read but not yet written
+        self.nbytes = 0  # bytes delivered to dst
+        self.done = False
+
+    def start(self) -> None:
+        self.loop.add_reader(self.sfd, self.on_readable)
+
+    def stop(self) -> None:
+        """Remove watchers (the owner is closing the sockets)."""
+        self.loop.remove_reader(self.sfd)
+        self.loop.remove_writer(self.dfd)
+
+    def _eof(self) -> None:
+        self.loop.remove_reader(self.sfd)
+        self.done = True
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer is already gone; the other direction will notice
+        self.owner.pump_done()
+
+    def _blocked(self) -> None:
+        self.loop.remove_reader(self.sfd)
+        self.loop.add_writer(self.dfd, self.on_writable)
+
+    def _unblocked(self) -> None:
+        self.loop.remove_writer(self.dfd)
+        self.loop.add_reader(self.sfd, self.on_readable)
+
+    def on_readable(self) -> None:
+        raise NotImplementedError
+
+    def on_writable(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Give back per-direction resources (pipes, buffers)."""
+
+
+class SpliceDir(_Dir):
+    """Zero-copy direction: socket -> pipe -> socket."""
+
+    __slots__ = ("pool", "pr", "pw", "chunk")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        owner: PumpOwner,
+        src: socket.socket,
+        dst: socket.socket,
+        pool: PipePool,
+    ) -> None:
+        super().__init__(loop, owner, src, dst)
+        self.pool = pool
+        self.pr, self.pw = pool.get()
+        self.chunk = pool.size
+
+    def on_readable(self) -> None:
+        splice = os.splice
+        sfd, dfd, pr, pw, chunk = self.sfd, self.dfd, self.pr, self.pw, self.chunk
+        try:
+            for _ in range(MAX_ROUNDS):
+                n = splice(sfd, pw, chunk, None, None, SPLICE_FLAGS)
+                if n == 0:
+                    self._eof()
+                    return
+                self.pending = n  # the pipe holds data until it is written out
+                try:
+                    m = splice(pr, dfd, n, None, None, SPLICE_FLAGS)
+                except BlockingIOError:
+                    m = 0
+                self.nbytes += m
+                self.pending = n - m
+                if self.pending:
+                    self._blocked()
+                    return
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.owner.pump_failed(exc)
+
+    def on_writable(self) -> None:
+        try:
+            m = os.splice(self.pr, self.dfd, self.pending, None, None, SPLICE_FLAGS)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.owner.pump_failed(exc)
+            return
+        self.nbytes += m
+        self.pending -= m
+        if self.pending == 0:
+            self._unblocked()
+
+    def release(self) -> None:
+        if self.pr >= 0:
+            self.pool.put((self.pr, self.pw), clean=self.pending == 0)
+            self.pr = self.pw = -1
+
+
+class CopyDir(_Dir):
+    """Buffered direction: recv_into a reusable buffer, then send."""
+
+    __slots__ = ("buf", "view", "off")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        owner: PumpOwner,
+        src: socket.socket,
+        dst: socket.socket,
+        size: int = 65536,
+    ) -> None:
+        super().__init__(loop, owner, src, dst)
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.off = 0
+
+    def on_readable(self) -> None:
+        recv_into, send, view = self.src.recv_into, self.dst.send, self.view
+        try:
+            for _ in range(MAX_ROUNDS):
+                n = recv_into(view)
+                if n == 0:
+                    self._eof()
+                    return
+                try:
+                    m = send(view[:n])
+                except BlockingIOError:
+                    m = 0
+                self.nbytes += m
+                if m < n:
+                    self.off, self.pending = m, n - m
+                    self._blocked()
+                    return
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.owner.pump_failed(exc)
+
+    def on_writable(self) -> None:
+        try:
+            m = self.dst.send(self.view[self.off : self.off + self.pending])
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.owner.pump_failed(exc)
+            return
+        self.nbytes += m
+        self.off += m
+        self.pending -= m
+        if self.pending == 0:
+            self._unblocked()
+
+    def release(self) -> None:
+        self.view.release()

@@ -1,0 +1,60 @@
+"""Runtime objects built from the frozen config, in one place.
+
+`Context` is what every connection shares (loop, resolver, pipe pool, live connection
+set). `EndpointRT` / `UpstreamRT` pair each config object with the state it needs at run
+time (balancer, compiled route table, parsed `through`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from snirelay.balance import Balancer
+from snirelay.config.model import Config, Endpoint, Upstream
+from snirelay.net.pump import HAVE_SPLICE, PipePool
+from snirelay.net.resolve import Resolver
+from snirelay.net.sockopt import parse_through
+from snirelay.routing import RouteTable
+
+if TYPE_CHECKING:
+    from snirelay.net.conn import Connection
+
+
+class UpstreamRT:
+    __slots__ = ("cfg", "balancer", "through")
+
+    def __init__(self, cfg: Upstream) -> None:
+        self.cfg = cfg
+        self.balancer = Balancer(
+            cfg.balance,
+            max(1, len(cfg.remotes)),
+            max_fails=cfg.max_fails,
+            fail_timeout=cfg.fail_timeout,
+        )
+        self.through = parse_through(cfg.through)
+
+
+class EndpointRT:
+    __slots__ = ("cfg", "default", "routes", "table")
+
+    def __init__(self, cfg: Endpoint) -> None:
+        self.cfg = cfg
+        self.default = UpstreamRT(cfg.upstream)
+        self.routes = {r.place: UpstreamRT(r.upstream) for r in cfg.routes}
+        self.table = RouteTable(cfg.routes) if cfg.routes else None
+
+
+class Context:
+    __slots__ = ("loop", "config", "resolver", "pipes", "conns", "next_id", "splice")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, config: Config, *, splice: bool = HAVE_SPLICE
+    ) -> None:
+        self.loop = loop
+        self.config = config
+        self.resolver = Resolver(loop, config.dns)
+        self.pipes = PipePool(config.pipe_pages)
+        self.conns: set[Connection] = set()
+        self.next_id = 0
+        self.splice = splice

@@ -1,0 +1,105 @@
+"""Socket construction: listeners and outbound sockets with the configured options.
+
+Linux copies most options (TCP_NODELAY, keepalive) from a listening socket to the
+sockets it accepts, so they are set once on the listener rather than per connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from snirelay.config.model import Addr, NetworkConfig
+
+IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def family_of(host: str) -> int:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def set_keepalive(sock: socket.socket, net: NetworkConfig) -> None:
+    if net.tcp_keepalive <= 0:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    secs = max(1, int(net.tcp_keepalive))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, secs)
+    if net.tcp_keepalive_probe > 0:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, net.tcp_keepalive_probe)
+
+
+def bind_device(sock: socket.socket, interface: str | None) -> None:
+    if interface:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+
+
+def make_listener(
+    addr: Addr,
+    net: NetworkConfig,
+    interface: str | None = None,
+    *,
+    reuse_port: bool = False,
+    backlog: int = 4096,
+) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket. Raises OSError."""
+    fam = family_of(addr.host)
+    proto = IPPROTO_MPTCP if net.accept_mptcp else 0
+    sock = socket.socket(fam, socket.SOCK_STREAM, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if fam == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(net.ipv6_only))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_keepalive(sock, net)
+        bind_device(sock, interface)
+        sock.bind((addr.host, addr.port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def parse_through(through: str | None) -> tuple[str, int] | None:
+    """`through` as (ip, port): "192.0.2.10", "192.0.2.10:0", "[2001:db8::1]:0"."""
+    if not through:
+        return None
+    t = through.strip()
+    if t.startswith("["):
+        host, _, port = t[1:].partition("]")
+        return host, int(port.lstrip(":") or 0)
+    if t.count(":") == 1:
+        host, port = t.split(":")
+        return host, int(port)
+    return t, 0
+
+
+def outbound_socket(
+    family: int,
+    net: NetworkConfig,
+    through: tuple[str, int] | None,
+    interface: str | None,
+) -> socket.socket:
+    """A non-blocking socket ready to connect. Raises OSError."""
+    proto = IPPROTO_MPTCP if net.send_mptcp else 0
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, proto)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_keepalive(sock, net)
+        bind_device(sock, interface)
+        if through is not None and family_of(through[0]) == family:
+            if through[1] == 0:
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind(through)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
