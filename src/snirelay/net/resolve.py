@@ -14,6 +14,7 @@ import ipaddress
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from snirelay.config.model import DnsConfig
 
@@ -56,9 +57,9 @@ class Resolver:
             done([(fam, (ip, port)) for fam, ip in hit[1]])
             return
         fut = self.loop.getaddrinfo(host, port, family=self._family, type=socket.SOCK_STREAM)
-        task = asyncio.ensure_future(fut)
+        task: asyncio.Future[list[Any]] = asyncio.ensure_future(fut)
 
-        def finished(t: asyncio.Future[list[tuple[object, ...]]]) -> None:
+        def finished(t: asyncio.Future[list[Any]]) -> None:
             exc = t.exception()
             if exc is not None:
                 done(exc if isinstance(exc, OSError) else OSError(str(exc)))
