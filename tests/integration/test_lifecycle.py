@@ -1,0 +1,231 @@
+"""Connection and process lifecycle: drain on SIGTERM, idle timeout, resets, refusals.
+
+- SIGTERM while a slow transfer runs: the listener closes (new connections are
+  refused), the running transfer finishes intact, then the relay exits 0.
+- `network.tcp_idle_timeout = 1`: a silent connection, and a half-closed one, are
+  closed after about a second with close=idle-timeout.
+- A client that sends and then resets (SO_LINGER 0): the relay closes the backend side
+  and logs the connection promptly, with no help from the idle timeout (the uvloop
+  trap described in docs/performance.md). The same for a backend that resets.
+- A backend that refuses: the client is closed at once, the relay keeps serving.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.peers import (
+    EchoServer,
+    SilentServer,
+    StreamServer,
+    TcpServer,
+    connect,
+    duplex,
+)
+from helpers.relay import RelayProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def idle_config(port: int, remote: str, idle: float) -> str:
+    return f"""
+[log]
+level = "info"
+output = "stderr"
+
+[network]
+tcp_idle_timeout = {idle}
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{remote}"
+"""
+
+
+def rst_close(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def wait_closed(sock: socket.socket, timeout: float) -> tuple[str, float]:
+    """Read until the peer closes; return ("eof"|"reset", seconds waited)."""
+    sock.settimeout(timeout)
+    t0 = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+        return "eof", time.monotonic() - t0
+    except ConnectionResetError:
+        return "reset", time.monotonic() - t0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_running_transfer(tmp_path: Path, sig: int) -> None:
+    total = 1 << 20  # 16 chunks of 64 KiB, one every 0.1 s: ~1.6 s of transfer
+    with StreamServer(total, "concurrent", chunk_delay=0.1, chunk_size=64 << 10) as srv:
+        port = free_port()
+        with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
+            relay.start()
+            sock = connect(port, timeout=20)
+            first = sock.recv(1024)  # the transfer is running
+            assert first
+            assert relay.proc is not None
+            relay.proc.send_signal(sig)
+
+            # the listener goes away: new connections are refused
+            deadline = time.monotonic() + 5
+            refused = False
+            while time.monotonic() < deadline:
+                try:
+                    probe = socket.create_connection(("127.0.0.1", port), timeout=1)
+                except ConnectionRefusedError:
+                    refused = True
+                    break
+                probe.close()
+                time.sleep(0.05)
+            assert refused, relay.log
+            assert relay.running, "relay exited before the transfer finished\n" + relay.log
+
+            # the running transfer finishes intact
+            res = duplex(sock, 0, "concurrent")
+            sock.close()
+            assert res.error is None, res.error
+            (sres,) = srv.wait_results(1, timeout=20)
+            assert len(first) + res.received == total
+            assert sres.error is None, sres.error
+
+            assert relay.wait(timeout=15) == 0, relay.log
+            drained = [r for r in relay.records() if r["bytes_down"] == total]
+            assert drained and drained[0]["close"] == "eof", relay.records()
+
+
+def test_signal_with_no_connections_exits_promptly(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
+            relay.start()
+            t0 = time.monotonic()
+            assert relay.stop(signal.SIGTERM, timeout=10) == 0, relay.log
+            assert time.monotonic() - t0 < 5, relay.log
+
+
+def test_idle_timeout_closes_silent_connection(tmp_path: Path) -> None:
+    with SilentServer() as srv:
+        port = free_port()
+        with RelayProcess(config=idle_config(port, srv.addr, 1), tmp_path=tmp_path) as relay:
+            relay.start()
+            with connect(port, timeout=10) as s:
+                how, waited = wait_closed(s, timeout=10)
+            assert 0.5 <= waited <= 5, (how, waited, relay.log)
+            (rec,) = relay.wait_records(1, timeout=5)
+            assert rec["close"] == "idle-timeout", rec
+            assert relay.running
+
+
+def test_idle_timeout_reaps_half_closed_connection(tmp_path: Path) -> None:
+    """Client sends and half-closes; the backend never answers nor closes."""
+    with SilentServer() as srv:
+        port = free_port()
+        with RelayProcess(config=idle_config(port, srv.addr, 1), tmp_path=tmp_path) as relay:
+            relay.start()
+            with connect(port, timeout=10) as s:
+                s.sendall(b"request")
+                s.shutdown(socket.SHUT_WR)
+                how, waited = wait_closed(s, timeout=10)
+            assert waited <= 5, (how, waited, relay.log)
+            (rec,) = relay.wait_records(1, timeout=5)
+            assert rec["close"] == "idle-timeout", rec
+            assert rec["bytes_up"] == len(b"request"), rec
+
+
+@pytest.mark.parametrize("size", [0, 100, 4 << 20])
+def test_client_reset_closes_backend_side(tmp_path: Path, size: int) -> None:
+    """Send then RST, repeatedly: each backend connection must end and each be logged
+    within seconds (the idle timeout is left at its 300 s default on purpose)."""
+    rounds = 5
+    with StreamServer(0, "after_eof", timeout=20) as srv:
+        port = free_port()
+        with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
+            relay.start()
+            for _ in range(rounds):
+                s = connect(port, timeout=10)
+                if size:
+                    s.sendall(b"r" * size)
+                rst_close(s)
+            recs = relay.wait_records(rounds, timeout=10)  # logged promptly, each
+            assert len(recs) == rounds
+            # every backend connection the relay opened has been closed (EOF or reset)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(srv.results) < srv.connections:
+                time.sleep(0.05)
+            assert len(srv.results) == srv.connections, (srv.connections, srv.results)
+            assert relay.running
+            # and the relay still serves
+            with connect(port) as s:
+                s.sendall(b"still here")
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(10)
+                s.recv(1)  # StreamServer(0) sends nothing: EOF once it has read all
+            last = srv.wait_results(srv.connections, timeout=10)[-1]
+            assert last.received == len(b"still here"), last
+
+
+class ResettingServer(TcpServer):
+    """Sends some data and then resets the connection."""
+
+    def handle(self, sock: socket.socket) -> None:
+        sock.sendall(b"partial answer")
+        time.sleep(0.1)
+        rst_close(sock)
+
+
+def test_backend_reset_closes_client_side(tmp_path: Path) -> None:
+    with ResettingServer() as srv:
+        port = free_port()
+        with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
+            relay.start()
+            with connect(port, timeout=10) as s:
+                s.sendall(b"q")
+                got = b""
+                t0 = time.monotonic()
+                try:
+                    while True:
+                        data = s.recv(65536)
+                        if not data:
+                            break
+                        got += data
+                except ConnectionResetError:
+                    pass
+                assert time.monotonic() - t0 < 5
+            assert got in (b"", b"partial answer")
+            (rec,) = relay.wait_records(1, timeout=5)
+            assert rec["close"] != "idle-timeout", rec
+            assert relay.running
+
+
+def test_backend_refuses_client_closed_cleanly(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", dead], tmp_path=tmp_path) as relay:
+        relay.start()
+        for _ in range(3):
+            with connect(port, timeout=10) as s:
+                how, waited = wait_closed(s, timeout=10)
+            assert how == "eof", how  # a FIN, not a reset: nothing was left unread
+            assert waited < 5
+        recs = relay.wait_records(3, timeout=5)
+        assert all(r["close"] == "connect-failed" for r in recs), recs
+        assert dead in relay.log
+        assert relay.running
+        # a client that already sent data is closed too (a reset is acceptable then)
+        with connect(port, timeout=10) as s:
+            s.sendall(b"hello")
+            how, waited = wait_closed(s, timeout=10)
+            assert waited < 5
+        assert relay.running
