@@ -1,0 +1,402 @@
+"""Load a configuration: files (TOML, JSON, legacy v1 JSON), directories and command-line
+flags, merged into one frozen `Config`.
+
+How it works
+------------
+1. `read_documents(path)` gives ``(label, dict)`` pairs: one for a file (label ""), one
+   per ``*.toml``/``*.json`` for a directory (sorted, dot-files skipped; the label is the
+   file name). The format is detected by content: JSON starts with ``{``, anything else
+   is TOML. A legacy v1 document is converted (`legacy.convert_legacy`).
+2. Each document's global sections ([log], [dns], [network], [api], ``workers``,
+   ``drain_timeout``) are type-checked into "keys set" dicts and merged; in a directory,
+   two files setting the same key is an error naming both files.
+3. Command-line flags (`CliOptions`) override the merged globals (log, dns, network).
+4. Endpoints are parsed (`endpoints.parse_endpoint`) with the global network from the
+   files and the command-line network overrides, so precedence is
+   command line > route > endpoint > global. ``-l``/``-r`` add one endpoint.
+
+Places: ``endpoints[i]`` for a file, ``NAME.toml:endpoints[i]`` in a directory,
+``command line`` for the ``-l``/``-r`` endpoint.
+
+Error handling: every problem raises `ConfigError` with a one-line message that names the
+place (file, key path, or flag). Nothing else escapes for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snirelay.config.addr import is_ip, parse_addr
+from snirelay.config.endpoints import NETWORK_KEYS, parse_endpoint, parse_network
+from snirelay.config.legacy import convert_legacy, is_legacy
+from snirelay.config.model import (
+    DNS_MODES,
+    DNS_PROTOCOLS,
+    LOG_LEVELS,
+    Addr,
+    ApiConfig,
+    Config,
+    ConfigError,
+    DnsConfig,
+    Endpoint,
+    LogConfig,
+    NetworkConfig,
+)
+from snirelay.config.table import Table, check_choice, check_range, check_seconds
+
+TOP_KEYS = ("log", "dns", "network", "endpoints", "api", "workers", "drain_timeout")
+LOG_KEYS = tuple(f.name for f in dataclasses.fields(LogConfig))
+DNS_KEYS = tuple(f.name for f in dataclasses.fields(DnsConfig))
+API_KEYS = ("listen", "token")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass
+class CliOptions:
+    """Every realm command-line flag plus snirelay's; None (or False) = not given."""
+
+    listen: str | None = None  # -l
+    remote: str | None = None  # -r
+    through: str | None = None  # -x
+    interface: str | None = None  # -i
+    listen_interface: str | None = None  # -e
+    listen_transport: str | None = None  # -a
+    remote_transport: str | None = None  # -b
+    udp: bool | None = None  # -u
+    ntcp: bool | None = None  # -t
+    ipv6: bool | None = None  # -6
+    mptcp: bool | None = None  # -m
+    daemon: bool | None = None  # -d
+    nofile: int | None = None  # -n
+    pipe_page: int | None = None  # -p
+    fast_open: bool | None = None  # -f (accepted, no effect)
+    zero_copy: bool | None = None  # -z (accepted, no effect)
+    log_level: str | None = None
+    log_output: str | None = None
+    log_format: str | None = None  # snirelay
+    dns_mode: str | None = None
+    dns_protocol: str | None = None
+    dns_servers: str | None = None  # "a:53,b:53"
+    dns_min_ttl: int | None = None
+    dns_max_ttl: int | None = None
+    dns_cache_size: int | None = None
+    send_proxy: bool | None = None
+    send_proxy_version: int | None = None
+    accept_proxy: bool | None = None
+    accept_proxy_timeout: float | None = None
+    tcp_timeout: float | None = None
+    udp_timeout: float | None = None
+    tcp_keepalive: float | None = None
+    tcp_keepalive_probe: int | None = None
+    tcp_idle_timeout: float | None = None  # snirelay
+    workers: int | None = None  # snirelay, -w
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def parse_text(text: str, name: str) -> dict[str, Any]:
+    """Parse one document; JSON when it starts with '{', TOML otherwise."""
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(name, f"invalid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(name, "expected a JSON object at the top")
+        return data
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, f"invalid TOML: {exc}") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            str(path), f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    data = parse_text(text, str(path))
+    if is_legacy(data):
+        try:
+            data = convert_legacy(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc.place}", exc.message) from None
+    return data
+
+
+def read_documents(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, data)`` for a file (label "") or each config file of a directory."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(
+            f
+            for f in p.iterdir()
+            if not f.name.startswith(".") and f.suffix in (".toml", ".json") and f.is_file()
+        )
+        if not files:
+            raise ConfigError(path, "directory holds no *.toml or *.json file")
+        return [(f.name, _read_file(f)) for f in files]
+    if not p.exists():
+        raise ConfigError(path, "no such file or directory")
+    return [("", _read_file(p))]
+
+
+# ---------------------------------------------------------------- global sections
+
+
+def _section(top: Table, key: str) -> dict[str, Any]:
+    """The keys one global section sets, type-checked."""
+    if key == "log":
+        tbl = top.table("log", LOG_KEYS)
+        if tbl is None:
+            return {}
+        out: dict[str, Any] = {}
+        if "level" in tbl:
+            out["level"] = tbl.choice("level", LOG_LEVELS)
+        if "output" in tbl:
+            out["output"] = tbl.text("output")
+        if "format" in tbl:
+            out["format"] = tbl.choice("format", LOG_FORMATS)
+        return out
+    if key == "dns":
+        tbl = top.table("dns", DNS_KEYS)
+        if tbl is None:
+            return {}
+        out = {}
+        if "mode" in tbl:
+            out["mode"] = tbl.choice("mode", DNS_MODES)
+        if "protocol" in tbl:
+            out["protocol"] = tbl.choice("protocol", DNS_PROTOCOLS)
+        if "nameservers" in tbl:
+            servers = tbl.strings("nameservers") or []
+            place = tbl.place_of("nameservers")
+            out["nameservers"] = tuple(
+                _nameserver(s, f"{place}[{i}]") for i, s in enumerate(servers)
+            )
+        for k in ("min_ttl", "max_ttl", "cache_size"):
+            if k in tbl:
+                out[k] = tbl.integer(k, 0)
+        return out
+    if key == "network":
+        tbl = top.table("network", NETWORK_KEYS)
+        return parse_network(tbl) if tbl else {}
+    raise AssertionError(key)
+
+
+def _nameserver(raw: str, place: str) -> Addr:
+    addr = parse_addr(raw, place, default_port=53)
+    if not is_ip(addr.host):
+        raise ConfigError(place, f"{raw!r}: a nameserver must be an IP address")
+    return addr
+
+
+class _Globals:
+    """Merged global keys, remembering which file set each (for directory conflicts)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {"log": {}, "dns": {}, "network": {}, "top": {}}
+        self.origin: dict[str, str] = {}
+
+    def add(self, label: str, section: str, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            name = key if section == "top" else f"{section}.{key}"
+            if name in self.origin:
+                raise ConfigError(name, f"set in both {self.origin[name]} and {label}")
+            self.origin[name] = label
+            self.values[section][key] = value
+
+
+def _top(tbl: Table) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "workers" in tbl:
+        out["workers"] = tbl.integer("workers", 1, 1024)
+    if "drain_timeout" in tbl:
+        out["drain_timeout"] = tbl.seconds("drain_timeout")
+    api = tbl.table("api", API_KEYS)
+    if api is not None:
+        listen = api.text("listen")
+        if listen is None:
+            raise api.error("listen", "missing ([api] needs a listen address)")
+        token = api.text("token")
+        out["api"] = ApiConfig(parse_addr(listen, api.place_of("listen"), allow_zero=True), token)
+    return out
+
+
+# ---------------------------------------------------------------- command line
+
+_CLI_NETWORK = {
+    "udp": ("use_udp",),
+    "ntcp": ("no_tcp",),
+    "ipv6": ("ipv6_only",),
+    "mptcp": ("send_mptcp", "accept_mptcp"),
+    "send_proxy": ("send_proxy",),
+    "send_proxy_version": ("send_proxy_version",),
+    "accept_proxy": ("accept_proxy",),
+    "accept_proxy_timeout": ("accept_proxy_timeout",),
+    "tcp_timeout": ("tcp_timeout",),
+    "udp_timeout": ("udp_timeout",),
+    "tcp_keepalive": ("tcp_keepalive",),
+    "tcp_keepalive_probe": ("tcp_keepalive_probe",),
+    "tcp_idle_timeout": ("tcp_idle_timeout",),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def cli_network(cli: CliOptions) -> dict[str, Any]:
+    """NetworkConfig keys set on the command line, range-checked."""
+    out: dict[str, Any] = {}
+    for opt, keys in _CLI_NETWORK.items():
+        value = getattr(cli, opt)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            pass
+        elif opt == "send_proxy_version":
+            check_range(_flag(opt), value, 1, 2)
+        elif isinstance(value, int) and opt == "tcp_keepalive_probe":
+            check_range(_flag(opt), value, 0)
+        else:
+            check_seconds(_flag(opt), value)
+            value = float(value)
+        for key in keys:
+            out[key] = value
+    return out
+
+
+def _cli_log_dns(cli: CliOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    log: dict[str, Any] = {}
+    if cli.log_level is not None:
+        log["level"] = check_choice("--log-level", cli.log_level, LOG_LEVELS)
+    if cli.log_output is not None:
+        log["output"] = cli.log_output
+    if cli.log_format is not None:
+        log["format"] = check_choice("--log-format", cli.log_format, LOG_FORMATS)
+    dns: dict[str, Any] = {}
+    if cli.dns_mode is not None:
+        dns["mode"] = check_choice("--dns-mode", cli.dns_mode, DNS_MODES)
+    if cli.dns_protocol is not None:
+        dns["protocol"] = check_choice("--dns-protocol", cli.dns_protocol, DNS_PROTOCOLS)
+    if cli.dns_servers is not None:
+        items = [s.strip() for s in cli.dns_servers.split(",") if s.strip()]
+        dns["nameservers"] = tuple(_nameserver(s, "--dns-servers") for s in items)
+    for key in ("min_ttl", "max_ttl", "cache_size"):
+        value = getattr(cli, f"dns_{key}")
+        if value is not None:
+            check_range(_flag(f"dns_{key}"), value, 0)
+            dns[key] = value
+    return log, dns
+
+
+_CLI_ENDPOINT = {
+    "listen": "-l/--listen",
+    "remote": "-r/--remote",
+    "through": "-x/--through",
+    "interface": "-i/--interface",
+    "listen_interface": "-e/--listen-interface",
+    "listen_transport": "-a/--listen-transport",
+    "remote_transport": "-b/--remote-transport",
+}
+
+
+def _cli_endpoint(cli: CliOptions) -> dict[str, Any] | None:
+    given = {k: getattr(cli, k) for k in _CLI_ENDPOINT if getattr(cli, k) is not None}
+    if not given:
+        return None
+    for key in ("listen", "remote"):
+        if key not in given:
+            other = [_CLI_ENDPOINT[k] for k in given if k not in ("listen", "remote")]
+            need = "needs" if not other else f"needs (with {', '.join(other)})"
+            raise ConfigError(
+                _CLI_ENDPOINT[key], f"missing: the command-line endpoint {need} -l and -r"
+            )
+    return given
+
+
+# ---------------------------------------------------------------- the loader
+
+
+def load_config(path: str | None, cli: CliOptions | None = None) -> Config:
+    """Read `path` (file or directory, optional) and `cli` into one validated Config."""
+    cli = cli or CliOptions()
+    docs = read_documents(path) if path is not None else []
+    merged = _Globals()
+    tables: list[tuple[str, Table]] = []
+    for label, data in docs:
+        try:
+            top = Table(data, "", TOP_KEYS)
+            for section in ("log", "dns", "network"):
+                merged.add(label, section, _section(top, section))
+            merged.add(label, "top", _top(top))
+        except ConfigError as exc:
+            raise _in_file(exc, label) from None
+        tables.append((label, top))
+    cli_log, cli_dns = _cli_log_dns(cli)
+    cli_net = cli_network(cli)
+    log = LogConfig(**{**merged.values["log"], **cli_log})
+    dns = DnsConfig(**{**merged.values["dns"], **cli_dns})
+    if dns.min_ttl > dns.max_ttl:
+        raise ConfigError("dns.min_ttl", f"{dns.min_ttl} is above max_ttl {dns.max_ttl}")
+    file_net = NetworkConfig(**merged.values["network"])
+    endpoints: list[Endpoint] = []
+    for label, top in tables:
+        raws = top.tables("endpoints") or []
+        for i, raw in enumerate(raws):
+            place = f"{label}:endpoints[{i}]" if label else f"endpoints[{i}]"
+            endpoints.extend(parse_endpoint(raw, place, file_net, cli_net))
+    cli_ep = _cli_endpoint(cli)
+    if cli_ep is not None:
+        endpoints.extend(parse_endpoint(cli_ep, "command line", file_net, cli_net, _CLI_ENDPOINT))
+    if not endpoints:
+        where = "" if path is None else path
+        raise ConfigError(where, "no endpoints (give -l/-r, or [[endpoints]] in the config)")
+    _check_listen_unique(endpoints)
+    top_values = merged.values["top"]
+    workers = cli.workers if cli.workers is not None else top_values.get("workers", 1)
+    check_range("-w/--workers", workers, 1, 1024)
+    if cli.nofile is not None:
+        check_range("-n/--nofile", cli.nofile, 1)
+    if cli.pipe_page is not None:
+        check_range("-p/--pipe-page", cli.pipe_page, 1, 65536)
+    return Config(
+        endpoints=tuple(endpoints),
+        log=log,
+        dns=dns,
+        network=dataclasses.replace(file_net, **cli_net),
+        api=top_values.get("api"),
+        workers=workers,
+        nofile=cli.nofile,
+        pipe_pages=cli.pipe_page if cli.pipe_page is not None else 16,
+        daemon=bool(cli.daemon),
+        drain_timeout=top_values.get("drain_timeout", 30.0),
+    )
+
+
+def _in_file(exc: ConfigError, label: str) -> ConfigError:
+    if not label:
+        return exc
+    return ConfigError(f"{label}:{exc.place}" if exc.place else label, exc.message)
+
+
+def _check_listen_unique(endpoints: list[Endpoint]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for ep in endpoints:
+        if ep.listen.port == 0:
+            continue
+        key = (ep.listen.host, ep.listen.port)
+        if key in seen and seen[key] != ep.place:
+            raise ConfigError(f"{ep.place}.listen", f"{ep.listen} is already used by {seen[key]}")
+        seen[key] = ep.place
+
+
+__all__ = ["CliOptions", "ConfigError", "load_config", "convert_legacy", "read_documents"]
