@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 BLOCK_SIZE = 4 << 20
 RECV_SIZE = 1 << 20
@@ -278,7 +278,7 @@ class TcpServer:
         for t in self._threads:
             t.join(5)
 
-    def __enter__(self) -> TcpServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

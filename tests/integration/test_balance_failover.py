@@ -102,7 +102,7 @@ def test_dead_remote_is_skipped(tmp_path: Path, backends: list[EchoServer], stra
     config = balance_config(port, [live[0], dead, live[1]], strategy)
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
-        served = Counter()
+        served: Counter[str] = Counter()
         for i in range(30):
             ip = f"127.0.0.{1 + i % 10}"
             # every client gets its echo: the dead remote never shows
