@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -79,7 +80,12 @@ def parse_text_record(line: str) -> dict[str, Any] | None:
     if at < 0:
         return None
     rec: dict[str, Any] = {"event": "conn"}
-    for token in line[at + len("conn ") :].split():
+    body = line[at + len("conn ") :]
+    try:
+        tokens = shlex.split(body)  # values with spaces are written "quoted"
+    except ValueError:
+        tokens = body.split()
+    for token in tokens:
         key, sep, value = token.partition("=")
         if not sep:
             continue
