@@ -1,0 +1,362 @@
+"""`snirelay demo`: the relay on a built-in setup that needs no network.
+
+How it works:
+
+1. A throw-away CA and leaf certificates for emby.example.com, jellyfin.example.com and
+   default.example.com are made with `cryptography` in a temporary directory.
+2. Local backends start in a background thread with their own asyncio loop: a plain TCP
+   echo server, and one TLS server per name answering any request with a tiny HTTP
+   response that names itself and the SNI it received (`name=... sni=...`).
+3. A relay config is written next to the certificates: endpoints[0] forwards to the echo
+   server (realm's plain forwarding); endpoints[1] routes on SNI to the two named TLS
+   backends with a `no_sni` route to the default one and no `remote`, so an unknown name
+   is closed and the log says why.
+4. What to try is printed, then the relay runs in the foreground (it owns the main
+   thread and its event loop) until Ctrl-C, or for `--duration S` seconds.
+
+Ports: `--ports BASE` uses BASE (echo backend), BASE+1 (forward endpoint), BASE+2 (SNI
+endpoint) and BASE+3.. (TLS backends); without it every port is chosen by the kernel.
+
+Resource handling: the backend thread is stopped and joined, and the temporary directory
+removed, however the relay returns (Ctrl-C, duration elapsed, error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import os
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+NAMES = ("emby.example.com", "jellyfin.example.com")
+DEFAULT_NAME = "default.example.com"
+REQUEST_HEAD_MAX = 16384
+REQUEST_TIMEOUT = 5.0
+
+
+# -- certificates --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: Path
+    leaves: dict[str, tuple[Path, Path]]  # name -> (cert, key)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_certs(directory: Path, names: Sequence[str]) -> Certs:
+    """A CA (`ca.pem`) and per name `NAME.crt` / `NAME.key`, valid for a day."""
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_subject = _name("snirelay demo CA")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_subject)
+        .issuer_name(ca_subject)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = directory / "ca.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    leaves: dict[str, tuple[Path, Path]] = {}
+    for name in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(ca_subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+        leaves[name] = (cert_path, key_path)
+    return Certs(ca_path, leaves)
+
+
+# -- backends ------------------------------------------------------------------------------
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+class _NamedTls:
+    """A TLS server that answers one HTTP request with its name and the SNI it saw."""
+
+    def __init__(self, name: str, cert: Path, key: Path) -> None:
+        self.name = name
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert, key)
+        self.context.set_alpn_protocols(["http/1.1"])
+        self.seen: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+        self.context.sni_callback = self._on_sni
+
+    def _on_sni(self, conn: object, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name is not None:
+            self.seen[conn] = server_name
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sni = self.seen.get(writer.get_extra_info("ssl_object"), "")
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.LimitOverrunError):
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            body = f"name={self.name} sni={sni}\n".encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+
+class Backends:
+    """The demo backends on a private event loop in a daemon thread.
+
+    `start()` returns once every server listens; `ports` maps "echo" and each TLS name to
+    its port. `stop()` closes the servers, stops the loop and joins the thread.
+    """
+
+    def __init__(self, certs: Certs, base_port: int = 0) -> None:
+        self.certs = certs
+        self.base_port = base_port
+        self.ports: dict[str, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="demo-backends", daemon=True)
+        self._servers: list[asyncio.Server] = []
+
+    def _port(self, index: int) -> int:
+        return self.base_port + index if self.base_port else 0
+
+    async def _serve(self) -> None:
+        echo = await asyncio.start_server(_echo, "127.0.0.1", self._port(0))
+        self._servers.append(echo)
+        self.ports["echo"] = echo.sockets[0].getsockname()[1]
+        for i, (name, (cert, key)) in enumerate(self.certs.leaves.items()):
+            tls = _NamedTls(name, cert, key)
+            server = await asyncio.start_server(
+                tls.handle, "127.0.0.1", self._port(3 + i), ssl=tls.context
+            )
+            self._servers.append(server)
+            self.ports[name] = server.sockets[0].getsockname()[1]
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # reported to start() in the main thread
+            self._error = exc
+            self._ready.set()
+            self._loop.close()
+            return
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            for server in self._servers:
+                server.close()
+            self._loop.run_until_complete(self._cancel_rest())
+            self._loop.close()
+
+    async def _cancel_rest(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def start(self, timeout: float = 10) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("demo backends did not start in time")
+        if self._error is not None:
+            raise RuntimeError(f"demo backends: {self._error}") from self._error
+
+    def stop(self, timeout: float = 5) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+
+# -- relay config and instructions ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def relay_config(forward_port: int, sni_port: int, ports: dict[str, int]) -> str:
+    routes = "".join(
+        f'  [[endpoints.routes]]\n  server_names = ["{name}"]\n'
+        f'  remote = "127.0.0.1:{ports[name]}"\n\n'
+        for name in NAMES
+    )
+    return (
+        '[log]\nlevel = "info"\noutput = "stderr"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{forward_port}"\n'
+        f'remote = "127.0.0.1:{ports["echo"]}"\n\n'
+        "# SNI routing; no `remote`: a name that matches no route is closed, with a hint logged\n"
+        f'[[endpoints]]\nlisten = "127.0.0.1:{sni_port}"\n\n'
+        f"{routes}"
+        f'  [[endpoints.routes]]\n  when = "no_sni"\n'
+        f'  remote = "127.0.0.1:{ports[DEFAULT_NAME]}"\n'
+    )
+
+
+def instructions(forward_port: int, sni_port: int, ca: Path, config: Path) -> str:
+    emby, jellyfin = NAMES
+    return f"""\
+snirelay demo: forward=127.0.0.1:{forward_port} sni=127.0.0.1:{sni_port} ca={ca}
+config: {config}
+
+Plain forwarding (127.0.0.1:{forward_port} -> a local echo server):
+  printf hi | nc -q1 127.0.0.1 {forward_port}
+
+SNI routing on one port (127.0.0.1:{sni_port}), TLS passed through untouched:
+  curl --resolve {emby}:{sni_port}:127.0.0.1 --cacert {ca} https://{emby}:{sni_port}/
+  curl --resolve {jellyfin}:{sni_port}:127.0.0.1 --cacert {ca} https://{jellyfin}:{sni_port}/
+  openssl s_client -connect 127.0.0.1:{sni_port} -servername {jellyfin} -CAfile {ca} </dev/null
+No SNI (connecting by IP) goes to the no_sni route; an unknown name is closed with a hint:
+  curl -k https://127.0.0.1:{sni_port}/
+  openssl s_client -connect 127.0.0.1:{sni_port} -servername other.example.net </dev/null
+
+Running; Ctrl-C to stop.
+"""
+
+
+def _run_relay(config_path: Path) -> int:
+    """Load the written config and run the relay; expected failures become one line."""
+    from snirelay.config.load import load_config
+    from snirelay.config.model import ConfigError
+    from snirelay.server import StartupError, run
+
+    try:
+        return run(load_config(str(config_path)))
+    except ConfigError as exc:
+        print(f"snirelay demo: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"snirelay demo: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="snirelay demo", description="Run the relay in front of local demo backends."
+    )
+    parser.add_argument(
+        "--ports",
+        type=int,
+        default=0,
+        metavar="BASE",
+        help="use ports BASE..BASE+5 (default: ports chosen by the system)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=0, metavar="S", help="stop after S seconds"
+    )
+    args = parser.parse_args(argv)
+    if args.ports and not 1 <= args.ports <= 65530:
+        parser.error("--ports: BASE must be between 1 and 65530")
+
+    with tempfile.TemporaryDirectory(prefix="snirelay-demo-") as tmp:
+        directory = Path(tmp)
+        certs = make_certs(directory, (*NAMES, DEFAULT_NAME))
+        backends = Backends(certs, args.ports)
+        try:
+            backends.start()
+        except RuntimeError as exc:
+            print(f"snirelay demo: {exc}", file=sys.stderr)
+            return 3
+        timer: threading.Timer | None = None
+        try:
+            if args.ports:
+                forward_port, sni_port = args.ports + 1, args.ports + 2
+            else:
+                forward_port, sni_port = _free_port(), _free_port()
+                while sni_port == forward_port:
+                    sni_port = _free_port()
+            config_path = directory / "relay.toml"
+            config_path.write_text(relay_config(forward_port, sni_port, backends.ports))
+            print(instructions(forward_port, sni_port, certs.ca, config_path), flush=True)
+            if args.duration > 0:
+                # SIGINT, as Ctrl-C would: the relay drains and returns.
+                timer = threading.Timer(args.duration, os.kill, (os.getpid(), signal.SIGINT))
+                timer.daemon = True
+                timer.start()
+            try:
+                return _run_relay(config_path)
+            except KeyboardInterrupt:
+                return 0
+        finally:
+            if timer is not None:
+                timer.cancel()
+            backends.stop()
