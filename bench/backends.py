@@ -1,0 +1,214 @@
+"""Backends the relays forward to, started once per benchmark run.
+
+How it works: each backend listens on a loopback port chosen here and lives for the
+whole run, so every relay sees the same backend.
+
+- ``iperf3``: ``iperf3 -s`` for throughput (single and 8 streams).
+- ``http``: nginx, 2 workers, answering every request with a tiny body on
+  keep-alive connections (new-connection rate with ``ab``, persistent rate with ``wrk``).
+- ``https``: nginx with TLS on two ports, one certificate each (``a.bench.test``,
+  ``b.bench.test``, from a CA made at start), answering with the server name it saw;
+  the SNI-routing target.
+- ``integrity``: a Python thread that reads to EOF, then replies with the sha256 of
+  what it got followed by the same bytes, then closes (checks half-close and bytes).
+- ``idle``: a Python thread that accepts and holds connections (memory at N idle).
+
+Resource handling: ``Backends.close()`` stops every process and thread started here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass, field
+
+from common import LOOPBACK, BenchError, free_port, start, stop, wait_port, which
+
+SNI_NAMES = ("a.bench.test", "b.bench.test")
+HTTP_BODY = "ok\n"
+
+
+class _Acceptor(threading.Thread):
+    """Accept loop on a listening socket in a daemon thread; bounded by close()."""
+
+    def __init__(self, handler: str) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(4096)
+        self.sock.settimeout(0.5)
+        self.port = int(self.sock.getsockname()[1])
+        self.handler = handler
+        self.held: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+
+    def run(self) -> None:
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self.closing.is_set():
+                    return
+                self.closing.wait(0.05)  # EMFILE and the like: back off, retry
+                continue
+            if self.handler == "idle":
+                with self.lock:
+                    self.held.append(conn)
+            else:
+                threading.Thread(target=_hash_echo, args=(conn,), daemon=True).start()
+
+    def accepted(self) -> int:
+        with self.lock:
+            return len(self.held)
+
+    def drop_held(self) -> None:
+        with self.lock:
+            held, self.held = self.held, []
+        for c in held:
+            c.close()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.join(2)
+        self.sock.close()
+        self.drop_held()
+
+
+def _hash_echo(conn: socket.socket) -> None:
+    """Read to EOF (max 256 MiB), reply sha256 digest + the bytes, then close."""
+    conn.settimeout(30)
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while total < 256 << 20:
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            chunks.append(data)
+            total += len(data)
+        body = b"".join(chunks)
+        conn.sendall(hashlib.sha256(body).digest() + body)
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(5)
+        conn.recv(1)  # wait for the client to close
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _nginx_conf(workdir: str, body: str) -> str:
+    return f"""
+worker_processes 2;
+daemon off;
+pid {workdir}/nginx-backend.pid;
+error_log {workdir}/nginx-backend.err warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; multi_accept on; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {workdir}/tmp;
+  proxy_temp_path {workdir}/tmp;
+  fastcgi_temp_path {workdir}/tmp;
+  uwsgi_temp_path {workdir}/tmp;
+  scgi_temp_path {workdir}/tmp;
+  ssl_session_cache off;
+  ssl_session_tickets off;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  default_type text/plain;
+{body}
+}}
+"""
+
+
+@dataclass
+class Backends:
+    workdir: str
+    notes: list[str] = field(default_factory=list)
+    iperf_port: int | None = None
+    http_port: int | None = None
+    https_ports: dict[str, int] = field(default_factory=dict)
+    ca_pem: str | None = None
+    integrity: _Acceptor | None = None
+    idle: _Acceptor | None = None
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_all(self) -> None:
+        self.integrity = _Acceptor("hash_echo")
+        self.integrity.start()
+        self.idle = _Acceptor("idle")
+        self.idle.start()
+        iperf = which("iperf3")
+        if iperf:
+            self.iperf_port = free_port()
+            p = start([iperf, "-s", "-p", str(self.iperf_port)], f"{self.workdir}/iperf3.log")
+            self._procs.append(p)
+            wait_port(self.iperf_port, proc=p)
+        else:
+            self.notes.append("iperf3 not installed: throughput not measured (apt install iperf3)")
+        nginx = which("nginx")
+        if nginx:
+            self._start_nginx(nginx)
+        else:
+            self.notes.append(
+                "nginx not installed: no HTTP/HTTPS backend (apt install nginx-light)"
+            )
+
+    def _start_nginx(self, nginx: str) -> None:
+        import trustme
+
+        os.makedirs(f"{self.workdir}/tmp", exist_ok=True)
+        ca = trustme.CA()
+        self.ca_pem = f"{self.workdir}/ca.pem"
+        ca.cert_pem.write_to_path(self.ca_pem)
+        self.http_port = free_port()
+        servers = [
+            f"  server {{ listen {LOOPBACK}:{self.http_port} backlog=4096;"
+            f" location / {{ return 200 '{HTTP_BODY.strip()}\\n'; }} }}"
+        ]
+        for name in SNI_NAMES:
+            cert = ca.issue_cert(name)
+            crt, key = f"{self.workdir}/{name}.crt", f"{self.workdir}/{name}.key"
+            cert.private_key_pem.write_to_path(key)
+            with open(crt, "wb") as f:
+                for blob in cert.cert_chain_pems:
+                    f.write(blob.bytes())
+            port = free_port()
+            self.https_ports[name] = port
+            servers.append(
+                f"  server {{ listen {LOOPBACK}:{port} ssl backlog=4096; server_name {name};"
+                f" ssl_certificate {crt}; ssl_certificate_key {key};"
+                f" location / {{ return 200 '{name} $ssl_server_name\\n'; }} }}"
+            )
+        conf = f"{self.workdir}/nginx-backend.conf"
+        with open(conf, "w") as f:
+            f.write(_nginx_conf(self.workdir, "\n".join(servers)))
+        p = start(
+            [nginx, "-e", f"{self.workdir}/nginx-backend.err", "-c", conf, "-p", self.workdir],
+            f"{self.workdir}/nginx-backend.log",
+        )
+        self._procs.append(p)
+        try:
+            wait_port(self.http_port, proc=p)
+            for port in self.https_ports.values():
+                wait_port(port, proc=p)
+        except BenchError as e:
+            self.notes.append(f"nginx backend failed to start: {e}")
+            self.http_port = None
+            self.https_ports = {}
+
+    def close(self) -> None:
+        for p in self._procs:
+            stop(p)
+        for a in (self.integrity, self.idle):
+            if a is not None:
+                a.close()

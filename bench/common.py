@@ -1,0 +1,196 @@
+"""Shared plumbing for the benchmark: ports, processes, and /proc accounting.
+
+How it works: every relay and backend is a child process started here and stopped
+here by its PID (never by name). Resource figures come from /proc: CPU is
+utime+stime of the relay's process tree (the root's cutime/cstime count children
+that already exited, e.g. socat's forks), memory is the sum of VmRSS and of PSS
+(from smaps_rollup) over the live tree. Every wait in this module has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOOPBACK = "127.0.0.1"
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be made (tool failed, relay did not come up, ...)."""
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (bind port 0, read it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until something accepts TCP connections on the loopback port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"nothing listening on {LOOPBACK}:{port} after {timeout:.0f}s")
+
+
+def raise_nofile() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def which(tool: str) -> str | None:
+    for path in (shutil.which(tool), f"/usr/sbin/{tool}", f"/sbin/{tool}"):
+        if path and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def run_text(argv: Sequence[str], timeout: float = 10.0) -> str:
+    """Run a short command, return stdout+stderr as text ('' when it cannot run)."""
+    try:
+        out = subprocess.run(
+            list(argv), capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (out.stdout + out.stderr).decode(errors="replace")
+
+
+def start(argv: Sequence[str], log_path: str) -> subprocess.Popen[bytes]:
+    """Start a child in its own session, output to a log file."""
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    finally:
+        log.close()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Stop a child we started, by PID: SIGTERM to its process group, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    # start_new_session=True made the child the leader of its own group; the group
+    # holds only what it forked (socat's per-connection children, nginx's worker).
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # let the group's stragglers (forked children) go too
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and tree_pids(proc.pid, include_root=False):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # the command name is in parentheses and may contain spaces
+    return data[data.rindex(")") + 2 :].split()
+
+
+def tree_pids(root: int, include_root: bool = True) -> list[int]:
+    """The root and all its live descendants (walks /proc once)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is None:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    if not include_root:
+        out.remove(root)
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime+stime of the live tree, plus cutime+cstime (reaped children) of each."""
+    ticks = 0
+    for pid in tree_pids(root):
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        # after the ")": state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLK_TCK
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    rss_kb: int
+    pss_kb: int
+    processes: int
+
+
+def tree_memory(root: int) -> Memory:
+    rss = pss = n = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+            n += 1
+        except OSError:
+            continue
+    return Memory(rss, pss, n)
+
+
+class CpuMeter:
+    """CPU seconds used by a process tree between start() and stop()."""
+
+    def __init__(self, root: int | None) -> None:
+        self.root = root
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        if self.root is not None:
+            self._t0 = tree_cpu_seconds(self.root)
+
+    def stop(self) -> float | None:
+        if self.root is None:
+            return None
+        return tree_cpu_seconds(self.root) - self._t0

@@ -1,0 +1,270 @@
+"""The measurements: each scenario runs one load against one running relay instance.
+
+How it works: a ``Scenario`` names the relay mode it needs (``forward``, ``sni``; later
+``tls-terminate``, ``reoriginate``, ``udp``), the backend it targets and the tools it
+requires, and ``measure(inst, ctx)`` returns a flat dict of numbers. CPU figures are the
+relay process tree's utime+stime across the load divided by the work done. Checks
+(``kind == "check"``) run once per relay before any timing and return ``ok``; a relay
+that fails a check is marked and not timed in that mode.
+
+To add a mode: give the relays a branch for it in ``relays.py``, then append
+``Scenario`` entries here (with their checks); ``run.py`` and the report pick them up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import tlsload
+from backends import SNI_NAMES, Backends
+from common import LOOPBACK, BenchError, CpuMeter, tree_memory, which
+from relays import Instance
+
+
+@dataclass
+class Context:
+    backends: Backends
+    workdir: str
+    duration: int
+    quick: bool
+
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    mode: str
+    kind: str  # "check" | "load"
+    target: Callable[[Backends], int | Mapping[str, int] | None]
+    measure: Callable[[Instance, Context], Metrics]
+    tools: tuple[str, ...] = ()
+    needs_relay_process: bool = False  # e.g. memory: nothing to measure on the direct path
+    metrics: tuple[str, ...] = field(default=())
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _check_integrity(inst: Instance, ctx: Context) -> Metrics:
+    """Send N MiB, SHUT_WR, expect sha256 + the same bytes back, then EOF."""
+    size = (4 if ctx.quick else 16) << 20
+    payload = os.urandom(1 << 20) * (size >> 20)
+    want = hashlib.sha256(payload).digest() + payload
+    with socket.create_connection((LOOPBACK, inst.port), timeout=20) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)  # half-close: the reply must still come back
+        got = bytearray()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(got) <= len(want):
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            got += data
+    if bytes(got) != want:
+        if got[:32] != want[:32]:
+            raise BenchError(f"integrity: sha256 mismatch or missing ({len(got)} bytes back)")
+        raise BenchError(f"integrity: echo differs ({len(got)} of {len(want)} bytes back)")
+    return {"ok": 1.0, "mib": size >> 20}
+
+
+def _check_sni(inst: Instance, ctx: Context) -> Metrics:
+    """Each server name reaches its own backend, certificate verified against the CA."""
+    b = ctx.backends
+    c = ssl.create_default_context(cafile=b.ca_pem)
+    for name in SNI_NAMES:
+        port = b.https_ports[name] if inst.proc is None else inst.port
+        body = tlsload.fetch(port, name, c, timeout=10).decode(errors="replace").split()
+        if body[:2] != [name, name]:
+            raise BenchError(f"sni: {name} answered by {' '.join(body)!r}")
+    return {"ok": 1.0}
+
+
+# ---------------------------------------------------------------- loads
+
+
+def _iperf(streams: int) -> Callable[[Instance, Context], Metrics]:
+    def measure(inst: Instance, ctx: Context) -> Metrics:
+        argv = [which("iperf3") or "iperf3", "-c", LOOPBACK, "-p", str(inst.port)]
+        argv += ["-t", str(ctx.duration), "-J", "-P", str(streams)]
+        cpu = CpuMeter(inst.pid)
+        cpu.start()
+        out = subprocess.run(argv, capture_output=True, timeout=ctx.duration + 30, check=False)
+        used = cpu.stop()
+        try:
+            res = json.loads(out.stdout)
+            recv = res["end"]["sum_received"]
+        except (ValueError, KeyError) as e:
+            raise BenchError(f"iperf3 failed: {out.stdout[-300:]!r} {out.stderr[-300:]!r}") from e
+        gb = recv["bytes"] / 1e9
+        m = {"gbit_s": recv["bits_per_second"] / 1e9}
+        if used is not None and gb > 0:
+            m["cpu_s_per_gb"] = used / gb
+        return m
+
+    return measure
+
+
+def _ab(inst: Instance, ctx: Context) -> Metrics:
+    """New connection per request (no keep-alive), 32 concurrent, percentiles from -e."""
+    csv = f"{ctx.workdir}/ab-{inst.relay.name}.csv"
+    argv = [which("ab") or "ab", "-q", "-r", "-c", "32", "-t", str(ctx.duration)]
+    argv += ["-n", "400000", "-e", csv, f"http://{LOOPBACK}:{inst.port}/"]
+    cpu = CpuMeter(inst.pid)
+    cpu.start()
+    out = subprocess.run(argv, capture_output=True, timeout=ctx.duration + 60, check=False)
+    used = cpu.stop()
+    text = out.stdout.decode(errors="replace")
+    done = _grab(r"Complete requests:\s+(\d+)", text)
+    failed = _grab(r"Failed requests:\s+(\d+)", text)
+    rate = _grab(r"Requests per second:\s+([\d.]+)", text)
+    if done is None or rate is None:
+        raise BenchError(f"ab failed: {text[-300:]!r} {out.stderr[-300:]!r}")
+    pct: dict[int, float] = {}
+    with open(csv) as f:
+        for line in f:
+            k, _, v = line.strip().partition(",")
+            if k.isdigit():
+                pct[int(k)] = float(v)
+    m = {"conn_s": rate, "p50_ms": pct.get(50, -1.0), "p99_ms": pct.get(99, -1.0)}
+    m["failed"] = failed or 0.0
+    if used is not None and done:
+        m["cpu_us_per_conn"] = used / done * 1e6
+    return m
+
+
+def _wrk(inst: Instance, ctx: Context) -> Metrics:
+    """Requests on 64 persistent connections, one wrk thread."""
+    argv = [which("wrk") or "wrk", "-t", "1", "-c", "64", "-d", f"{ctx.duration}s"]
+    argv += [f"http://{LOOPBACK}:{inst.port}/"]
+    cpu = CpuMeter(inst.pid)
+    cpu.start()
+    out = subprocess.run(argv, capture_output=True, timeout=ctx.duration + 30, check=False)
+    used = cpu.stop()
+    text = out.stdout.decode(errors="replace")
+    rate = _grab(r"Requests/sec:\s+([\d.]+)", text)
+    total = _grab(r"(\d+) requests in", text)
+    if rate is None or not total:
+        raise BenchError(f"wrk failed: {text[-300:]!r} {out.stderr[-300:]!r}")
+    m = {"req_s": rate}
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    m["errors"] = float(sum(int(x) for x in errs.groups())) if errs else 0.0
+    if used is not None:
+        m["cpu_us_per_req"] = used / total * 1e6
+    return m
+
+
+def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
+    def measure(inst: Instance, ctx: Context) -> Metrics:
+        holder = ctx.backends.idle
+        assert holder is not None and inst.pid is not None
+        holder.drop_held()
+        before = tree_memory(inst.pid)
+        socks: list[socket.socket] = []
+        deadline = time.monotonic() + 60
+        try:
+            for _ in range(n):
+                if time.monotonic() > deadline:
+                    raise BenchError(f"idle: only {len(socks)} of {n} connected in 60s")
+                socks.append(socket.create_connection((LOOPBACK, inst.port), timeout=10))
+            while holder.accepted() < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if holder.accepted() < n:
+                raise BenchError(f"idle: backend saw {holder.accepted()} of {n} connections")
+            time.sleep(0.5)  # let lazily allocated per-connection state settle
+            mem = tree_memory(inst.pid)
+        finally:
+            for s in socks:
+                s.close()
+            holder.drop_held()
+        return {
+            "rss_mb": mem.rss_kb / 1024,
+            "pss_mb": mem.pss_kb / 1024,
+            "processes": float(mem.processes),
+            "rss_mb_before": before.rss_kb / 1024,
+            # processes beyond 2 (socat's forks): PSS is the honest sum
+            "mem_mb": (mem.pss_kb if mem.processes > 2 else mem.rss_kb) / 1024,
+        }
+
+    return measure
+
+
+def _tls(inst: Instance, ctx: Context) -> Metrics:
+    b = ctx.backends
+    ports = dict(b.https_ports) if inst.proc is None else dict.fromkeys(b.https_ports, inst.port)
+    procs = 4
+    cpu = CpuMeter(inst.pid)
+    cpu.start()
+    done, errors, elapsed = tlsload.run(ports, ctx.duration, procs)
+    used = cpu.stop()
+    if not done:
+        raise BenchError(f"tls: no handshake completed ({errors} errors)")
+    m = {"hs_s": done / elapsed, "errors": float(errors)}
+    if used is not None:
+        m["cpu_us_per_hs"] = used / done * 1e6
+    return m
+
+
+def _grab(pattern: str, text: str) -> float | None:
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else None
+
+
+def _http(b: Backends) -> int | None:
+    return b.http_port
+
+
+def _https(b: Backends) -> Mapping[str, int] | None:
+    return dict(b.https_ports) or None
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "integrity", "byte-exact 16 MiB + half-close", "forward", "check",
+        lambda b: b.integrity.port if b.integrity else None, _check_integrity,
+    ),
+    Scenario(
+        "sni_check", "SNI routing reaches each backend", "sni", "check", _https, _check_sni,
+    ),
+    Scenario(
+        "tput1", "1 stream", "forward", "load", lambda b: b.iperf_port, _iperf(1),
+        ("iperf3",), metrics=("gbit_s", "cpu_s_per_gb"),
+    ),
+    Scenario(
+        "tput8", "8 streams", "forward", "load", lambda b: b.iperf_port, _iperf(8),
+        ("iperf3",), metrics=("gbit_s", "cpu_s_per_gb"),
+    ),
+    Scenario(
+        "connrate", "new conn/s, small request each", "forward", "load", _http, _ab,
+        ("ab",), metrics=("conn_s", "p50_ms", "p99_ms", "cpu_us_per_conn"),
+    ),
+    Scenario(
+        "reqrate", "req/s on open connections", "forward", "load", _http, _wrk,
+        ("wrk",), metrics=("req_s", "cpu_us_per_req"),
+    ),
+    Scenario(
+        "idle1000", "memory at 1,000 idle conns", "forward", "load",
+        lambda b: b.idle.port if b.idle else None, _idle(1000),
+        needs_relay_process=True, metrics=("mem_mb", "rss_mb", "pss_mb"),
+    ),
+    Scenario(
+        "idle5000", "memory at 5,000 idle conns", "forward", "load",
+        lambda b: b.idle.port if b.idle else None, _idle(5000),
+        needs_relay_process=True, metrics=("mem_mb", "rss_mb", "pss_mb"),
+    ),
+    Scenario(
+        "tls", "TLS handshakes/s, SNI passthrough", "sni", "load", _https, _tls,
+        metrics=("hs_s", "cpu_us_per_hs"),
+    ),
+)  # fmt: skip
