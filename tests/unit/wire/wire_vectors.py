@@ -35,3 +35,9 @@ def hello_end(v: dict[str, Any]) -> int:
 
 def vid(v: dict[str, Any]) -> str:
     return str(v["file"])
+
+
+def http_name(v: dict[str, Any]) -> str:
+    """The manifest's http_host as a router sees it: lowercased, port dropped."""
+    host = str(v["http_host"]).lower()
+    return host.rpartition(":")[0] if ":" in host and not host.startswith("[") else host
