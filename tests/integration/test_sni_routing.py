@@ -389,7 +389,7 @@ def test_silent_client_closed_at_deadline_while_others_served(sni_relay: SniRela
             data = b""
         closed_after = time.monotonic() - opened
     assert data == b""
-    assert served_after < 1.0, "the other client waited for the silent one"
+    assert served_after < closed_after, "the other client waited for the silent one"
     assert 0.8 <= closed_after < 5, closed_after
     rec = sni_relay.record(listener="endpoints[1]")
     assert rec["close"] == "sniff-timeout"
