@@ -335,11 +335,12 @@ def load_config(path: str | None, cli: CliOptions | None = None) -> Config:
     for label, data in docs:
         try:
             top = Table(data, "", TOP_KEYS)
-            for section in ("log", "dns", "network"):
-                merged.add(label, section, _section(top, section))
-            merged.add(label, "top", _top(top))
+            sections = {s: _section(top, s) for s in ("log", "dns", "network")}
+            sections["top"] = _top(top)
         except ConfigError as exc:
             raise _in_file(exc, label) from None
+        for section, values in sections.items():
+            merged.add(label, section, values)
         tables.append((label, top))
     cli_log, cli_dns = _cli_log_dns(cli)
     cli_net = cli_network(cli)
