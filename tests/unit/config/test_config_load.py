@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from snirelay.config.load import CliOptions, load_config
-from snirelay.config.model import Addr, Balance, ConfigError, Config
+from snirelay.config.model import Addr, Balance, Config, ConfigError
 
 EP = '[[endpoints]]\nlisten = "127.0.0.1:5000"\nremote = "127.0.0.1:6000"\n'
 
