@@ -1,0 +1,182 @@
+"""HAProxy as a real peer of the relay.
+
+- SNI: HAProxy behind the relay routes on `req.ssl_sni`; it can only do so if the relay
+  replayed the ClientHello byte-exact, and the nginx behind it must still see the name.
+- PROXY protocol (both versions, both directions, and chained): HAProxy answers with the
+  client address it was told (`http-request return ... %[src]:%[src_port]`), or sends a
+  header to the relay, whose record must then name the original client.
+
+The PROXY tests skip, naming the reason, while the relay still refuses `send_proxy` /
+`accept_proxy` at start-up with "not supported yet"; they run as soon as it accepts them.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+from servers import BACKEND_NAMES, HAProxy, TlsBackends, pick_port
+
+from helpers.relay import RelayProcess
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 10
+StartHAProxy = Callable[[str, Iterable[int]], HAProxy]
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", str(TIMEOUT), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT + 5,
+        check=False,
+    )
+
+
+def http_get(port: int, host: str = "peer.test") -> tuple[str, int]:
+    """GET / over a plain socket; returns (body, our local port)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        local_port = int(s.getsockname()[1])
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and (chunk := s.recv(65536)):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    return body.decode(), local_port
+
+
+def start_relay(config: str, tmp_path: Path, listeners: int = 1) -> RelayProcess:
+    relay = RelayProcess(config=config, tmp_path=tmp_path)
+    try:
+        relay.start(wait_listen=listeners)
+    except RuntimeError:
+        if "not supported yet" in relay.log:
+            pytest.skip(f"relay: {relay.log.strip().splitlines()[-1]}")
+        raise
+    return relay
+
+
+def echo_src_frontend(port: int) -> str:
+    """An HTTP frontend taking a PROXY header and answering with the address it carried."""
+    return (
+        "frontend fe_src\n"
+        "    mode http\n"
+        f"    bind 127.0.0.1:{port} accept-proxy\n"
+        '    http-request return status 200 content-type text/plain lf-string "src=%[src]:%[src_port]\\n"\n'
+    )
+
+
+def test_haproxy_behind_relay_routes_on_the_replayed_sni(
+    tls_backends: TlsBackends, haproxy: StartHAProxy, tmp_path: Path
+) -> None:
+    hp_port = pick_port()
+    emby, jellyfin = BACKEND_NAMES
+    haproxy(
+        "frontend fe_sni\n"
+        f"    bind 127.0.0.1:{hp_port}\n"
+        "    tcp-request inspect-delay 5s\n"
+        "    tcp-request content accept if { req_ssl_hello_type 1 }\n"
+        f"    use_backend be_emby if {{ req.ssl_sni -i {emby} }}\n"
+        f"    use_backend be_jellyfin if {{ req.ssl_sni -i {jellyfin} }}\n"
+        "backend be_emby\n"
+        f"    server s 127.0.0.1:{tls_backends.https[emby]}\n"
+        "backend be_jellyfin\n"
+        f"    server s 127.0.0.1:{tls_backends.https[jellyfin]}\n",
+        [hp_port],
+    )
+    relay_port = pick_port()
+    config = (
+        '[log]\nformat = "json"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+        f'  [[endpoints.routes]]\n  server_names = ["*.example.com"]\n'
+        f'  remote = "127.0.0.1:{hp_port}"\n'
+    )
+    with start_relay(config, tmp_path) as relay:
+        for name in BACKEND_NAMES:
+            res = curl(
+                "--resolve",
+                f"{name}:{relay_port}:127.0.0.1",
+                "--cacert",
+                str(tls_backends.ca),
+                f"https://{name}:{relay_port}/",
+            )
+            assert res.returncode == 0, (res.stderr, relay.log)
+            assert res.stdout == f"name={name} sni={name}\n"
+        recs = relay.wait_records(2)
+        assert {r["sni"] for r in recs} == set(BACKEND_NAMES)
+        assert {r["route"] for r in recs} == {"endpoints[0].routes[0]"}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_relay_sends_proxy_header_haproxy_reads_it(
+    haproxy: StartHAProxy, tmp_path: Path, version: int
+) -> None:
+    hp_port, relay_port = pick_port(), pick_port()
+    haproxy(echo_src_frontend(hp_port), [hp_port])
+    config = (
+        '[log]\nformat = "json"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+        f'remote = "127.0.0.1:{hp_port}"\n'
+        f"network = {{ send_proxy = true, send_proxy_version = {version} }}\n"
+    )
+    with start_relay(config, tmp_path) as relay:
+        body, client_port = http_get(relay_port)
+        assert body == f"src=127.0.0.1:{client_port}\n", relay.log
+        assert relay.wait_records(1)[0]["client"] == f"127.0.0.1:{client_port}"
+
+
+def test_relay_accepts_proxy_header_from_haproxy(
+    tls_backends: TlsBackends, haproxy: StartHAProxy, tmp_path: Path
+) -> None:
+    hp_port, relay_port = pick_port(), pick_port()
+    backend = tls_backends.http[BACKEND_NAMES[0]]
+    config = (
+        '[log]\nformat = "json"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+        f'remote = "127.0.0.1:{backend}"\n'
+        "network = { accept_proxy = true }\n"
+    )
+    with start_relay(config, tmp_path) as relay:
+        haproxy(
+            "listen front\n"
+            f"    bind 127.0.0.1:{hp_port}\n"
+            f"    server relay 127.0.0.1:{relay_port} send-proxy-v2\n",
+            [hp_port],
+        )
+        body, client_port = http_get(hp_port, host=BACKEND_NAMES[0])
+        assert body.startswith(f"http name={BACKEND_NAMES[0]} "), body
+        # HAProxy's start-up probe (servers.wait_listening) made a connection too: find ours.
+        deadline = time.monotonic() + TIMEOUT
+        wanted = f"127.0.0.1:{client_port}"
+        while not any(r["client"] == wanted for r in relay.records()):
+            assert time.monotonic() < deadline, relay.log
+            time.sleep(0.05)
+
+
+def test_proxy_chain_haproxy_relay_haproxy(haproxy: StartHAProxy, tmp_path: Path) -> None:
+    front, back, relay_port = pick_port(), pick_port(), pick_port()
+    haproxy(echo_src_frontend(back), [back])
+    config = (
+        '[log]\nformat = "json"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+        f'remote = "127.0.0.1:{back}"\n'
+        "network = { accept_proxy = true, send_proxy = true }\n"
+    )
+    with start_relay(config, tmp_path) as relay:
+        haproxy(
+            "listen front\n"
+            f"    bind 127.0.0.1:{front}\n"
+            f"    server relay 127.0.0.1:{relay_port} send-proxy\n",
+            [front],
+        )
+        body, client_port = http_get(front)
+        assert body == f"src=127.0.0.1:{client_port}\n", relay.log
