@@ -355,15 +355,14 @@ class StreamServer(TcpServer):
 
 
 class SilentServer(TcpServer):
-    """Accepts and holds connections, never writes; reads and discards until EOF."""
-
-    def __init__(self, host: str = "127.0.0.1", *, timeout: float = 60):
-        super().__init__(host, timeout=timeout)
+    """Accepts and holds connections: never writes and never closes first. It reads
+    and discards; after the peer's EOF it keeps its side open until the server is
+    closed, the peer resets, or `timeout` passes."""
 
     def handle(self, sock: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                if not sock.recv(65536):
-                    return
-            except TimeoutError:
-                return
+        try:
+            while sock.recv(65536):
+                pass
+        except (TimeoutError, ConnectionResetError):
+            return
+        self._stop.wait(self.timeout)

@@ -86,4 +86,6 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
             # a few more in a row, to be sure it is not a one-off
             for i in range(5):
                 assert echo_once(port, b"again %d" % i) == b"again %d" % i
+            # no connection was left behind in a broken state by the exhaustion
+            assert "internal error" not in relay.log, relay.log
             assert relay.stop() == 0, relay.log

@@ -73,36 +73,47 @@ def test_signal_drains_running_transfer(tmp_path: Path, sig: int) -> None:
         with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
             relay.start()
             sock = connect(port, timeout=20)
-            first = sock.recv(1024)  # the transfer is running
-            assert first
-            assert relay.proc is not None
-            relay.proc.send_signal(sig)
+            try:
+                drain_one(relay, sock, port, sig, srv, total)
+            finally:
+                sock.close()
 
-            # the listener goes away: new connections are refused
-            deadline = time.monotonic() + 5
-            refused = False
-            while time.monotonic() < deadline:
-                try:
-                    probe = socket.create_connection(("127.0.0.1", port), timeout=1)
-                except ConnectionRefusedError:
-                    refused = True
-                    break
-                probe.close()
-                time.sleep(0.05)
-            assert refused, relay.log
-            assert relay.running, "relay exited before the transfer finished\n" + relay.log
 
-            # the running transfer finishes intact
-            res = duplex(sock, 0, "concurrent")
-            sock.close()
-            assert res.error is None, res.error
-            (sres,) = srv.wait_results(1, timeout=20)
-            assert len(first) + res.received == total
-            assert sres.error is None, sres.error
+def drain_one(
+    relay: RelayProcess, sock: socket.socket, port: int, sig: int, srv: StreamServer, total: int
+) -> None:
+    first = sock.recv(1024)  # the transfer is running
+    assert first
+    assert relay.proc is not None
+    relay.proc.send_signal(sig)
 
-            assert relay.wait(timeout=15) == 0, relay.log
-            drained = [r for r in relay.records() if r["bytes_down"] == total]
-            assert drained and drained[0]["close"] == "eof", relay.records()
+    # the listener goes away: new connections are refused
+    deadline = time.monotonic() + 5
+    refused = False
+    while time.monotonic() < deadline:
+        try:
+            probe = socket.create_connection(("127.0.0.1", port), timeout=1)
+        except ConnectionRefusedError:
+            refused = True
+            break
+        probe.close()
+        time.sleep(0.05)
+    assert refused, relay.log
+    assert relay.running, "relay exited before the transfer finished\n" + relay.log
+
+    # the running transfer finishes intact
+    res = duplex(sock, 0, "concurrent")
+    assert res.error is None, res.error
+    assert len(first) + res.received == total
+    # probes accepted before the listener closed reach the backend too: find ours
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(r.sent == total for r in srv.results):
+        time.sleep(0.05)
+    assert any(r.sent == total and r.error is None for r in srv.results), srv.results
+
+    assert relay.wait(timeout=15) == 0, relay.log
+    drained = [r for r in relay.records() if r["bytes_down"] == total]
+    assert drained and drained[0]["close"] == "eof", relay.records()
 
 
 def test_signal_with_no_connections_exits_promptly(tmp_path: Path) -> None:
