@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import struct
 from dataclasses import dataclass
 
 from snirelay.wire.errors import NeedData, ProtocolError
@@ -58,6 +59,8 @@ EXT_ECH = 0xFE0D
 _VERSION_NAMES = {0x0300: "SSL3.0", 0x0301: "TLS1.0", 0x0302: "TLS1.1", 0x0303: "TLS1.2"}
 _VERSION_NAMES[0x0304] = "TLS1.3"
 
+_EXT_HEADER = struct.Struct("!HH")
+_PRINTABLE = re.compile(rb"[\x21-\x7e]+")
 _NAME_RE = re.compile(
     r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 )
@@ -219,11 +222,11 @@ def _parse_body(hs: bytes, *, records: int, size: int) -> ClientHello:
         p += 2
         if p + elen != end:
             raise _malformed(f"extensions length {elen} does not match the {end - p} bytes left")
+        unpack = _EXT_HEADER.unpack_from
         while p < end:
             if p + 4 > end:
                 raise _malformed("extension header cut short")
-            etype = _u16(b, p)
-            dlen = _u16(b, p + 2)
+            etype, dlen = unpack(b, p)
             p += 4
             if p + dlen > end:
                 raise _malformed(f"extension 0x{etype:04x} overruns the extensions block")
@@ -315,9 +318,8 @@ def _supported_versions(d: bytes) -> tuple[str, ...]:
     """supported_versions in a ClientHello (RFC 8446 4.2.1): versions<2..254>."""
     if len(d) < 1 or d[0] + 1 != len(d) or d[0] < 2 or d[0] % 2:
         raise _malformed("supported_versions list length is wrong")
-    return tuple(
-        _version_name(_u16(d, q)) for q in range(1, len(d), 2) if not _is_grease(_u16(d, q))
-    )
+    values = struct.unpack_from(f"!{d[0] // 2}H", d, 1)
+    return tuple(_version_name(v) for v in values if not _is_grease(v))
 
 
 def _legacy_versions(legacy: int) -> tuple[str, ...]:
@@ -338,7 +340,7 @@ def check_host_name(raw: bytes, what: str) -> tuple[str, str, bool]:
     removed. Raises ProtocolError("malformed") naming `what` ("SNI", "Host") when the
     bytes are not a host name or an IP literal.
     """
-    if not raw or any(c < 0x21 or c > 0x7E for c in raw):
+    if not _PRINTABLE.fullmatch(raw):
         raise _malformed(f"{what} {raw[:80]!r} is not a printable ASCII host name")
     text = raw.decode("ascii")
     norm = text.lower()
