@@ -5,7 +5,7 @@ How it works
 `dumps(data)` writes a table's plain values (strings, numbers, booleans, arrays of
 those) as ``key = value`` lines first, then each sub-table under a ``[path]`` header and
 each array of tables as repeated ``[[path]]`` blocks, recursively. Strings use TOML
-basic strings (the escapes are JSON's, which TOML accepts). Keys that are not bare
+basic strings with quotes, backslashes and control characters escaped. Keys that are not bare
 (letters, digits, ``_``, ``-``) are quoted. Shapes TOML cannot express (an array mixing
 tables and values, None) raise ValueError. `tomllib.loads(dumps(d)) == d` for every
 dict of those types; the tests check it.
@@ -13,7 +13,6 @@ dict of those types; the tests check it.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
@@ -21,8 +20,24 @@ from typing import Any
 _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in text:
+        if ch in _SHORT:
+            out.append(_SHORT[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _key(key: str) -> str:
-    return key if _BARE.match(key) else json.dumps(key, ensure_ascii=False)
+    return key if _BARE.match(key) else _string(key)
 
 
 def _value(value: Any) -> str:
@@ -37,7 +52,7 @@ def _value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, dict):
