@@ -81,7 +81,7 @@ def test_small_echo_and_text_record(tmp_path: Path) -> None:
             ids = [r["id"] for r in recs]
             assert len(set(ids)) == 5, recs
             for r in recs:
-                assert r["listener"] == "endpoints[0]", r
+                assert r["listener"] in ("endpoints[0]", "command line"), r
                 assert r["backend"] == srv.addr, r
                 assert r["client"].startswith("127.0.0.1:"), r
                 assert r["bytes_up"] == r["bytes_down"] == len(b"hello 0\n") * 100, r
