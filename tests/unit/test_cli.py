@@ -316,3 +316,44 @@ def test_module_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
         "snirelay: endpoints[0].balance: unknown strategy 'rr' (expected roundrobin, iphash)\n"
     )
     assert proc.stdout == ""
+
+
+DAEMON_SCRIPT = """
+import json, os, sys
+import snirelay.server as server
+from snirelay import cli
+
+def run(config):
+    info = {"pid": os.getpid(), "sid": os.getsid(0), "daemon": config.daemon,
+            "stdout": os.readlink("/proc/self/fd/1"), "stdin": os.readlink("/proc/self/fd/0")}
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        json.dump(info, f)
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+    return 0
+
+server.run = run
+sys.exit(cli.main(["-d", "-l", "127.0.0.1:0", "-r", "127.0.0.1:9"]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_daemon_detaches(tmp_path: Path) -> None:
+    import os
+    import time
+
+    out = tmp_path / "daemon.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", DAEMON_SCRIPT, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 20
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    info = json.loads(out.read_text())
+    assert info["daemon"] is True
+    assert info["sid"] != os.getsid(0)  # a new session
+    assert info["stdout"] == "/dev/null" and info["stdin"] == "/dev/null"
