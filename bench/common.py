@@ -50,9 +50,19 @@ def wait_port(
     raise BenchError(f"nothing listening on {LOOPBACK}:{port} after {timeout:.0f}s")
 
 
-def raise_nofile() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
+def raise_nofile(want: int = 65536) -> int:
+    """Raise RLIMIT_NOFILE (children inherit it): to ``want`` if allowed, else the hard limit.
+
+    5,000 idle connections cost a relay 10,000 descriptors at least (more if it keeps
+    pipes per connection), so the usual 1,024 or even 20,000 may not be enough.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if hard < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # needs root
+            soft, hard = want, want
+    except (ValueError, OSError):
+        pass
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -154,6 +164,17 @@ def tree_cpu_seconds(root: int) -> float:
         # after the ")": state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
         ticks += sum(int(x) for x in fields[11:15])
     return ticks / CLK_TCK
+
+
+def tree_fds(root: int) -> int:
+    """Open file descriptors over the live tree."""
+    n = 0
+    for pid in tree_pids(root):
+        try:
+            n += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return n
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ FORWARD_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("reqrate", "cpu_us_per_req", "relay CPU µs / req", "{:.1f}", -1),
     ("idle1000", "mem_mb", "MB at 1,000 idle", "{:.1f}", -1),
     ("idle5000", "mem_mb", "MB at 5,000 idle", "{:.1f}", -1),
+    ("idle1000", "fds_per_conn", "fds / idle conn", "{:.1f}", -1),
 )
 SNI_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("tls", "hs_s", "TLS handshakes/s", "{:,.0f}", 1),
@@ -137,7 +138,7 @@ def render(res: dict[str, Any]) -> str:
         "",
         "## This run",
         "",
-        f"- command: `{res['command']}`",
+        f"- command: `{res['command']}` at commit `{res.get('git', '?')}`",
         f"- started {res['started']}, took {res['elapsed_s']} s; {res['rounds']} round(s)"
         f" interleaved (relay order rotates each round), {res['duration_s']} s per load",
         f"- machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, {m['os']},"

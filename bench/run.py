@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "duration_s": args.duration,
         "nofile": nofile,
+        "git": run_text(["git", "-C", REPO, "log", "-1", "--format=%h %s"]).strip(),
         "machine": machine(),
         "relays": {},
         "scenarios": {

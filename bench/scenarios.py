@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import socket
 import ssl
 import subprocess
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 import tlsload
 from backends import SNI_NAMES, Backends
-from common import LOOPBACK, BenchError, CpuMeter, tree_memory, which
+from common import LOOPBACK, BenchError, CpuMeter, tree_fds, tree_memory, which
 from relays import Instance
 
 
@@ -171,6 +172,7 @@ def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
         assert holder is not None and inst.pid is not None
         holder.drop_held()
         before = tree_memory(inst.pid)
+        fds_before = tree_fds(inst.pid)
         socks: list[socket.socket] = []
         deadline = time.monotonic() + 60
         try:
@@ -178,12 +180,21 @@ def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
                 if time.monotonic() > deadline:
                     raise BenchError(f"idle: only {len(socks)} of {n} connected in 60s")
                 socks.append(socket.create_connection((LOOPBACK, inst.port), timeout=10))
-            while holder.accepted() < n and time.monotonic() < deadline:
+            seen, progress = holder.accepted(), time.monotonic()
+            while seen < n and time.monotonic() < deadline and time.monotonic() - progress < 5:
                 time.sleep(0.05)
-            if holder.accepted() < n:
-                raise BenchError(f"idle: backend saw {holder.accepted()} of {n} connections")
+                if holder.accepted() > seen:
+                    seen, progress = holder.accepted(), time.monotonic()
+            if seen < n:
+                fds = tree_fds(inst.pid)
+                raise BenchError(
+                    f"idle: backend saw {seen} of {n} connections (relay holds {fds} fds,"
+                    f" {(fds - fds_before) / max(seen, 1):.1f} per connection;"
+                    f" RLIMIT_NOFILE {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+                )
             time.sleep(0.5)  # let lazily allocated per-connection state settle
             mem = tree_memory(inst.pid)
+            fds = tree_fds(inst.pid)
         finally:
             for s in socks:
                 s.close()
@@ -193,6 +204,7 @@ def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
             "pss_mb": mem.pss_kb / 1024,
             "processes": float(mem.processes),
             "rss_mb_before": before.rss_kb / 1024,
+            "fds_per_conn": (fds - fds_before) / n,
             # processes beyond 2 (socat's forks): PSS is the honest sum
             "mem_mb": (mem.pss_kb if mem.processes > 2 else mem.rss_kb) / 1024,
         }
