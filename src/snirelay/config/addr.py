@@ -21,7 +21,7 @@ import re
 from snirelay.config.model import Addr, ConfigError
 
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
-_PORTS = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+_PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
 
 def is_ip(text: str) -> bool:
@@ -134,3 +134,11 @@ def parse_through(raw: str, place: str) -> str:
         raise ConfigError(place, f"invalid source address {raw!r}: {host!r} is not an IP literal")
     parse_ports(port, raw, place, allow_zero=True)
     return text
+
+
+def parse_nameserver(raw: str, place: str) -> Addr:
+    """A [dns] nameserver: an IP literal with an optional port (default 53)."""
+    addr = parse_addr(raw, place, default_port=53)
+    if not is_ip(addr.host):
+        raise ConfigError(place, f"{raw!r}: a nameserver must be an IP address")
+    return addr

@@ -61,6 +61,7 @@ _UPSTREAM_KEYS = (
 ENDPOINT_KEYS = ("listen", "listen_interface", *_UPSTREAM_KEYS, "routes")
 ROUTE_KEYS = ("server_names", "when", *_UPSTREAM_KEYS)
 
+_WEIGHT = re.compile(r"[0-9]{1,9}")
 Spec = tuple[str, list[int]]  # host, ports (one, or one per listen port)
 
 
@@ -100,7 +101,7 @@ def parse_balance(raw: str | None, count: int, place: str) -> Balance:
     if weights_text.strip():
         for item in weights_text.split(","):
             text = item.strip()
-            if not text.isdigit() or int(text) < 1:
+            if not _WEIGHT.fullmatch(text) or int(text) < 1:
                 raise ConfigError(place, f"weight {text!r} is not a positive integer in {raw!r}")
             weights.append(int(text))
     if len(weights) > count:

@@ -27,7 +27,7 @@ from snirelay.config.model import ConfigError
 from snirelay.config.table import Table, type_name
 
 LEGACY_KEYS = ("listening_addresses", "listening_ports", "remote_addresses", "remote_ports")
-_PORT = re.compile(r"^\d{1,5}(-\d{1,5})?$")
+_PORT = re.compile(r"^[0-9]{1,5}(-[0-9]{1,5})?$")
 
 
 def is_legacy(data: object) -> bool:

@@ -27,18 +27,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snirelay.config.addr import is_ip, parse_addr
+from snirelay.config.addr import parse_addr, parse_nameserver
 from snirelay.config.endpoints import NETWORK_KEYS, parse_endpoint, parse_network
 from snirelay.config.legacy import convert_legacy, is_legacy
 from snirelay.config.model import (
     DNS_MODES,
     DNS_PROTOCOLS,
     LOG_LEVELS,
-    Addr,
     ApiConfig,
     Config,
     ConfigError,
@@ -47,54 +45,20 @@ from snirelay.config.model import (
     LogConfig,
     NetworkConfig,
 )
-from snirelay.config.table import Table, check_choice, check_range, check_seconds
+from snirelay.config.options import (
+    CLI_ENDPOINT_FLAGS,
+    LOG_FORMATS,
+    CliOptions,
+    cli_endpoint,
+    cli_log_dns,
+    cli_network,
+)
+from snirelay.config.table import Table, check_range
 
 TOP_KEYS = ("log", "dns", "network", "endpoints", "api", "workers", "drain_timeout")
 LOG_KEYS = tuple(f.name for f in dataclasses.fields(LogConfig))
 DNS_KEYS = tuple(f.name for f in dataclasses.fields(DnsConfig))
 API_KEYS = ("listen", "token")
-LOG_FORMATS = ("text", "json")
-
-
-@dataclass
-class CliOptions:
-    """Every realm command-line flag plus snirelay's; None (or False) = not given."""
-
-    listen: str | None = None  # -l
-    remote: str | None = None  # -r
-    through: str | None = None  # -x
-    interface: str | None = None  # -i
-    listen_interface: str | None = None  # -e
-    listen_transport: str | None = None  # -a
-    remote_transport: str | None = None  # -b
-    udp: bool | None = None  # -u
-    ntcp: bool | None = None  # -t
-    ipv6: bool | None = None  # -6
-    mptcp: bool | None = None  # -m
-    daemon: bool | None = None  # -d
-    nofile: int | None = None  # -n
-    pipe_page: int | None = None  # -p
-    fast_open: bool | None = None  # -f (accepted, no effect)
-    zero_copy: bool | None = None  # -z (accepted, no effect)
-    log_level: str | None = None
-    log_output: str | None = None
-    log_format: str | None = None  # snirelay
-    dns_mode: str | None = None
-    dns_protocol: str | None = None
-    dns_servers: str | None = None  # "a:53,b:53"
-    dns_min_ttl: int | None = None
-    dns_max_ttl: int | None = None
-    dns_cache_size: int | None = None
-    send_proxy: bool | None = None
-    send_proxy_version: int | None = None
-    accept_proxy: bool | None = None
-    accept_proxy_timeout: float | None = None
-    tcp_timeout: float | None = None
-    udp_timeout: float | None = None
-    tcp_keepalive: float | None = None
-    tcp_keepalive_probe: int | None = None
-    tcp_idle_timeout: float | None = None  # snirelay
-    workers: int | None = None  # snirelay, -w
 
 
 # ---------------------------------------------------------------- reading files
@@ -179,7 +143,7 @@ def _section(top: Table, key: str) -> dict[str, Any]:
             servers = tbl.strings("nameservers") or []
             place = tbl.place_of("nameservers")
             out["nameservers"] = tuple(
-                _nameserver(s, f"{place}[{i}]") for i, s in enumerate(servers)
+                parse_nameserver(s, f"{place}[{i}]") for i, s in enumerate(servers)
             )
         for k in ("min_ttl", "max_ttl", "cache_size"):
             if k in tbl:
@@ -189,13 +153,6 @@ def _section(top: Table, key: str) -> dict[str, Any]:
         tbl = top.table("network", NETWORK_KEYS)
         return parse_network(tbl) if tbl else {}
     raise AssertionError(key)
-
-
-def _nameserver(raw: str, place: str) -> Addr:
-    addr = parse_addr(raw, place, default_port=53)
-    if not is_ip(addr.host):
-        raise ConfigError(place, f"{raw!r}: a nameserver must be an IP address")
-    return addr
 
 
 class _Globals:
@@ -230,106 +187,22 @@ def _top(tbl: Table) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------- command line
-
-_CLI_NETWORK = {
-    "udp": ("use_udp",),
-    "ntcp": ("no_tcp",),
-    "ipv6": ("ipv6_only",),
-    "mptcp": ("send_mptcp", "accept_mptcp"),
-    "send_proxy": ("send_proxy",),
-    "send_proxy_version": ("send_proxy_version",),
-    "accept_proxy": ("accept_proxy",),
-    "accept_proxy_timeout": ("accept_proxy_timeout",),
-    "tcp_timeout": ("tcp_timeout",),
-    "udp_timeout": ("udp_timeout",),
-    "tcp_keepalive": ("tcp_keepalive",),
-    "tcp_keepalive_probe": ("tcp_keepalive_probe",),
-    "tcp_idle_timeout": ("tcp_idle_timeout",),
-}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def cli_network(cli: CliOptions) -> dict[str, Any]:
-    """NetworkConfig keys set on the command line, range-checked."""
-    out: dict[str, Any] = {}
-    for opt, keys in _CLI_NETWORK.items():
-        value = getattr(cli, opt)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            pass
-        elif opt == "send_proxy_version":
-            check_range(_flag(opt), value, 1, 2)
-        elif isinstance(value, int) and opt == "tcp_keepalive_probe":
-            check_range(_flag(opt), value, 0)
-        else:
-            check_seconds(_flag(opt), value)
-            value = float(value)
-        for key in keys:
-            out[key] = value
-    return out
-
-
-def _cli_log_dns(cli: CliOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    log: dict[str, Any] = {}
-    if cli.log_level is not None:
-        log["level"] = check_choice("--log-level", cli.log_level, LOG_LEVELS)
-    if cli.log_output is not None:
-        log["output"] = cli.log_output
-    if cli.log_format is not None:
-        log["format"] = check_choice("--log-format", cli.log_format, LOG_FORMATS)
-    dns: dict[str, Any] = {}
-    if cli.dns_mode is not None:
-        dns["mode"] = check_choice("--dns-mode", cli.dns_mode, DNS_MODES)
-    if cli.dns_protocol is not None:
-        dns["protocol"] = check_choice("--dns-protocol", cli.dns_protocol, DNS_PROTOCOLS)
-    if cli.dns_servers is not None:
-        items = [s.strip() for s in cli.dns_servers.split(",") if s.strip()]
-        dns["nameservers"] = tuple(_nameserver(s, "--dns-servers") for s in items)
-    for key in ("min_ttl", "max_ttl", "cache_size"):
-        value = getattr(cli, f"dns_{key}")
-        if value is not None:
-            check_range(_flag(f"dns_{key}"), value, 0)
-            dns[key] = value
-    return log, dns
-
-
-_CLI_ENDPOINT = {
-    "listen": "-l/--listen",
-    "remote": "-r/--remote",
-    "through": "-x/--through",
-    "interface": "-i/--interface",
-    "listen_interface": "-e/--listen-interface",
-    "listen_transport": "-a/--listen-transport",
-    "remote_transport": "-b/--remote-transport",
-}
-
-
-def _cli_endpoint(cli: CliOptions) -> dict[str, Any] | None:
-    given = {k: getattr(cli, k) for k in _CLI_ENDPOINT if getattr(cli, k) is not None}
-    if not given:
-        return None
-    for key in ("listen", "remote"):
-        if key not in given:
-            other = [_CLI_ENDPOINT[k] for k in given if k not in ("listen", "remote")]
-            need = "needs" if not other else f"needs (with {', '.join(other)})"
-            raise ConfigError(
-                _CLI_ENDPOINT[key], f"missing: the command-line endpoint {need} -l and -r"
-            )
-    return given
-
-
 # ---------------------------------------------------------------- the loader
 
 
 def load_config(path: str | None, cli: CliOptions | None = None) -> Config:
     """Read `path` (file or directory, optional) and `cli` into one validated Config."""
-    cli = cli or CliOptions()
     docs = read_documents(path) if path is not None else []
+    return load_documents(docs, cli, where=path or "")
+
+
+def load_documents(
+    docs: list[tuple[str, dict[str, Any]]], cli: CliOptions | None = None, where: str = ""
+) -> Config:
+    """The loader without the file system: ``(label, data)`` pairs as `read_documents`
+    gives them (legacy documents already converted). `where` names the source in the
+    "no endpoints" error."""
+    cli = cli or CliOptions()
     merged = _Globals()
     tables: list[tuple[str, Table]] = []
     for label, data in docs:
@@ -342,7 +215,7 @@ def load_config(path: str | None, cli: CliOptions | None = None) -> Config:
         for section, values in sections.items():
             merged.add(label, section, values)
         tables.append((label, top))
-    cli_log, cli_dns = _cli_log_dns(cli)
+    cli_log, cli_dns = cli_log_dns(cli)
     cli_net = cli_network(cli)
     log = LogConfig(**{**merged.values["log"], **cli_log})
     dns = DnsConfig(**{**merged.values["dns"], **cli_dns})
@@ -355,11 +228,12 @@ def load_config(path: str | None, cli: CliOptions | None = None) -> Config:
         for i, raw in enumerate(raws):
             place = f"{label}:endpoints[{i}]" if label else f"endpoints[{i}]"
             endpoints.extend(parse_endpoint(raw, place, file_net, cli_net))
-    cli_ep = _cli_endpoint(cli)
+    cli_ep = cli_endpoint(cli)
     if cli_ep is not None:
-        endpoints.extend(parse_endpoint(cli_ep, "command line", file_net, cli_net, _CLI_ENDPOINT))
+        endpoints.extend(
+            parse_endpoint(cli_ep, "command line", file_net, cli_net, CLI_ENDPOINT_FLAGS)
+        )
     if not endpoints:
-        where = "" if path is None else path
         raise ConfigError(where, "no endpoints (give -l/-r, or [[endpoints]] in the config)")
     _check_listen_unique(endpoints)
     top_values = merged.values["top"]
@@ -400,4 +274,11 @@ def _check_listen_unique(endpoints: list[Endpoint]) -> None:
         seen[key] = ep.place
 
 
-__all__ = ["CliOptions", "ConfigError", "load_config", "convert_legacy", "read_documents"]
+__all__ = [
+    "CliOptions",
+    "ConfigError",
+    "convert_legacy",
+    "load_config",
+    "load_documents",
+    "read_documents",
+]
