@@ -139,14 +139,20 @@ CLI_ENDPOINT_FLAGS = {
 
 
 def cli_endpoint(cli: CliOptions) -> dict[str, Any] | None:
+    """The raw endpoint table of ``-l``/``-r`` (with -x -i -e -a -b), or None.
+
+    The endpoint flags belong to that one endpoint, as in realm; given without -l/-r
+    they are an error rather than silently ignored."""
     given = {k: getattr(cli, k) for k in CLI_ENDPOINT_FLAGS if getattr(cli, k) is not None}
     if not given:
         return None
-    for key in ("listen", "remote"):
+    if "listen" not in given and "remote" not in given:
+        flag = CLI_ENDPOINT_FLAGS[next(iter(given))]
+        raise ConfigError(flag, "applies to the command-line endpoint: give -l and -r too")
+    for key, other in (("listen", "remote"), ("remote", "listen")):
         if key not in given:
-            other = [CLI_ENDPOINT_FLAGS[k] for k in given if k not in ("listen", "remote")]
-            need = "needs" if not other else f"needs (with {', '.join(other)})"
             raise ConfigError(
-                CLI_ENDPOINT_FLAGS[key], f"missing: the command-line endpoint {need} -l and -r"
+                CLI_ENDPOINT_FLAGS[key],
+                f"missing ({CLI_ENDPOINT_FLAGS[other]} needs {CLI_ENDPOINT_FLAGS[key]} too)",
             )
     return given

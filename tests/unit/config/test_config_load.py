@@ -609,6 +609,8 @@ def test_cli_errors_name_the_flag() -> None:
         load_config(None, CliOptions(listen="127.0.0.1:1"))
     with pytest.raises(ConfigError, match=r"^-l/--listen: missing"):
         load_config(None, CliOptions(remote="h:1", through="127.0.0.1"))
+    with pytest.raises(ConfigError, match=r"^-x/--through: applies to the command-line endpoint"):
+        load_config(None, CliOptions(through="127.0.0.1"))
     with pytest.raises(ConfigError, match=r"^-r/--remote: invalid address"):
         load_config(None, CliOptions(listen="127.0.0.1:1", remote="h"))
     with pytest.raises(ConfigError, match=r"^-b/--remote-transport: unknown option"):
