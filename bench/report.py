@@ -68,7 +68,7 @@ def _cell(res: dict[str, Any], relay: str, col: tuple[str, str, str, str, int]) 
     else:
         rd = _ratio(v, _median(res, scen, "direct", metric))
     rh = None if relay == "haproxy" else _ratio(v, _median(res, scen, "haproxy", metric))
-    if scen.startswith("idle"):
+    if metric == "mem_mb":
         s = res["results"][scen][relay]["summary"]
         if s.get("processes", {}).get("median", 1) > 2:
             text += " PSS"
@@ -207,7 +207,11 @@ def render(res: dict[str, Any]) -> str:
     for scen, metric, text, bound, direction in TARGETS:
         a, b = _median(res, scen, "snirelay", metric), _median(res, scen, "haproxy", metric)
         if a is None or b is None or b == 0:
-            out.append(f"| {text} | not measured | — |")
+            bucket = res["results"].get(scen, {}).get("snirelay", {})
+            if bucket.get("errors"):
+                out.append(f"| {text} | failed: {bucket['errors'][0]} | **no** |")
+            else:
+                out.append(f"| {text} | not measured | — |")
             continue
         r = a / b
         ok = r >= bound if direction > 0 else r <= bound
