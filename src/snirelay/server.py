@@ -147,6 +147,7 @@ class Server:
         for conn in list(conns):
             conn.close("shutdown")
         self.ctx.pipes.close()
+        self.ctx.poller.close()
         LOG.info("stopped")
 
 

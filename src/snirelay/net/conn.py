@@ -115,7 +115,7 @@ class Connection:
         self.ctx.conns.add(self)
         if self.ep.table is not None:
             self.buf = bytearray()
-            self.ctx.loop.add_reader(self.client.fileno(), self._on_sniff)
+            self.ctx.poller.add_reader(self.client.fileno(), self._on_sniff)
             self.timer = self.ctx.loop.call_later(
                 self.ep.cfg.upstream.network.sniff_timeout, self._on_sniff_timeout
             )
@@ -157,7 +157,7 @@ class Connection:
         self._sniffed(None, ProtocolError("not-tls", "client sent nothing"), timed_out=True)
 
     def _end_sniff(self) -> None:
-        self.ctx.loop.remove_reader(self.client.fileno())
+        self.ctx.poller.remove_reader(self.client.fileno())
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -260,7 +260,7 @@ class Connection:
             if err == errno.EINPROGRESS:
                 self.backend = s
                 self.baddr = _fmt(sa)
-                self.ctx.loop.add_writer(s.fileno(), self._on_connect_ready)
+                self.ctx.poller.add_writer(s.fileno(), self._on_connect_ready)
                 tmo = up.cfg.network.tcp_timeout
                 if tmo > 0:
                     self.timer = self.ctx.loop.call_later(tmo, self._on_connect_timeout)
@@ -272,7 +272,7 @@ class Connection:
     def _drop_backend(self) -> None:
         s = self.backend
         if s is not None:
-            self.ctx.loop.remove_writer(s.fileno())
+            self.ctx.poller.remove_writer(s.fileno())
             s.close()
             self.backend = None
         if self.timer is not None:
@@ -288,7 +288,7 @@ class Connection:
             self._drop_backend()
             self._try_target()
             return
-        self.ctx.loop.remove_writer(s.fileno())
+        self.ctx.poller.remove_writer(s.fileno())
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -323,13 +323,13 @@ class Connection:
             return
         self.prefix = self.prefix[n:]
         if self.prefix:
-            self.ctx.loop.add_writer(s.fileno(), self._on_prefix_writable)
+            self.ctx.poller.add_writer(s.fileno(), self._on_prefix_writable)
         else:
             self._start_pump()
 
     def _on_prefix_writable(self) -> None:
         assert self.backend is not None
-        self.ctx.loop.remove_writer(self.backend.fileno())
+        self.ctx.poller.remove_writer(self.backend.fileno())
         self._send_prefix()
 
     # ---- pump --------------------------------------------------------------------------
@@ -338,11 +338,17 @@ class Connection:
         assert b is not None
         ctx = self.ctx
         if ctx.splice:
-            self.up = SpliceDir(ctx.loop, self, self.client, b, ctx.pipes)
-            self.down = SpliceDir(ctx.loop, self, b, self.client, ctx.pipes)
-        else:
-            self.up = CopyDir(ctx.loop, self, self.client, b)
-            self.down = CopyDir(ctx.loop, self, b, self.client)
+            try:
+                self.up = SpliceDir(ctx.poller, self, self.client, b, ctx.pipes)
+                self.down = SpliceDir(ctx.poller, self, b, self.client, ctx.pipes)
+            except OSError as exc:  # no descriptors for pipes (EMFILE): copy instead
+                LOG.warning("conn %d: no pipe (%s), copying through a buffer", self.id, exc)
+                if self.up is not None:
+                    self.up.release()
+                self.up = self.down = None
+        if self.up is None or self.down is None:
+            self.up = CopyDir(ctx.poller, self, self.client, b)
+            self.down = CopyDir(ctx.poller, self, b, self.client)
         self.up.start()
         self.down.start()
 
@@ -378,7 +384,7 @@ class Connection:
         self.closed = True
         if hint is not None:
             self.hint = hint
-        loop = self.ctx.loop
+        poller = self.ctx.poller
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -388,13 +394,13 @@ class Connection:
                 d.release()
         cfd = self.client.fileno()
         if cfd >= 0:
-            loop.remove_reader(cfd)
-            loop.remove_writer(cfd)
+            poller.remove_reader(cfd)
+            poller.remove_writer(cfd)
         self.client.close()
         if self.backend is not None:
             bfd = self.backend.fileno()
-            loop.remove_reader(bfd)
-            loop.remove_writer(bfd)
+            poller.remove_reader(bfd)
+            poller.remove_writer(bfd)
             self.backend.close()
         self.ctx.conns.discard(self)
         if CONN_LOG.isEnabledFor(logging.INFO):

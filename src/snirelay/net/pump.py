@@ -1,4 +1,4 @@
-"""The byte pump: one object per direction, driven by event-loop readiness callbacks.
+"""The byte pump: one object per direction, driven by readiness callbacks (net.poller).
 
 How it works
 ------------
@@ -28,11 +28,12 @@ empty; a direction never closes the sockets (its owner does).
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
 import socket
 from typing import Protocol
+
+from snirelay.net.poller import Poller
 
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 HAVE_SPLICE = hasattr(os, "splice")
@@ -83,16 +84,27 @@ class PipePool:
 class _Dir:
     """State shared by both pump kinds."""
 
-    __slots__ = ("loop", "owner", "src", "dst", "sfd", "dfd", "pending", "nbytes", "done")
+    __slots__ = (
+        "poller",
+        "owner",
+        "src",
+        "dst",
+        "sfd",
+        "dfd",
+        "pending",
+        "nbytes",
+        "done",
+        "reading",
+    )
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         owner: PumpOwner,
         src: socket.socket,
         dst: socket.socket,
     ) -> None:
-        self.loop = loop
+        self.poller = poller
         self.owner = owner
         self.src = src
         self.dst = dst
@@ -101,17 +113,27 @@ class _Dir:
         self.pending = 0  # bytes read but not yet written
         self.nbytes = 0  # bytes delivered to dst
         self.done = False
+        self.reading = False  # the source's read watcher is registered
 
     def start(self) -> None:
-        self.loop.add_reader(self.sfd, self.on_readable)
+        self._wait_read()
 
     def stop(self) -> None:
         """Remove watchers (the owner is closing the sockets)."""
-        self.loop.remove_reader(self.sfd)
-        self.loop.remove_writer(self.dfd)
+        if self.reading:
+            self.poller.remove_reader(self.sfd)
+            self.reading = False
+        self.poller.remove_writer(self.dfd)
+
+    def _wait_read(self) -> None:
+        if not self.reading:
+            self.poller.add_reader(self.sfd, self.on_readable)
+            self.reading = True
 
     def _eof(self) -> None:
-        self.loop.remove_reader(self.sfd)
+        if self.reading:
+            self.poller.remove_reader(self.sfd)
+            self.reading = False
         self.done = True
         try:
             self.dst.shutdown(socket.SHUT_WR)
@@ -120,12 +142,16 @@ class _Dir:
         self.owner.pump_done()
 
     def _blocked(self) -> None:
-        self.loop.remove_reader(self.sfd)
-        self.loop.add_writer(self.dfd, self.on_writable)
+        if self.reading:
+            self.poller.remove_reader(self.sfd)
+            self.reading = False
+        self.poller.add_writer(self.dfd, self.on_writable)
 
     def _unblocked(self) -> None:
-        self.loop.remove_writer(self.dfd)
-        self.loop.add_reader(self.sfd, self.on_readable)
+        # Read again at once instead of waiting for the watcher: a source that hit an
+        # error (RST) while we were not reading may never be reported by uvloop again.
+        self.poller.remove_writer(self.dfd)
+        self.on_readable()
 
     def on_readable(self) -> None:
         raise NotImplementedError
@@ -144,13 +170,13 @@ class SpliceDir(_Dir):
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         owner: PumpOwner,
         src: socket.socket,
         dst: socket.socket,
         pool: PipePool,
     ) -> None:
-        super().__init__(loop, owner, src, dst)
+        super().__init__(poller, owner, src, dst)
         self.pool = pool
         self.pr, self.pw = pool.get()
         self.chunk = pool.size
@@ -175,9 +201,11 @@ class SpliceDir(_Dir):
                     self._blocked()
                     return
         except BlockingIOError:
-            return
+            pass
         except OSError as exc:
             self.owner.pump_failed(exc)
+            return
+        self._wait_read()
 
     def on_writable(self) -> None:
         try:
@@ -205,13 +233,13 @@ class CopyDir(_Dir):
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         owner: PumpOwner,
         src: socket.socket,
         dst: socket.socket,
         size: int = 65536,
     ) -> None:
-        super().__init__(loop, owner, src, dst)
+        super().__init__(poller, owner, src, dst)
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.off = 0
@@ -234,9 +262,11 @@ class CopyDir(_Dir):
                     self._blocked()
                     return
         except BlockingIOError:
-            return
+            pass
         except OSError as exc:
             self.owner.pump_failed(exc)
+            return
+        self._wait_read()
 
     def on_writable(self) -> None:
         try:

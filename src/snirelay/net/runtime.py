@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from snirelay.balance import Balancer
 from snirelay.config.model import Config, Endpoint, Upstream
+from snirelay.net.poller import Poller
 from snirelay.net.pump import HAVE_SPLICE, PipePool
 from snirelay.net.resolve import Resolver
 from snirelay.net.sockopt import parse_through
@@ -46,12 +47,13 @@ class EndpointRT:
 
 
 class Context:
-    __slots__ = ("loop", "config", "resolver", "pipes", "conns", "next_id", "splice")
+    __slots__ = ("loop", "poller", "config", "resolver", "pipes", "conns", "next_id", "splice")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, config: Config, *, splice: bool = HAVE_SPLICE
     ) -> None:
         self.loop = loop
+        self.poller = Poller(loop)
         self.config = config
         self.resolver = Resolver(loop, config.dns)
         self.pipes = PipePool(config.pipe_pages)
