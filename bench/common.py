@@ -154,16 +154,17 @@ def tree_pids(root: int, include_root: bool = True) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """utime+stime of the live tree, plus cutime+cstime (reaped children) of each."""
-    ticks = 0
+def tree_cpu_seconds(root: int) -> tuple[float, float]:
+    """(user, system) seconds of the live tree, plus cutime/cstime (reaped children)."""
+    user = system = 0
     for pid in tree_pids(root):
         fields = _stat_fields(pid)
         if fields is None:
             continue
         # after the ")": state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14
-        ticks += sum(int(x) for x in fields[11:15])
-    return ticks / CLK_TCK
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def tree_fds(root: int) -> int:
@@ -205,7 +206,8 @@ class CpuMeter:
 
     def __init__(self, root: int | None) -> None:
         self.root = root
-        self._t0 = 0.0
+        self._t0 = (0.0, 0.0)
+        self.system_share: float | None = None  # kernel part of the last measurement
 
     def start(self) -> None:
         if self.root is not None:
@@ -214,4 +216,7 @@ class CpuMeter:
     def stop(self) -> float | None:
         if self.root is None:
             return None
-        return tree_cpu_seconds(self.root) - self._t0
+        user, system = tree_cpu_seconds(self.root)
+        used = user - self._t0[0] + system - self._t0[1]
+        self.system_share = (system - self._t0[1]) / used if used > 0 else None
+        return used

@@ -24,6 +24,7 @@ FORWARD_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("reqrate", "req_s", "req/s on open conns", "{:,.0f}", 1),
     ("connrate", "cpu_us_per_conn", "relay CPU µs / new conn", "{:.0f}", -1),
     ("tput1", "cpu_s_per_gb", "relay CPU s / GB (1 stream)", "{:.2f}", -1),
+    ("connrate", "cpu_kernel_share", "kernel share of that CPU", "{:.0%}", -1),
     ("reqrate", "cpu_us_per_req", "relay CPU µs / req", "{:.1f}", -1),
     ("idle1000", "mem_mb", "MB at 1,000 idle", "{:.1f}", -1),
     ("idle5000", "mem_mb", "MB at 5,000 idle", "{:.1f}", -1),

@@ -112,6 +112,8 @@ def _iperf(streams: int) -> Callable[[Instance, Context], Metrics]:
         m = {"gbit_s": recv["bits_per_second"] / 1e9}
         if used is not None and gb > 0:
             m["cpu_s_per_gb"] = used / gb
+            if cpu.system_share is not None:
+                m["cpu_kernel_share"] = cpu.system_share
         return m
 
     return measure
@@ -142,6 +144,8 @@ def _ab(inst: Instance, ctx: Context) -> Metrics:
     m["failed"] = failed or 0.0
     if used is not None and done:
         m["cpu_us_per_conn"] = used / done * 1e6
+        if cpu.system_share is not None:
+            m["cpu_kernel_share"] = cpu.system_share
     return m
 
 
@@ -163,6 +167,8 @@ def _wrk(inst: Instance, ctx: Context) -> Metrics:
     m["errors"] = float(sum(int(x) for x in errs.groups())) if errs else 0.0
     if used is not None:
         m["cpu_us_per_req"] = used / total * 1e6
+        if cpu.system_share is not None:
+            m["cpu_kernel_share"] = cpu.system_share
     return m
 
 
@@ -225,6 +231,8 @@ def _tls(inst: Instance, ctx: Context) -> Metrics:
     m = {"hs_s": done / elapsed, "errors": float(errors)}
     if used is not None:
         m["cpu_us_per_hs"] = used / done * 1e6
+        if cpu.system_share is not None:
+            m["cpu_kernel_share"] = cpu.system_share
     return m
 
 
