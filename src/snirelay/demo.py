@@ -130,8 +130,22 @@ def make_certs(directory: Path, names: Sequence[str]) -> Certs:
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo every byte back; an HTTP request (e.g. from curl) gets its head back as a 200."""
     try:
-        while data := await reader.read(65536):
+        first = await reader.read(65536)
+        if first.split(b" ", 1)[0] in (b"GET", b"HEAD", b"POST", b"PUT"):
+            head = first.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(head) + 19, b"echo backend got:\r\n" + head)
+            )
+            await writer.drain()
+            return
+        data = first
+        while data:
+            writer.write(data)
+            await writer.drain()
+            data = await reader.read(65536)
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
@@ -279,7 +293,7 @@ snirelay demo: forward=127.0.0.1:{forward_port} sni=127.0.0.1:{sni_port} ca={ca}
 config: {config}
 
 Plain forwarding (127.0.0.1:{forward_port} -> a local echo server):
-  printf hi | nc -q1 127.0.0.1 {forward_port}
+  curl http://127.0.0.1:{forward_port}/      (any TCP client works: the backend echoes)
 
 SNI routing on one port (127.0.0.1:{sni_port}), TLS passed through untouched:
   curl --resolve {emby}:{sni_port}:127.0.0.1 --cacert {ca} https://{emby}:{sni_port}/

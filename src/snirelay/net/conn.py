@@ -63,6 +63,7 @@ class Connection:
         "targets",
         "ti",
         "prefix",
+        "prefix_len",
         "buf",
         "sni",
         "alpn",
@@ -97,6 +98,7 @@ class Connection:
         self.targets: list[SockTarget] = []
         self.ti = 0
         self.prefix = b""
+        self.prefix_len = 0  # sniffed bytes replayed to the backend
         self.buf: bytearray | None = None
         self.sni: str | None = None
         self.alpn: tuple[str, ...] | None = None
@@ -196,6 +198,7 @@ class Connection:
             self.upstream = ep.routes[route.place]
         assert self.buf is not None
         self.prefix = bytes(self.buf)
+        self.prefix_len = len(self.prefix)
         self.buf = None
         if not self.upstream.cfg.remotes:
             self.close("no-route", self.hint or "the endpoint has no remote for this connection")
@@ -419,7 +422,7 @@ class Connection:
             "ech": self.ech,
             "kind": self.kind,
             "route": self.route,
-            "bytes_up": up.nbytes if up else 0,
+            "bytes_up": (up.nbytes if up else 0) + self.prefix_len - len(self.prefix),
             "bytes_down": down.nbytes if down else 0,
             "duration": round(self.ctx.loop.time() - self.t0, 6),
             "path": ("splice" if isinstance(up, SpliceDir) else "copy") if up else None,
