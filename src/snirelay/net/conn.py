@@ -341,15 +341,9 @@ class Connection:
         assert b is not None
         ctx = self.ctx
         if ctx.splice:
-            try:
-                self.up = SpliceDir(ctx.poller, self, self.client, b, ctx.pipes)
-                self.down = SpliceDir(ctx.poller, self, b, self.client, ctx.pipes)
-            except OSError as exc:  # no descriptors for pipes (EMFILE): copy instead
-                LOG.warning("conn %d: no pipe (%s), copying through a buffer", self.id, exc)
-                if self.up is not None:
-                    self.up.release()
-                self.up = self.down = None
-        if self.up is None or self.down is None:
+            self.up = SpliceDir(ctx.poller, self, self.client, b, ctx.pipes)
+            self.down = SpliceDir(ctx.poller, self, b, self.client, ctx.pipes)
+        else:
             self.up = CopyDir(ctx.poller, self, self.client, b)
             self.down = CopyDir(ctx.poller, self, b, self.client)
         self.up.start()

@@ -22,8 +22,8 @@ EOF from the source becomes `shutdown(SHUT_WR)` on the destination while the oth
 direction keeps flowing (half-close). When both directions are done the owner's
 `pump_done()` runs; any socket error calls the owner's `pump_failed(exc)`.
 
-Resource handling: pipes come from a bounded `PipePool` and go back to it only when
-empty; a direction never closes the sockets (its owner does).
+Resource handling: pipes come from a bounded `PipePool`, are held only while bytes
+move, and go back to it only when empty; a direction never closes the sockets (its owner does).
 """
 
 from __future__ import annotations
@@ -164,7 +164,12 @@ class _Dir:
 
 
 class SpliceDir(_Dir):
-    """Zero-copy direction: socket -> pipe -> socket."""
+    """Zero-copy direction: socket -> pipe -> socket.
+
+    The pipe is borrowed from the pool only while bytes move: taken when the source is
+    readable, given back as soon as it is empty again. An idle connection holds no pipe,
+    so it costs two descriptors (its sockets), not six.
+    """
 
     __slots__ = ("pool", "pr", "pw", "chunk")
 
@@ -178,16 +183,23 @@ class SpliceDir(_Dir):
     ) -> None:
         super().__init__(poller, owner, src, dst)
         self.pool = pool
-        self.pr, self.pw = pool.get()
+        self.pr = self.pw = -1
         self.chunk = pool.size
 
     def on_readable(self) -> None:
+        if self.pr < 0:
+            try:
+                self.pr, self.pw = self.pool.get()
+            except OSError as exc:
+                self.owner.pump_failed(exc)
+                return
         splice = os.splice
         sfd, dfd, pr, pw, chunk = self.sfd, self.dfd, self.pr, self.pw, self.chunk
         try:
             for _ in range(MAX_ROUNDS):
                 n = splice(sfd, pw, chunk, None, None, SPLICE_FLAGS)
                 if n == 0:
+                    self.release()
                     self._eof()
                     return
                 self.pending = n  # the pipe holds data until it is written out
@@ -198,13 +210,15 @@ class SpliceDir(_Dir):
                 self.nbytes += m
                 self.pending = n - m
                 if self.pending:
-                    self._blocked()
+                    self._blocked()  # keep the pipe: it holds the bytes
                     return
         except BlockingIOError:
             pass
         except OSError as exc:
             self.owner.pump_failed(exc)
             return
+        self.pool.put((pr, pw), True)
+        self.pr = self.pw = -1
         self._wait_read()
 
     def on_writable(self) -> None:
