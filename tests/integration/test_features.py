@@ -1,0 +1,609 @@
+"""Forwarding features of issue 2 through the real relay process, one test each.
+
+Every test starts `python -m snirelay` on loopback ports read back from port 0 and
+talks to it with real sockets (every operation has a timeout):
+
+- ``through`` / ``-x``: the backend sees the relay's outbound connection coming from
+  127.0.0.2 (all of 127.0.0.0/8 is loopback on Linux).
+- IPv6: ``[::1]`` on both sides (skipped when ::1 cannot be bound); ``ipv6_only`` is
+  checked with ``ss -tlne`` (``v6only:1``) and by listening on the v4-mapped address
+  ``[::ffff:127.0.0.1]``, which a V6ONLY socket refuses (exit 3) and a dual-stack one
+  serves to IPv4 clients.
+- Port ranges: ``listen = "127.0.0.1:A-A+2"`` with ``remote = "127.0.0.1:B-B+2"`` pairs
+  the ports in order, a single remote port serves the whole range, and a legacy v1
+  JSON file with ranges runs end to end. Backends on fixed ports greet with their
+  port number, so each client learns where it landed.
+- ``remote = "localhost:Q"`` is resolved per connection (``dns.mode = "ipv4_only"``).
+- Logging: ``[log] output = FILE`` with ``format = "json"`` writes the records to the
+  file; ``level = "off"`` writes nothing; ``--log-level warn`` hides the records.
+- ``-p 64`` forwards 64 MiB byte-exact on the splice path; ``-n 4096`` shows up as the
+  soft open-file limit in /proc/PID/limits.
+- ``-d``: the command returns at once, the daemon (found by its unique config path in
+  /proc/*/cmdline) keeps serving, and is killed by that pid whatever happens.
+- ``network.tcp_keepalive = 7``: ``ss -tnoe`` shows a keepalive timer of at most 7 s on
+  the relay's accepted socket and on its outbound socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.peers import EchoServer, StreamServer, connect, duplex, recv_all
+from helpers.relay import RelayProcess, free_port, parse_records, run_relay
+
+pytestmark = pytest.mark.integration
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def echo_once(port: int, payload: bytes = b"ping", host: str = "127.0.0.1") -> bytes:
+    """One connection: send `payload`, half-close, return everything received."""
+    with connect(port, host=host, timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+
+
+def wait_accepting(port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
+    """Poll until something accepts on host:port (for relays whose log we cannot read)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                msg = f"nothing accepted on {host}:{port} within {timeout}s"
+                raise AssertionError(msg) from exc
+            time.sleep(0.05)
+
+
+class PortEchoes:
+    """Echo servers on the given fixed ports of 127.0.0.1; each greets with
+    ``b"<port>\\n"`` first. One accept thread per port, one thread per connection."""
+
+    def __init__(self, socks: list[socket.socket]) -> None:
+        self.socks = socks
+        self.ports = [s.getsockname()[1] for s in socks]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        for s in socks:
+            s.listen(128)
+            s.settimeout(0.1)
+            t = threading.Thread(target=self._accept, args=(s,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _accept(self, lsock: socket.socket) -> None:
+        port = lsock.getsockname()[1]
+        while not self._stop.is_set():
+            try:
+                c, _ = lsock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(c, port), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    @staticmethod
+    def _serve(c: socket.socket, port: int) -> None:
+        with c:
+            c.settimeout(10)
+            try:
+                c.sendall(f"{port}\n".encode())
+                while data := c.recv(65536):
+                    c.sendall(data)
+                c.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in list(self._threads):
+            t.join(5)
+        for s in self.socks:
+            s.close()
+
+
+def bind_consecutive(n: int, host: str = "127.0.0.1") -> list[socket.socket]:
+    """`n` sockets bound to n consecutive ports (not listening yet).
+
+    Tried below the ephemeral range (32768+), where outbound connections of a busy
+    machine take every other port."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000)
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, p))
+            return socks
+        except OSError as exc:
+            for s in socks:
+                s.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise RuntimeError(f"no {n} consecutive free ports found")
+
+
+def free_consecutive(n: int) -> int:
+    """The first of `n` consecutive ports that were free a moment ago."""
+    socks = bind_consecutive(n)
+    base = int(socks[0].getsockname()[1])
+    for s in socks:
+        s.close()
+    return base
+
+
+@contextlib.contextmanager
+def port_echoes(n: int) -> Iterator[PortEchoes]:
+    srv = PortEchoes(bind_consecutive(n))
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def banner_of(reply: bytes, payload: bytes) -> int:
+    head, sep, rest = reply.partition(b"\n")
+    assert sep and rest == payload, reply
+    return int(head)
+
+
+# ----------------------------------------------------------------------------- through
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_through_sets_the_source_address(tmp_path: Path, how: str) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        if how == "flag":
+            relay = RelayProcess(
+                ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-x", "127.0.0.2"], tmp_path=tmp_path
+            )
+        else:
+            config = f"""
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{srv.addr}"
+through = "127.0.0.2"
+"""
+            relay = RelayProcess(config=config, tmp_path=tmp_path)
+        with relay:
+            relay.start()
+            for _ in range(3):
+                assert echo_once(port) == b"ping"
+            relay.wait_records(3)
+            assert [c[0] for c in srv.clients] == ["127.0.0.2"] * 3, srv.clients
+
+
+# ----------------------------------------------------------------------------- IPv6
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="::1 is not available")
+
+
+@needs_ipv6
+def test_ipv6_listen_and_remote(tmp_path: Path) -> None:
+    with EchoServer("::1") as srv:
+        port = free_port("::1")
+        config = f"""
+[[endpoints]]
+listen = "[::1]:{port}"
+remote = "[::1]:{srv.port}"
+"""
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start()
+            assert echo_once(port, b"six" * 1000, host="::1") == b"six" * 1000
+            (rec,) = relay.wait_records(1)
+            assert rec["backend"] == f"[::1]:{srv.port}", rec
+            assert rec["client"].startswith("[::1]:"), rec
+            assert srv.clients[0][0] == "::1"
+
+
+@needs_ipv6
+@pytest.mark.parametrize("how", ["config", "flag"])
+def test_ipv6_only_sets_v6only_on_the_listener(tmp_path: Path, how: str) -> None:
+    with EchoServer() as srv:
+        port = free_port("::1")
+        if how == "flag":
+            relay = RelayProcess(["-l", f"[::1]:{port}", "-r", srv.addr, "-6"], tmp_path=tmp_path)
+        else:
+            config = f"""
+[network]
+ipv6_only = true
+
+[[endpoints]]
+listen = "[::1]:{port}"
+remote = "{srv.addr}"
+"""
+            relay = RelayProcess(config=config, tmp_path=tmp_path)
+        with relay:
+            relay.start()
+            out = subprocess.run(
+                ["ss", "-tlne", f"( sport = :{port} )"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout
+            assert "v6only:1" in out, out
+            assert echo_once(port, host="::1") == b"ping"
+
+
+@needs_ipv6
+def test_v4_mapped_listener_dual_stack_vs_ipv6_only(tmp_path: Path) -> None:
+    """Without ipv6_only, [::ffff:127.0.0.1] serves IPv4 clients; with it, the
+    address cannot be bound (V6ONLY sockets refuse v4-mapped addresses): exit 3."""
+    with EchoServer() as srv:
+        port = free_port()
+        body = f"""
+[[endpoints]]
+listen = "[::ffff:127.0.0.1]:{port}"
+remote = "{srv.addr}"
+"""
+        dual = tmp_path / "dual"
+        dual.mkdir()
+        with RelayProcess(config=body, tmp_path=dual) as relay:
+            relay.start()
+            assert echo_once(port) == b"ping"
+        cfg = tmp_path / "v6only.toml"
+        cfg.write_text("[network]\nipv6_only = true\n" + body)
+        res = run_relay(["-c", str(cfg)], timeout=15)
+        assert res.returncode == 3, (res.returncode, res.stderr)
+        assert f"[::ffff:127.0.0.1]:{port}" in res.stderr, res.stderr
+
+
+# ----------------------------------------------------------------------------- port ranges
+
+
+def test_port_range_maps_each_listen_port_to_its_pair(tmp_path: Path) -> None:
+    with port_echoes(3) as backends:
+        a = free_consecutive(3)
+        b = backends.ports[0]
+        config = f"""
+[[endpoints]]
+listen = "127.0.0.1:{a}-{a + 2}"
+remote = "127.0.0.1:{b}-{b + 2}"
+"""
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start(wait_listen=3)
+            for i in range(3):
+                for _ in range(2):
+                    assert banner_of(echo_once(a + i), b"ping") == b + i
+            relay.wait_records(6)
+
+
+def test_port_range_with_one_remote_port(tmp_path: Path) -> None:
+    with EchoServer(banner=b"one\n") as srv:
+        a = free_consecutive(3)
+        config = f"""
+[[endpoints]]
+listen = "127.0.0.1:{a}-{a + 2}"
+remote = "{srv.addr}"
+"""
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start(wait_listen=3)
+            for i in range(3):
+                assert echo_once(a + i) == b"one\nping"
+            assert srv.connections == 3
+
+
+def test_legacy_v1_json_with_port_ranges(tmp_path: Path) -> None:
+    with port_echoes(4) as backends:
+        b = backends.ports
+        a = free_consecutive(4)
+        legacy = {
+            "listening_addresses": ["127.0.0.1"],
+            "listening_ports": [str(a), f"{a + 1}-{a + 3}"],
+            "remote_addresses": ["127.0.0.1"],
+            "remote_ports": [str(b[0]), f"{b[1]}-{b[3]}"],
+        }
+        relay = RelayProcess(config=json.dumps(legacy), fmt="json", tmp_path=tmp_path)
+        with relay:
+            relay.start(wait_listen=4)
+            for i in range(4):
+                assert banner_of(echo_once(a + i), b"ping") == b[i]
+            relay.wait_records(4)
+
+
+# ----------------------------------------------------------------------------- remote by name
+
+
+def test_remote_host_name_is_resolved(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        config = f"""
+[dns]
+mode = "ipv4_only"
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "localhost:{srv.port}"
+"""
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start()
+            for _ in range(3):  # the second and third come from the cache
+                assert echo_once(port) == b"ping"
+            recs = relay.wait_records(3)
+            assert all(r["backend"] == f"127.0.0.1:{srv.port}" for r in recs), recs
+            assert srv.connections == 3
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+def test_log_output_file_json(tmp_path: Path) -> None:
+    log_file = tmp_path / "out" / "relay-records.log"
+    log_file.parent.mkdir()
+    with EchoServer() as srv:
+        port = free_port()
+        config = f"""
+[log]
+level = "info"
+output = "{log_file}"
+format = "json"
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{srv.addr}"
+"""
+        relay = RelayProcess(config=config, tmp_path=tmp_path, log_flags=False)
+        with relay:
+            relay.spawn()
+            wait_accepting(port)  # this probe connection is logged too
+            assert echo_once(port) == b"ping"
+            deadline = time.monotonic() + 10
+            recs: list[dict[str, object]] = []
+            while time.monotonic() < deadline:
+                text = log_file.read_text() if log_file.exists() else ""
+                recs = parse_records(text)
+                if any(r.get("bytes_up") == 4 for r in recs):
+                    break
+                time.sleep(0.05)
+            text = log_file.read_text()
+            assert any(r.get("bytes_up") == 4 for r in recs), text
+            for line in text.splitlines():  # every line is JSON
+                json.loads(line)
+            assert relay.stop() == 0
+        assert relay.log.strip() == "", relay.log
+        assert relay.stdout.strip() == "", relay.stdout
+
+
+def test_log_level_off_writes_nothing(tmp_path: Path) -> None:
+    log_file = tmp_path / "off.log"
+    with EchoServer() as srv:
+        port = free_port()
+        config = f"""
+[log]
+level = "off"
+output = "{log_file}"
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{srv.addr}"
+"""
+        relay = RelayProcess(config=config, tmp_path=tmp_path, log_flags=False)
+        with relay:
+            relay.spawn()
+            wait_accepting(port)
+            for _ in range(3):
+                assert echo_once(port) == b"ping"
+            assert relay.stop() == 0
+        assert not log_file.exists() or log_file.read_text() == ""
+        assert relay.log.strip() == "" and relay.stdout.strip() == ""
+
+
+def test_log_level_warn_hides_connection_records(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        relay = RelayProcess(
+            [
+                "-l",
+                f"127.0.0.1:{port}",
+                "-r",
+                srv.addr,
+                "--log-level",
+                "warn",
+                "--log-output",
+                "stderr",
+            ],
+            tmp_path=tmp_path,
+            log_flags=False,
+        )
+        with relay:
+            relay.spawn()
+            wait_accepting(port)
+            for _ in range(3):
+                assert echo_once(port) == b"ping"
+            time.sleep(0.3)
+            assert relay.stop() == 0
+        assert relay.records() == [], relay.log
+        assert "listening on" not in relay.log, relay.log
+
+
+# ----------------------------------------------------------------------------- -p, -n
+
+
+def test_pipe_pages_64_forwards_64mib_exact(tmp_path: Path) -> None:
+    size = 64 << 20
+    with StreamServer(size, "after_eof", timeout=30) as srv:
+        port = free_port()
+        relay = RelayProcess(
+            ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-p", "64"], tmp_path=tmp_path
+        )
+        with relay:
+            relay.start()
+            sock = connect(port, timeout=30)
+            try:
+                cres = duplex(sock, size, "concurrent")
+            finally:
+                sock.close()
+            (sres,) = srv.wait_results(1, timeout=30)
+            assert cres.error is None and sres.error is None, (cres.error, sres.error)
+            assert sres.received == size and cres.received == size
+            assert sres.received_sha == cres.sent_sha
+            assert cres.received_sha == sres.sent_sha
+            (rec,) = relay.wait_records(1)
+            assert rec["path"] == "splice", rec
+            assert rec["bytes_up"] == rec["bytes_down"] == size, rec
+
+
+def soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no 'Max open files' line")
+
+
+def test_nofile_sets_the_soft_limit(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        relay = RelayProcess(
+            ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-n", "4096"], tmp_path=tmp_path
+        )
+        with relay:
+            relay.start()
+            assert soft_nofile(relay.pid) == 4096
+            assert echo_once(port) == b"ping"
+
+
+# ----------------------------------------------------------------------------- daemon
+
+
+def pids_with(marker: str) -> list[int]:
+    """Pids whose command line contains `marker` (a path unique to this test)."""
+    out: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmd and b"snirelay" in cmd:
+            out.append(int(entry))
+    return out
+
+
+def test_daemon_detaches_and_keeps_serving(tmp_path: Path) -> None:
+    log_file = tmp_path / "daemon.log"
+    with EchoServer() as srv:
+        port = free_port()
+        config = tmp_path / "daemon-unique.toml"
+        config.write_text(
+            f"""
+[log]
+level = "info"
+output = "{log_file}"
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{srv.addr}"
+"""
+        )
+        pids: list[int] = []
+        try:
+            t0 = time.monotonic()
+            res = run_relay(["-c", str(config), "-d"], timeout=15)
+            assert res.returncode == 0, res.stderr
+            assert time.monotonic() - t0 < 10
+            assert res.stdout == "" and res.stderr == "", (res.stdout, res.stderr)
+            deadline = time.monotonic() + 10
+            while not pids and time.monotonic() < deadline:
+                pids = pids_with(str(config))
+                time.sleep(0.05)
+            assert len(pids) == 1, pids
+            (pid,) = pids
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            assert int(fields[3]) != os.getsid(0), stat  # detached into its own session
+            wait_accepting(port)
+            for _ in range(3):
+                assert echo_once(port) == b"ping"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if len(parse_records(log_file.read_text())) >= 4:
+                    break
+                time.sleep(0.05)
+            assert len(parse_records(log_file.read_text())) >= 4, log_file.read_text()
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z":
+                        break
+                time.sleep(0.05)
+            assert "stopped" in log_file.read_text()
+        finally:
+            for pid in pids or pids_with(str(config)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- keepalive
+
+_TIMER = re.compile(r"timer:\(keepalive,([0-9.]+)(min|sec|ms)?")
+
+
+def keepalive_timers(filter_expr: str) -> list[float]:
+    out = subprocess.run(
+        ["ss", "-tnoe", "state", "established", filter_expr],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    ).stdout
+    return [float(m.group(1)) for m in _TIMER.finditer(out)]
+
+
+def test_tcp_keepalive_on_accepted_and_outbound_sockets(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        config = f"""
+[network]
+tcp_keepalive = 7
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{srv.addr}"
+"""
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start()
+            with connect(port) as s:
+                s.sendall(b"ka")
+                assert s.recv(2) == b"ka"
+                accepted = keepalive_timers(f"( sport = :{port} )")
+                outbound = keepalive_timers(f"( dport = :{srv.port} )")
+            # ss prints the time left before the first probe: 0 < t <= 7 (seconds, though
+            # some ss builds print the unit as "ms"); the default of 15 would show ~15
+            assert len(accepted) == 1 and 0 < accepted[0] <= 7, accepted
+            assert len(outbound) == 1 and 0 < outbound[0] <= 7, outbound
