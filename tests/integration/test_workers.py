@@ -1,0 +1,131 @@
+"""`workers = N` / `-w N`: N worker processes sharing the listeners with SO_REUSEPORT.
+
+How the tests see the workers:
+
+- the process tree: the children of the relay's pid, read from /proc/*/stat (ppid);
+- the log: every worker logs its own "listening on" line, and numbers its connections
+  from 1, so with two workers serving, some connection ids appear twice in the
+  records (the record has no pid or worker field; the duplicated ids are the only way
+  to tell the workers apart from the log);
+- 200 echo connections (8 client threads) all get their own payload back;
+- SIGTERM to the parent reaches every worker; all exit and the parent returns 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from helpers.peers import EchoServer, connect, recv_all
+from helpers.relay import RelayProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+CONNECTIONS = 200
+THREADS = 8
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (from /proc/*/stat; no psutil)."""
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def run_clients(port: int) -> list[str]:
+    """CONNECTIONS echo round trips from THREADS threads; returns the failures."""
+    failures: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(CONNECTIONS))
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            msg = f"conn {i} ".encode() * 50
+            try:
+                with connect(port, timeout=10) as s:
+                    s.sendall(msg)
+                    s.shutdown(socket.SHUT_WR)
+                    got = recv_all(s)
+                if got != msg:
+                    raise AssertionError(f"got {len(got)} bytes {got[:40]!r}")
+            except (OSError, AssertionError) as exc:
+                with lock:
+                    failures.append(f"conn {i}: {exc!r}")
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "client threads did not finish"
+    return failures
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_two_workers_serve_and_stop(tmp_path: Path, how: str) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        if how == "flag":
+            relay = RelayProcess(
+                ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-w", "2"], tmp_path=tmp_path
+            )
+        else:
+            config = f"""
+workers = 2
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{srv.addr}"
+"""
+            relay = RelayProcess(config=config, tmp_path=tmp_path)
+        with relay:
+            relay.start(wait_listen=2)  # one "listening on" line per worker
+            workers = children_of(relay.pid)
+            assert len(workers) == 2, (workers, relay.log)
+
+            failures = run_clients(port)
+            assert failures == [], failures[:5]
+            assert srv.connections == CONNECTIONS
+
+            recs = relay.wait_records(CONNECTIONS, timeout=15)
+            assert len(recs) == CONNECTIONS, len(recs)
+            assert all(r["close"] == "eof" for r in recs), [r for r in recs if r["close"] != "eof"]
+            ids = Counter(r["id"] for r in recs)
+            # each worker numbers its connections from 1: ids seen twice = both served
+            assert max(ids.values()) == 2, ids.most_common(3)
+            shared = sum(1 for n in ids.values() if n == 2)
+            assert shared >= CONNECTIONS // 10, f"{shared} ids served by both workers"
+
+            assert relay.stop(signal.SIGTERM, timeout=15) == 0, relay.log
+            deadline = time.monotonic() + 5
+            while any(alive(p) for p in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(alive(p) for p in workers), workers
+            assert relay.log.count("stopped") == 2, relay.log
