@@ -13,6 +13,7 @@ How the tests see the workers:
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -129,3 +130,32 @@ remote = "{srv.addr}"
                 time.sleep(0.05)
             assert not any(alive(p) for p in workers), workers
             assert relay.log.count("stopped") == 2, relay.log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server.py _run_workers: worst = max(worst, waitstatus_to_exitcode(status)) "
+    "keeps 0 over a negative (killed by signal) code, and nothing is logged",
+)
+def test_worker_killed_is_reported(tmp_path: Path) -> None:
+    """A worker killed by SIGKILL (e.g. the OOM killer) must not end in a clean exit 0."""
+    with EchoServer() as srv:
+        port = free_port()
+        relay = RelayProcess(
+            ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-w", "2"], tmp_path=tmp_path
+        )
+        with relay:
+            relay.start(wait_listen=2)
+            workers = children_of(relay.pid)
+            assert len(workers) == 2, workers
+            os.kill(workers[0], signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while alive(workers[0]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # the other worker keeps serving meanwhile
+            with connect(port, timeout=10) as s:
+                s.sendall(b"still here")
+                s.shutdown(socket.SHUT_WR)
+                assert recv_all(s) == b"still here"
+            code = relay.stop(signal.SIGTERM, timeout=15)
+            assert code != 0, relay.log
