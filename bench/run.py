@@ -149,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "duration_s": args.duration,
         "nofile": nofile,
-        "git": run_text(["git", "-C", REPO, "log", "-1", "--format=%h %s"]).strip(),
+        "git": run_text(["git", "-C", REPO, "log", "-1", "--format=%h %s"]).strip()
+        + (
+            " + uncommitted changes in src/"
+            if run_text(["git", "-C", REPO, "status", "--porcelain", "src"]).strip()
+            else ""
+        ),
         "machine": machine(),
         "relays": {},
         "scenarios": {
