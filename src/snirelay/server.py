@@ -30,7 +30,7 @@ from snirelay.net.sockopt import make_listener
 from snirelay.observe import log as logsetup
 from snirelay.observe.log import LOG
 
-SWEEP_INTERVAL = 1.0
+SWEEP_INTERVAL = 0.25  # deadlines fire within this of their due time
 
 
 class StartupError(Exception):
@@ -116,7 +116,7 @@ class Server:
     def _sweep(self) -> None:
         now = self.loop.time()
         for conn in list(self.ctx.conns):
-            conn.idle_check(now)
+            conn.tick(now)
         self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     async def serve(self) -> None:

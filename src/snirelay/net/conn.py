@@ -10,8 +10,11 @@ no coroutine), which keeps the per-connection cost low:
   -> replay the sniffed bytes byte-exact -> pump both ways (net.pump) -> close + record
 
 Every wait has a deadline: the first bytes (`sniff_timeout`), each connect attempt
-(`tcp_timeout`) and traffic in either direction (`tcp_idle_timeout`, enforced by the
-server's sweeper from the pump's byte counters, so the hot path never touches a timer).
+(`tcp_timeout`) and traffic in either direction (`tcp_idle_timeout`). None of them is a
+loop timer: the connection stores `deadline` (a loop time, 0 = none) and the server's
+sweeper calls `tick()` a few times a second, which also compares the pump's byte counters
+for the idle timeout. So the hot path never creates or cancels a timer handle, and
+deadlines fire within `SWEEP_INTERVAL` of their due time.
 
 Error handling: any failure closes this connection only, with a reason in its record;
 a remote that refuses or times out is reported to the balancer and the next one is
@@ -33,8 +36,6 @@ from snirelay.wire.errors import NeedData, ProtocolError
 from snirelay.wire.sniff import Sniffed, sniff
 
 if TYPE_CHECKING:
-    from asyncio import TimerHandle
-
     from snirelay.net.runtime import Context, EndpointRT, UpstreamRT
 
 
@@ -56,7 +57,7 @@ class Connection:
         "up",
         "down",
         "t0",
-        "timer",
+        "deadline",
         "order",
         "oi",
         "cur",
@@ -91,7 +92,7 @@ class Connection:
         self.up: SpliceDir | CopyDir | None = None
         self.down: SpliceDir | CopyDir | None = None
         self.t0 = ctx.loop.time()
-        self.timer: TimerHandle | None = None
+        self.deadline = 0.0  # loop time when the current wait gives up; 0 = none
         self.order: list[int] = []
         self.oi = 0
         self.cur = 0
@@ -118,9 +119,7 @@ class Connection:
         if self.ep.table is not None:
             self.buf = bytearray()
             self.ctx.poller.add_reader(self.client.fileno(), self._on_sniff)
-            self.timer = self.ctx.loop.call_later(
-                self.ep.cfg.upstream.network.sniff_timeout, self._on_sniff_timeout
-            )
+            self.deadline = self.t0 + self.ep.cfg.upstream.network.sniff_timeout
         else:
             self._connect()
 
@@ -151,7 +150,6 @@ class Connection:
         self._sniffed(res, None)
 
     def _on_sniff_timeout(self) -> None:
-        self.timer = None
         if self.buf:
             self._end_sniff()
             self.close("sniff-timeout", "client sent an incomplete first message")
@@ -160,9 +158,7 @@ class Connection:
 
     def _end_sniff(self) -> None:
         self.ctx.poller.remove_reader(self.client.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
     def _sniffed(
         self, res: Sniffed | None, err: ProtocolError | None, timed_out: bool = False
@@ -265,8 +261,7 @@ class Connection:
                 self.baddr = _fmt(sa)
                 self.ctx.poller.add_writer(s.fileno(), self._on_connect_ready)
                 tmo = up.cfg.network.tcp_timeout
-                if tmo > 0:
-                    self.timer = self.ctx.loop.call_later(tmo, self._on_connect_timeout)
+                self.deadline = self.ctx.loop.time() + tmo if tmo > 0 else 0.0
                 return
             s.close()
             LOG.debug("conn %d: connect %s: %s", self.id, _fmt(sa), errno.errorcode.get(err, err))
@@ -278,9 +273,7 @@ class Connection:
             self.ctx.poller.remove_writer(s.fileno())
             s.close()
             self.backend = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
     def _on_connect_ready(self) -> None:
         s = self.backend
@@ -291,14 +284,10 @@ class Connection:
             self._drop_backend()
             self._try_target()
             return
-        self.ctx.poller.remove_writer(s.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         self._connected(None)
 
     def _on_connect_timeout(self) -> None:
-        self.timer = None
         LOG.debug("conn %d: connect %s timed out", self.id, self.baddr)
         self._drop_backend()
         self._try_target()
@@ -331,8 +320,6 @@ class Connection:
             self._start_pump()
 
     def _on_prefix_writable(self) -> None:
-        assert self.backend is not None
-        self.ctx.poller.remove_writer(self.backend.fileno())
         self._send_prefix()
 
     # ---- pump --------------------------------------------------------------------------
@@ -347,12 +334,9 @@ class Connection:
             self.up = CopyDir(ctx.poller, self, self.client, b)
             self.down = CopyDir(ctx.poller, self, b, self.client)
         self.up.start()
-        self.down.start()
-
-    def pump_done(self) -> None:
-        self.ndone += 1
-        if self.ndone == 2:
-            self.close("eof")
+        # One epoll_ctl for the backend: read for `down`, and drop the connect/prefix writer.
+        ctx.poller.set(b.fileno(), self.down.on_readable, None)
+        self.down.reading = True
 
     def pump_failed(self, exc: OSError) -> None:
         if isinstance(exc, ConnectionResetError):
@@ -362,12 +346,30 @@ class Connection:
         else:
             self.close(f"error: {exc}")
 
-    def idle_check(self, now: float) -> None:
-        """Called by the server's sweeper: close when no byte moved for the idle limit."""
-        limit = self.upstream.cfg.network.tcp_idle_timeout
-        if self.up is None or self.down is None or limit <= 0:
+    def pump_eof(self) -> bool:
+        """A direction read EOF. True: half-close the other side; False: both are done."""
+        self.ndone += 1
+        if self.ndone == 2:
+            self.close("eof")
+            return False
+        return True
+
+    def tick(self, now: float) -> None:
+        """Called by the server's sweeper: deadlines and the idle timeout."""
+        if self.deadline and now >= self.deadline:
+            self.deadline = 0.0
+            if self.buf is not None:
+                self._on_sniff_timeout()
+            elif self.backend is not None and self.up is None:
+                self._on_connect_timeout()
             return
-        total = self.up.nbytes + self.down.nbytes
+        up, down = self.up, self.down
+        if up is None or down is None:
+            return
+        limit = self.upstream.cfg.network.tcp_idle_timeout
+        if limit <= 0:
+            return
+        total = up.nbytes + down.nbytes
         if total != self.idle_bytes:
             self.idle_bytes = total
             self.idle_since = now
@@ -381,23 +383,14 @@ class Connection:
         self.closed = True
         if hint is not None:
             self.hint = hint
-        poller = self.ctx.poller
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        forget = self.ctx.poller.forget
         for d in (self.up, self.down):
             if d is not None:
-                d.stop()
                 d.release()
-        cfd = self.client.fileno()
-        if cfd >= 0:
-            poller.remove_reader(cfd)
-            poller.remove_writer(cfd)
+        forget(self.client.fileno())
         self.client.close()
         if self.backend is not None:
-            bfd = self.backend.fileno()
-            poller.remove_reader(bfd)
-            poller.remove_writer(bfd)
+            forget(self.backend.fileno())
             self.backend.close()
         self.ctx.conns.discard(self)
         if CONN_LOG.isEnabledFor(logging.INFO):

@@ -84,6 +84,25 @@ class Poller:
         if self.writers.pop(fd, None) is not None:
             self._update(fd)
 
+    def set(self, fd: int, reader: Callback | None, writer: Callback | None) -> None:
+        """Replace both callbacks of `fd` at once (one epoll_ctl at most)."""
+        if reader is None:
+            self.readers.pop(fd, None)
+        else:
+            self.readers[fd] = reader
+        if writer is None:
+            self.writers.pop(fd, None)
+        else:
+            self.writers[fd] = writer
+        self._update(fd)
+
+    def forget(self, fd: int) -> None:
+        """Drop `fd` without a system call: the caller closes it next, and closing a
+        descriptor removes it from the epoll set."""
+        self.readers.pop(fd, None)
+        self.writers.pop(fd, None)
+        self.masks.pop(fd, None)
+
     def _dispatch(self) -> None:
         readers, writers = self.readers, self.writers
         for fd, ev in self.ep.poll(0, MAX_EVENTS):

@@ -19,8 +19,8 @@ data and then reset, because uvloop drops the watcher of a socket in error after
 callback.
 
 EOF from the source becomes `shutdown(SHUT_WR)` on the destination while the other
-direction keeps flowing (half-close). When both directions are done the owner's
-`pump_done()` runs; any socket error calls the owner's `pump_failed(exc)`.
+direction keeps flowing (half-close). When both directions are done the owner
+(told through `pump_eof()`) closes everything; any socket error calls the owner's `pump_failed(exc)`.
 
 Resource handling: pipes come from a bounded `PipePool`, are held only while bytes
 move, and go back to it only when empty; a direction never closes the sockets (its owner does).
@@ -42,7 +42,7 @@ MAX_ROUNDS = 16  # chunks moved per readiness callback before yielding to the lo
 
 
 class PumpOwner(Protocol):
-    def pump_done(self) -> None: ...
+    def pump_eof(self) -> bool: ...
     def pump_failed(self, exc: OSError) -> None: ...
 
 
@@ -118,28 +118,22 @@ class _Dir:
     def start(self) -> None:
         self._wait_read()
 
-    def stop(self) -> None:
-        """Remove watchers (the owner is closing the sockets)."""
-        if self.reading:
-            self.poller.remove_reader(self.sfd)
-            self.reading = False
-        self.poller.remove_writer(self.dfd)
-
     def _wait_read(self) -> None:
         if not self.reading:
             self.poller.add_reader(self.sfd, self.on_readable)
             self.reading = True
 
     def _eof(self) -> None:
+        self.done = True
+        if not self.owner.pump_eof():
+            return  # both directions are done: the owner closed the sockets
         if self.reading:
             self.poller.remove_reader(self.sfd)
             self.reading = False
-        self.done = True
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the peer is already gone; the other direction will notice
-        self.owner.pump_done()
 
     def _blocked(self) -> None:
         if self.reading:
@@ -212,6 +206,8 @@ class SpliceDir(_Dir):
                 if self.pending:
                     self._blocked()  # keep the pipe: it holds the bytes
                     return
+                if n < chunk:
+                    break  # drained; level-triggered polling reports anything new
         except BlockingIOError:
             pass
         except OSError as exc:
@@ -275,6 +271,8 @@ class CopyDir(_Dir):
                     self.off, self.pending = m, n - m
                     self._blocked()
                     return
+                if n < len(view):
+                    break  # drained; level-triggered polling reports anything new
         except BlockingIOError:
             pass
         except OSError as exc:
