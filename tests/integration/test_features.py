@@ -16,10 +16,14 @@ talks to it with real sockets (every operation has a timeout):
 - ``remote = "localhost:Q"`` is resolved per connection (``dns.mode = "ipv4_only"``).
 - Logging: ``[log] output = FILE`` with ``format = "json"`` writes the records to the
   file; ``level = "off"`` writes nothing; ``--log-level warn`` hides the records.
-- ``-p 64`` forwards 64 MiB byte-exact on the splice path; ``-n 4096`` shows up as the
+- ``-p 64`` forwards 64 MiB byte-exact on the splice path, and the relay's pooled
+  pipes are 256 KiB (F_GETPIPE_SZ on the pipes opened through /proc/PID/fd); ``-n 4096`` shows up as the
   soft open-file limit in /proc/PID/limits.
 - ``-d``: the command returns at once, the daemon (found by its unique config path in
   /proc/*/cmdline) keeps serving, and is killed by that pid whatever happens.
+- ``interface`` / ``listen_interface`` (``-i lo -e lo``) where SO_BINDTODEVICE is
+  permitted; an unknown outbound device fails each connection (not the relay), an
+  unknown listen device exits 3.
 - ``network.tcp_keepalive = 7``: ``ss -tnoe`` shows a keepalive timer of at most 7 s on
   the relay's accepted socket and on its outbound socket.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import random
@@ -46,6 +51,8 @@ from helpers.peers import EchoServer, StreamServer, connect, duplex, recv_all
 from helpers.relay import RelayProcess, free_port, parse_records, run_relay
 
 pytestmark = pytest.mark.integration
+
+F_GETPIPE_SZ = 1032
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -475,6 +482,27 @@ def test_pipe_pages_64_forwards_64mib_exact(tmp_path: Path) -> None:
             (rec,) = relay.wait_records(1)
             assert rec["path"] == "splice", rec
             assert rec["bytes_up"] == rec["bytes_down"] == size, rec
+            sizes = pipe_sizes(relay.pid)
+            assert 64 * 4096 in sizes, sizes  # the pooled splice pipes
+
+
+def pipe_sizes(pid: int) -> list[int]:
+    """F_GETPIPE_SZ of every pipe the process holds (opened through /proc/PID/fd,
+    read end or write end alike; nothing is read)."""
+    out: list[int] = []
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for entry in fd_dir.iterdir():
+        try:
+            if not os.readlink(entry).startswith("pipe:"):
+                continue
+            fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            out.append(fcntl.fcntl(fd, F_GETPIPE_SZ))
+        finally:
+            os.close(fd)
+    return out
 
 
 def soft_nofile(pid: int) -> int:
@@ -607,3 +635,57 @@ remote = "{srv.addr}"
             # some ss builds print the unit as "ms"); the default of 15 would show ~15
             assert len(accepted) == 1 and 0 < accepted[0] <= 7, accepted
             assert len(outbound) == 1 and 0 < outbound[0] <= 7, outbound
+
+
+# ----------------------------------------------------------------------------- interface
+
+
+def bind_to_device_permitted() -> bool:
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not bind_to_device_permitted(), reason="SO_BINDTODEVICE not permitted")
+def test_interface_and_listen_interface_lo(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        relay = RelayProcess(
+            ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-i", "lo", "-e", "lo"], tmp_path=tmp_path
+        )
+        with relay:
+            relay.start()
+            assert echo_once(port) == b"ping"
+            (rec,) = relay.wait_records(1)
+            assert rec["close"] == "eof", rec
+
+
+@pytest.mark.skipif(not bind_to_device_permitted(), reason="SO_BINDTODEVICE not permitted")
+def test_unknown_outbound_interface_fails_the_connection_not_the_relay(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        relay = RelayProcess(
+            ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-i", "nosuchdev0"], tmp_path=tmp_path
+        )
+        with relay:
+            relay.start()
+            with connect(port) as s, contextlib.suppress(OSError):
+                s.sendall(b"ping")
+                s.shutdown(socket.SHUT_WR)
+                recv_all(s)
+            (rec,) = relay.wait_records(1)
+            assert rec["close"] == "connect-failed", rec
+            assert "No such device" in relay.log, relay.log
+            assert relay.running
+            assert srv.connections == 0
+
+
+def test_unknown_listen_interface_exits_3(tmp_path: Path) -> None:
+    port = free_port()
+    res = run_relay(["-l", f"127.0.0.1:{port}", "-r", "127.0.0.1:9", "-e", "nosuchdev0"])
+    assert res.returncode == 3, (res.returncode, res.stderr)
+    assert f"127.0.0.1:{port}" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
