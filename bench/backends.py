@@ -10,7 +10,9 @@ whole run, so every relay sees the same backend.
   ``b.bench.test``, from a CA made at start), answering with the server name it saw;
   the SNI-routing target.
 - ``integrity``: a Python thread that reads to EOF, then replies with the sha256 of
-  what it got followed by the same bytes, then closes (checks half-close and bytes).
+  what it got followed by the same bytes, then closes (client half-closes first). A
+  connection starting with ``REVERSE_MAGIC`` gets the other order: the backend sends a
+  payload and half-closes first, then hashes what the client sends until EOF.
 - ``idle``: a Python thread that accepts and holds connections (memory at N idle).
 
 Resource handling: ``Backends.close()`` stops every process and thread started here.
@@ -29,6 +31,7 @@ from common import LOOPBACK, BenchError, free_port, start, stop, wait_port, whic
 
 SNI_NAMES = ("a.bench.test", "b.bench.test")
 HTTP_BODY = "ok\n"
+REVERSE_MAGIC = b"REVERSE-HALF-CLOSE-CHECK\n"
 
 
 class _Acceptor(threading.Thread):
@@ -44,6 +47,8 @@ class _Acceptor(threading.Thread):
         self.port = int(self.sock.getsockname()[1])
         self.handler = handler
         self.held: list[socket.socket] = []
+        self.reverse_payload = b""  # sent first by the reverse (server half-closes) check
+        self.reverse_digests: list[bytes] = []
         self.lock = threading.Lock()
         self.closing = threading.Event()
 
@@ -62,7 +67,22 @@ class _Acceptor(threading.Thread):
                 with self.lock:
                     self.held.append(conn)
             else:
-                threading.Thread(target=_hash_echo, args=(conn,), daemon=True).start()
+                threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        """hash_echo, unless the client's first bytes ask for the reverse check."""
+        conn.settimeout(30)
+        try:
+            head = conn.recv(len(REVERSE_MAGIC), socket.MSG_WAITALL)
+        except OSError:
+            conn.close()
+            return
+        if head == REVERSE_MAGIC:
+            digest = _send_then_hash(conn, self.reverse_payload)
+            with self.lock:
+                self.reverse_digests.append(digest)
+        else:
+            _hash_echo(conn, head)
 
     def accepted(self) -> int:
         with self.lock:
@@ -81,11 +101,29 @@ class _Acceptor(threading.Thread):
         self.drop_held()
 
 
-def _hash_echo(conn: socket.socket) -> None:
+def _send_then_hash(conn: socket.socket, payload: bytes) -> bytes:
+    """Send payload, SHUT_WR, then read the client's bytes to EOF: their sha256."""
+    h = hashlib.sha256()
+    try:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)  # the client's direction must keep flowing
+        for _ in range(100_000):  # bounded: 256 MiB at most in 1 MiB reads ... and EOF
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            h.update(data)
+    except OSError:
+        return b""
+    finally:
+        conn.close()
+    return h.digest()
+
+
+def _hash_echo(conn: socket.socket, first: bytes = b"") -> None:
     """Read to EOF (max 256 MiB), reply sha256 digest + the bytes, then close."""
     conn.settimeout(30)
-    chunks: list[bytes] = []
-    total = 0
+    chunks: list[bytes] = [first]
+    total = len(first)
     try:
         while total < 256 << 20:
             data = conn.recv(1 << 20)

@@ -160,7 +160,7 @@ def render(res: dict[str, Any]) -> str:
         "",
         "## Checks before timing",
         "",
-        "| relay | version | byte-exact + half-close | SNI routing |",
+        "| relay | version | byte-exact, half-close each way (16 MiB) | SNI routing |",
         "|---|---|---|---|",
     ]
     for name, info in res["relays"].items():

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import tlsload
-from backends import SNI_NAMES, Backends
+from backends import REVERSE_MAGIC, SNI_NAMES, Backends
 from common import LOOPBACK, BenchError, CpuMeter, tree_fds, tree_memory, which
 from relays import Instance
 
@@ -77,6 +77,36 @@ def _check_integrity(inst: Instance, ctx: Context) -> Metrics:
         if got[:32] != want[:32]:
             raise BenchError(f"integrity: sha256 mismatch or missing ({len(got)} bytes back)")
         raise BenchError(f"integrity: echo differs ({len(got)} of {len(want)} bytes back)")
+    return {"ok": 1.0, "mib": size >> 20}
+
+
+def _check_reverse(inst: Instance, ctx: Context) -> Metrics:
+    """The backend sends N MiB and half-closes first; the client's bytes must still pass."""
+    holder = ctx.backends.integrity
+    assert holder is not None
+    size = (4 if ctx.quick else 16) << 20
+    holder.reverse_payload = os.urandom(1 << 20) * (size >> 20)
+    mine = os.urandom(1 << 20) * (size >> 20)
+    with holder.lock:
+        holder.reverse_digests.clear()
+    with socket.create_connection((LOOPBACK, inst.port), timeout=20) as s:
+        s.sendall(REVERSE_MAGIC)
+        got = bytearray()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(got) <= size:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            got += data
+        if bytes(got) != holder.reverse_payload:
+            raise BenchError(f"reverse: {len(got)} of {size} bytes from the backend, or altered")
+        s.sendall(mine)  # after the backend's EOF: this direction must still flow
+        s.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not holder.reverse_digests:
+            time.sleep(0.02)
+    if holder.reverse_digests != [hashlib.sha256(mine).digest()]:
+        raise BenchError("reverse: the backend did not get the client's bytes after its half-close")
     return {"ok": 1.0, "mib": size >> 20}
 
 
@@ -253,6 +283,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "integrity", "byte-exact 16 MiB + half-close", "forward", "check",
         lambda b: b.integrity.port if b.integrity else None, _check_integrity,
+    ),
+    Scenario(
+        "integrity_rev", "backend half-closes first, 16 MiB each way", "forward", "check",
+        lambda b: b.integrity.port if b.integrity else None, _check_reverse,
     ),
     Scenario(
         "sni_check", "SNI routing reaches each backend", "sni", "check", _https, _check_sni,
