@@ -10,6 +10,7 @@ command -v socat   >/dev/null 2>&1 || need+=(socat)
 command -v curl    >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dig     >/dev/null 2>&1 || need+=(dnsutils)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)  # /usr/sbin: not on a user PATH
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}"
 SUDO=""

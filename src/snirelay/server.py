@@ -175,10 +175,6 @@ def run(config: Config) -> int:
     problem = unsupported(config)
     if problem:
         raise StartupError(problem, 2)
-    if config.dns.nameservers:
-        LOG.warning(
-            "dns.nameservers: custom name servers are not used yet; using the system resolver"
-        )
     raise_nofile(config.nofile)
     if config.workers <= 1:
         return _serve(config, reuse_port=False)

@@ -1,0 +1,199 @@
+"""`[dns] nameservers`: the relay asks a real DNS server (dnsmasq on loopback) itself.
+
+dnsmasq runs as our own child (`--no-daemon`, no resolv.conf, no hosts file, no pid
+file) on a free loopback port, answering `backend.test` (A 127.0.0.1, TTL 1 s),
+`alias.test` (CNAME to backend.test) and NXDOMAIN for anything else under `.test`.
+The relay forwards `remote = "backend.test:PORT"` to an echo server; an unknown name
+gives a connect-failed record naming the remote, with the reason in the log; with
+`min_ttl = 60` a second connection resolves from the cache after dnsmasq is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.peers import EchoServer, connect, recv_all
+from helpers.relay import RelayProcess, free_port
+from snirelay.wire.dns import A, build_query, parse_response
+
+pytestmark = pytest.mark.integration
+
+
+def dnsmasq_binary() -> str | None:
+    """dnsmasq's path; /usr/sbin is searched too (it is not on a user's PATH)."""
+    return shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
+
+
+class Dnsmasq:
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = self._free_port()
+        self.log_path = tmp_path / "dnsmasq.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cmd = [
+            str(dnsmasq_binary()),
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            f"--port={self.port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--local=/test/",
+            "--host-record=backend.test,127.0.0.1,1",
+            "--cname=alias.test,backend.test,1",
+            "--log-queries",
+        ]
+
+    @staticmethod
+    def _free_port() -> int:
+        for _ in range(20):
+            port = free_port()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError("no port free for both TCP and UDP")
+
+    def start(self, timeout: float = 10) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"dnsmasq did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+
+    def answers(self) -> bool:
+        qid = secrets.randbits(16)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.sendto(build_query(qid, "backend.test", A), ("127.0.0.1", self.port))
+                data = s.recv(4096)
+            except OSError:
+                return False
+        return bool(parse_response(data, qid, "backend.test", A).addresses)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
+    if dnsmasq_binary() is None:
+        pytest.skip("dnsmasq not installed (Debian: dnsmasq-base; `make system-deps`)")
+    dm = Dnsmasq(tmp_path)
+    dm.start()
+    try:
+        yield dm
+    finally:
+        dm.stop()
+
+
+def config(dm: Dnsmasq, port: int, remote: str, dns: str = "") -> str:
+    return f"""
+[dns]
+nameservers = ["{dm.server}"]
+{dns}
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{remote}"
+"""
+
+
+def echo_once(port: int, msg: bytes) -> bytes:
+    with connect(port) as s:
+        s.sendall(msg)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+
+
+@pytest.mark.parametrize("protocol", ["tcp_and_udp", "udp", "tcp"])
+def test_forward_to_a_name_from_the_nameserver(
+    tmp_path: Path, dnsmasq: Dnsmasq, protocol: str
+) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        text = config(dnsmasq, port, f"alias.test:{srv.port}", f'protocol = "{protocol}"')
+        with RelayProcess(config=text, tmp_path=tmp_path) as relay:
+            relay.start()
+            assert "custom name servers are not used" not in relay.log
+            assert echo_once(port, b"hello dns\n") == b"hello dns\n"
+            (rec,) = relay.wait_records(1)
+            assert rec["close"] == "eof", rec
+            assert rec["backend"] == f"127.0.0.1:{srv.port}", rec
+        assert "query[A] alias.test from 127.0.0.1" in dnsmasq.log_path.read_text()
+
+
+def test_unknown_name_is_a_connect_failure_with_the_reason(
+    tmp_path: Path, dnsmasq: Dnsmasq
+) -> None:
+    port = free_port()
+    text = config(dnsmasq, port, "nope.test:9")
+    with RelayProcess(["--log-level", "debug"], config=text, tmp_path=tmp_path) as relay:
+        relay.start()
+        with connect(port) as s:
+            s.settimeout(10)
+            assert recv_all(s) == b""
+        (rec,) = relay.wait_records(1)
+        assert rec["close"] == "connect-failed", rec
+        assert rec.get("failed_remotes") in (["nope.test:9"], "nope.test:9"), rec
+        assert f"nope.test: NXDOMAIN from {dnsmasq.server}" in relay.log
+        assert relay.running
+
+
+def test_cached_answer_outlives_the_nameserver(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        text = config(dnsmasq, port, f"backend.test:{srv.port}", "min_ttl = 60")
+        with RelayProcess(config=text, tmp_path=tmp_path) as relay:
+            relay.start()
+            assert echo_once(port, b"one") == b"one"
+            dnsmasq.stop()
+            time.sleep(1.5)  # past the record's own 1 s TTL: only min_ttl keeps it
+            assert echo_once(port, b"two") == b"two"
+            recs = relay.wait_records(2)
+            assert [r["close"] for r in recs] == ["eof", "eof"], recs
+
+
+def test_without_min_ttl_the_answer_expires(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+    port = free_port()
+    with EchoServer() as srv:
+        text = config(dnsmasq, port, f"backend.test:{srv.port}", 'protocol = "udp"')
+        with RelayProcess(["--log-level", "debug"], config=text, tmp_path=tmp_path) as relay:
+            relay.start()
+            assert echo_once(port, b"one") == b"one"
+            dnsmasq.stop()
+            time.sleep(1.5)
+            with connect(port) as s, contextlib.suppress(OSError):
+                s.settimeout(15)
+                assert recv_all(s) == b""
+            recs = relay.wait_records(2, timeout=15)
+            assert recs[1]["close"] == "connect-failed", recs
+            assert f"backend.test: A: {dnsmasq.server}: " in relay.log
