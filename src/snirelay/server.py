@@ -93,7 +93,7 @@ class Server:
         self.listeners: list[Listener] = []
         self.stopping: asyncio.Event | None = None
 
-    def bind(self, reuse_port: bool = False) -> None:
+    def bind(self, reuse_port: bool = False, listen: bool = True) -> None:
         for ep in self.endpoints:
             if ep.cfg.upstream.network.no_tcp:
                 continue
@@ -103,6 +103,7 @@ class Server:
                     ep.cfg.upstream.network,
                     ep.cfg.listen_interface,
                     reuse_port=reuse_port,
+                    backlog=4096 if listen else None,
                 )
             except OSError as exc:
                 for lst in self.listeners:
@@ -182,39 +183,63 @@ def run(config: Config) -> int:
 
 
 def _run_workers(config: Config) -> int:
-    # Bind once in the parent so an unusable address fails before any fork.
+    """Fork `config.workers` processes that each serve every listener (SO_REUSEPORT).
+
+    The parent first binds every address without listening, so an unusable address
+    fails before any fork and no connection is queued on a socket nobody accepts from.
+    SIGTERM/SIGINT are blocked while forking so a signal in that window is forwarded
+    to every worker instead of killing the parent alone. Exit code: 0 when every worker
+    stopped cleanly, else the worst worker's code (1 for a worker killed by a signal).
+    """
     probe = Server(config, asyncio.new_event_loop())
-    probe.bind(reuse_port=True)
-    pids: list[int] = []
-    for _ in range(config.workers):
-        pid = os.fork()
-        if pid == 0:
-            for lst in probe.listeners:
-                lst.sock.close()
-            code = 1
-            try:
-                code = _serve(config, reuse_port=True)
-            except StartupError as exc:
-                print(f"snirelay: {exc}", file=sys.stderr)
-                code = exc.exit_code
-            finally:
-                os._exit(code)
-        pids.append(pid)
+    probe.bind(reuse_port=True, listen=False)
     for lst in probe.listeners:
         lst.sock.close()
     probe.loop.close()
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    pids: list[int] = []
+    forwarded: set[int] = set()
+    try:
+        for _ in range(config.workers):
+            pid = os.fork()
+            if pid == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                code = 1
+                try:
+                    code = _serve(config, reuse_port=True)
+                except StartupError as exc:
+                    print(f"snirelay: {exc}", file=sys.stderr)
+                    code = exc.exit_code
+                except BaseException:
+                    LOG.exception("worker %d failed", os.getpid())
+                finally:
+                    os._exit(code)
+            pids.append(pid)
 
-    def forward(signum: int, _frame: object) -> None:
-        for p in pids:
-            try:
-                os.kill(p, signum)
-            except ProcessLookupError:
-                pass
+        def forward(signum: int, _frame: object) -> None:
+            forwarded.add(signum)
+            for p in pids:
+                try:
+                    os.kill(p, signum)
+                except ProcessLookupError:
+                    pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+    LOG.info("started %d workers: %s", len(pids), " ".join(map(str, pids)))
     worst = 0
     for p in pids:
         _, status = os.waitpid(p, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status))
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0 and -code in forwarded:
+            code = 0  # stopped by the signal we passed on before it installed handlers
+        elif code < 0:
+            LOG.error("worker %d was killed by signal %d", p, -code)
+            code = 1
+        elif code:
+            LOG.error("worker %d exited with code %d", p, code)
+        worst = max(worst, code)
     return worst

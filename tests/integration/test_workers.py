@@ -133,11 +133,6 @@ remote = "{srv.addr}"
             assert relay.log.count("stopped") == 2, relay.log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py _run_workers: worst = max(worst, waitstatus_to_exitcode(status)) "
-    "keeps 0 over a negative (killed by signal) code, and nothing is logged",
-)
 def test_worker_killed_is_reported(tmp_path: Path) -> None:
     """A worker killed by SIGKILL (e.g. the OOM killer) must not end in a clean exit 0."""
     with EchoServer() as srv:
@@ -177,11 +172,6 @@ def relay_pids(marker: str) -> list[int]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.py _run_workers installs the SIGTERM forwarder only after the fork "
-    "loop: a SIGTERM during the loop kills the parent and leaves the workers serving",
-)
 def test_sigterm_during_worker_start_leaves_no_orphans(tmp_path: Path) -> None:
     """SIGTERM as soon as the first worker exists (16 workers widen the fork loop).
     Three attempts; any orphaned worker fails the test. Orphans are killed by pid."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,7 @@ class Connection:
         "idle_bytes",
         "idle_since",
         "failed_remotes",
+        "last_error",
     )
 
     def __init__(self, ctx: Context, ep: EndpointRT, client: socket.socket, caddr: Any) -> None:
@@ -112,6 +114,7 @@ class Connection:
         self.idle_bytes = -1
         self.idle_since = 0.0
         self.failed_remotes: list[str] | None = None
+        self.last_error = ""  # why the current remote's last attempt failed
 
     # ---- start -------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,6 +218,10 @@ class Connection:
             return
         self.cur = self.order[self.oi]
         self.oi += 1
+        fixed = self.upstream.targets[self.cur]
+        if fixed is not None:
+            self._on_resolved(fixed)
+            return
         addr = self.upstream.cfg.remotes[self.cur]
         self.ctx.resolver.resolve(addr.host, addr.port, self._on_resolved)
 
@@ -222,7 +229,7 @@ class Connection:
         if self.closed:
             return
         if isinstance(res, OSError):
-            LOG.debug("conn %d: resolve %s failed: %s", self.id, self._remote_name(), res)
+            self.last_error = str(res)
             self._remote_failed()
             return
         self.targets = res
@@ -238,7 +245,8 @@ class Connection:
             up.balancer.failed(self.cur, self.ctx.loop.time())
         if self.failed_remotes is None:
             self.failed_remotes = []
-        self.failed_remotes.append(self._remote_name())
+        self.failed_remotes.append(f"{self._remote_name()} ({self.last_error})")
+        LOG.debug("conn %d: remote %s failed: %s", self.id, self._remote_name(), self.last_error)
         self._next_remote()
 
     def _try_target(self) -> None:
@@ -250,6 +258,7 @@ class Connection:
                 s = outbound_socket(fam, up.cfg.network, up.through, up.cfg.interface)
             except OSError as exc:
                 LOG.warning("conn %d: cannot create socket for %s: %s", self.id, _fmt(sa), exc)
+                self.last_error = f"{_fmt(sa)}: {exc.strerror or exc}"
                 continue
             err = s.connect_ex(sa)
             if err == 0:
@@ -264,7 +273,7 @@ class Connection:
                 self.deadline = self.ctx.loop.time() + tmo if tmo > 0 else 0.0
                 return
             s.close()
-            LOG.debug("conn %d: connect %s: %s", self.id, _fmt(sa), errno.errorcode.get(err, err))
+            self.last_error = f"{_fmt(sa)}: {os.strerror(err)}"
         self._remote_failed()
 
     def _drop_backend(self) -> None:
@@ -280,7 +289,7 @@ class Connection:
         assert s is not None
         err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            LOG.debug("conn %d: connect %s: %s", self.id, self.baddr, errno.errorcode.get(err, err))
+            self.last_error = f"{self.baddr}: {os.strerror(err)}"
             self._drop_backend()
             self._try_target()
             return
@@ -288,7 +297,8 @@ class Connection:
         self._connected(None)
 
     def _on_connect_timeout(self) -> None:
-        LOG.debug("conn %d: connect %s timed out", self.id, self.baddr)
+        tmo = self.upstream.cfg.network.tcp_timeout
+        self.last_error = f"{self.baddr}: connect timed out after {tmo:g}s"
         self._drop_backend()
         self._try_target()
 

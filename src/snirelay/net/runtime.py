@@ -14,7 +14,7 @@ from snirelay.balance import Balancer
 from snirelay.config.model import Config, Endpoint, Upstream
 from snirelay.net.poller import Poller
 from snirelay.net.pump import HAVE_SPLICE, PipePool
-from snirelay.net.resolve import Resolver
+from snirelay.net.resolve import Resolver, literal
 from snirelay.net.sockopt import parse_through
 from snirelay.routing import RouteTable
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class UpstreamRT:
-    __slots__ = ("cfg", "balancer", "through")
+    __slots__ = ("cfg", "balancer", "through", "targets")
 
     def __init__(self, cfg: Upstream) -> None:
         self.cfg = cfg
@@ -34,6 +34,8 @@ class UpstreamRT:
             fail_timeout=cfg.fail_timeout,
         )
         self.through = parse_through(cfg.through)
+        # IP-literal remotes resolve once, here, not per connection
+        self.targets = [literal(a.host, a.port) for a in cfg.remotes]
 
 
 class EndpointRT:

@@ -44,9 +44,10 @@ def make_listener(
     interface: str | None = None,
     *,
     reuse_port: bool = False,
-    backlog: int = 4096,
+    backlog: int | None = 4096,
 ) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket. Raises OSError."""
+    """A bound, listening (unless `backlog` is None), non-blocking TCP socket.
+    Raises OSError."""
     fam = family_of(addr.host)
     proto = IPPROTO_MPTCP if net.accept_mptcp else 0
     sock = socket.socket(fam, socket.SOCK_STREAM, proto)
@@ -60,7 +61,8 @@ def make_listener(
         set_keepalive(sock, net)
         bind_device(sock, interface)
         sock.bind((addr.host, addr.port))
-        sock.listen(backlog)
+        if backlog is not None:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
