@@ -35,7 +35,6 @@ below 1. Missing weights count as 1, surplus weights are ignored.
 from __future__ import annotations
 
 import bisect
-import hashlib
 
 from snirelay.config.model import Balance
 
@@ -46,6 +45,8 @@ _MAX_RING_POINTS = 1 << 16
 
 
 def _hash64(data: bytes) -> int:
+    import hashlib  # only iphash needs it; importing it costs ~0.6 MB per process
+
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 

@@ -24,7 +24,7 @@ cancellation; nothing outlives the call.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
 from typing import Any
 
 from snirelay.config.model import Addr
@@ -70,7 +70,7 @@ class _UdpQuery(asyncio.DatagramProtocol):
 async def query_udp(server: Addr, name: str, qtype: int, timeout: float) -> DnsResponse:
     """One question over UDP (see module doc). Raises DnsError."""
     loop = asyncio.get_running_loop()
-    qid = secrets.randbits(16)
+    qid = int.from_bytes(os.urandom(2), "big")  # not `secrets`: 1 MB of imports
     msg = build_query(qid, name, qtype)
     fut: asyncio.Future[DnsResponse] = loop.create_future()
     proto = _UdpQuery(qid, name, qtype, fut)
@@ -106,7 +106,7 @@ async def query_udp(server: Addr, name: str, qtype: int, timeout: float) -> DnsR
 
 async def query_tcp(server: Addr, name: str, qtype: int, timeout: float) -> DnsResponse:
     """One question over TCP (see module doc). Raises DnsError."""
-    qid = secrets.randbits(16)
+    qid = int.from_bytes(os.urandom(2), "big")  # not `secrets`: 1 MB of imports
     msg = frame(build_query(qid, name, qtype))
     where = str(server)
     writer: asyncio.StreamWriter | None = None
