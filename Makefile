@@ -31,7 +31,8 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
-bench: $(STAMP) system-deps
+bench: $(STAMP)
+	@scripts/install-system-deps.sh --bench
 	$(PY) bench/run.py
 
 clean:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the integration tests and benchmark need, if any is missing.
-# Needs root (or sudo); does nothing when everything is already there.
+# Installs the Debian packages the integration tests need (and, with --bench, the load
+# tools the benchmark uses), if any is missing. Needs root (or sudo); does nothing when
+# everything is already there.
 set -euo pipefail
 need=()
 command -v nginx   >/dev/null 2>&1 || need+=(nginx-light)
@@ -11,6 +12,12 @@ command -v curl    >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dig     >/dev/null 2>&1 || need+=(dnsutils)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)  # /usr/sbin: not on a user PATH
+if [ "${1:-}" = "--bench" ]; then
+  command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+  command -v wrk    >/dev/null 2>&1 || need+=(wrk)
+  command -v ab     >/dev/null 2>&1 || need+=(apache2-utils)
+  command -v strace >/dev/null 2>&1 || need+=(strace)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}"
 SUDO=""
