@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from snirelay.net.pump import CopyDir, SpliceDir
@@ -38,6 +39,9 @@ from snirelay.wire.sniff import Sniffed, sniff
 
 if TYPE_CHECKING:
     from snirelay.net.runtime import Context, EndpointRT, UpstreamRT
+
+
+_FIRST = (0,)  # the balancer order of an upstream with one remote
 
 
 def _fmt(sa: Any) -> str:
@@ -79,6 +83,7 @@ class Connection:
         "idle_since",
         "failed_remotes",
         "last_error",
+        "connecting",
     )
 
     def __init__(self, ctx: Context, ep: EndpointRT, client: socket.socket, caddr: Any) -> None:
@@ -95,7 +100,7 @@ class Connection:
         self.down: SpliceDir | CopyDir | None = None
         self.t0 = ctx.loop.time()
         self.deadline = 0.0  # loop time when the current wait gives up; 0 = none
-        self.order: list[int] = []
+        self.order: Sequence[int] = _FIRST
         self.oi = 0
         self.cur = 0
         self.targets: list[SockTarget] = []
@@ -108,12 +113,13 @@ class Connection:
         self.ech = False
         self.kind: str | None = None
         self.hint: str | None = None
-        self.baddr: str | None = None
+        self.baddr: Any = None  # the backend's socket address (formatted only for records)
         self.ndone = 0
         self.closed = False
         self.idle_bytes = -1
         self.idle_since = 0.0
         self.failed_remotes: list[str] | None = None
+        self.connecting = False  # a non-blocking connect is in progress
         self.last_error = ""  # why the current remote's last attempt failed
 
     # ---- start -------------------------------------------------------------------------
@@ -121,13 +127,14 @@ class Connection:
         self.ctx.conns.add(self)
         if self.ep.table is not None:
             self.buf = bytearray()
-            self.ctx.poller.add_reader(self.client.fileno(), self._on_sniff)
+            self.ctx.poller.add_reader(self.client.fileno(), self)
             self.deadline = self.t0 + self.ep.cfg.upstream.network.sniff_timeout
         else:
             self._connect()
 
     # ---- sniff -------------------------------------------------------------------------
-    def _on_sniff(self) -> None:
+    def on_readable(self) -> None:
+        """The client's first bytes (only while sniffing)."""
         assert self.buf is not None
         try:
             data = self.client.recv(65536)
@@ -208,7 +215,7 @@ class Connection:
     def _connect(self) -> None:
         up = self.upstream
         n = len(up.cfg.remotes)
-        self.order = [0] if n == 1 else up.balancer.order(self.caddr[0], self.ctx.loop.time())
+        self.order = _FIRST if n == 1 else up.balancer.order(self.caddr[0], self.ctx.loop.time())
         self.oi = 0
         self._next_remote()
 
@@ -267,8 +274,9 @@ class Connection:
                 return
             if err == errno.EINPROGRESS:
                 self.backend = s
-                self.baddr = _fmt(sa)
-                self.ctx.poller.add_writer(s.fileno(), self._on_connect_ready)
+                self.baddr = sa
+                self.connecting = True
+                self.ctx.poller.add_writer(s.fileno(), self)
                 tmo = up.cfg.network.tcp_timeout
                 self.deadline = self.ctx.loop.time() + tmo if tmo > 0 else 0.0
                 return
@@ -283,13 +291,15 @@ class Connection:
             s.close()
             self.backend = None
         self.deadline = 0.0
+        self.connecting = False
 
     def _on_connect_ready(self) -> None:
         s = self.backend
         assert s is not None
+        self.connecting = False
         err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self.last_error = f"{self.baddr}: {os.strerror(err)}"
+            self.last_error = f"{_fmt(self.baddr)}: {os.strerror(err)}"
             self._drop_backend()
             self._try_target()
             return
@@ -298,13 +308,13 @@ class Connection:
 
     def _on_connect_timeout(self) -> None:
         tmo = self.upstream.cfg.network.tcp_timeout
-        self.last_error = f"{self.baddr}: connect timed out after {tmo:g}s"
+        self.last_error = f"{_fmt(self.baddr)}: connect timed out after {tmo:g}s"
         self._drop_backend()
         self._try_target()
 
     def _connected(self, sa: Any) -> None:
         if sa is not None:
-            self.baddr = _fmt(sa)
+            self.baddr = sa
         up = self.upstream
         if len(up.cfg.remotes) > 1:
             up.balancer.succeeded(self.cur)
@@ -325,12 +335,16 @@ class Connection:
             return
         self.prefix = self.prefix[n:]
         if self.prefix:
-            self.ctx.poller.add_writer(s.fileno(), self._on_prefix_writable)
+            self.ctx.poller.add_writer(s.fileno(), self)
         else:
             self._start_pump()
 
-    def _on_prefix_writable(self) -> None:
-        self._send_prefix()
+    def on_writable(self) -> None:
+        """The backend socket: a connect finished, or it can take more sniffed bytes."""
+        if self.connecting:
+            self._on_connect_ready()
+        else:
+            self._send_prefix()
 
     # ---- pump --------------------------------------------------------------------------
     def _start_pump(self) -> None:
@@ -345,7 +359,7 @@ class Connection:
             self.down = CopyDir(ctx.poller, self, b, self.client)
         self.up.start()
         # One epoll_ctl for the backend: read for `down`, and drop the connect/prefix writer.
-        ctx.poller.set(b.fileno(), self.down.on_readable, None)
+        ctx.poller.set(b.fileno(), self.down, None)
         self.down.reading = True
 
     def pump_failed(self, exc: OSError) -> None:
@@ -413,7 +427,7 @@ class Connection:
             "id": self.id,
             "listener": self.ep.cfg.place,
             "client": _fmt(self.caddr),
-            "backend": self.baddr,
+            "backend": _fmt(self.baddr) if self.baddr is not None else None,
             "sni": self.sni,
             "alpn": list(self.alpn) if self.alpn is not None else None,
             "ech": self.ech,

@@ -120,7 +120,7 @@ class _Dir:
 
     def _wait_read(self) -> None:
         if not self.reading:
-            self.poller.add_reader(self.sfd, self.on_readable)
+            self.poller.add_reader(self.sfd, self)
             self.reading = True
 
     def _eof(self) -> None:
@@ -139,7 +139,7 @@ class _Dir:
         if self.reading:
             self.poller.remove_reader(self.sfd)
             self.reading = False
-        self.poller.add_writer(self.dfd, self.on_writable)
+        self.poller.add_writer(self.dfd, self)
 
     def _unblocked(self) -> None:
         # Read again at once instead of waiting for the watcher: a source that hit an
