@@ -221,6 +221,7 @@ class Connection:
 
     def _next_remote(self) -> None:
         if self.oi >= len(self.order):
+            self.baddr = None  # connected nowhere; failed_remotes says what was tried
             self.close("connect-failed", "no remote accepted the connection")
             return
         self.cur = self.order[self.oi]
@@ -439,6 +440,8 @@ class Connection:
             "path": ("splice" if isinstance(up, SpliceDir) else "copy") if up else None,
             "close": reason,
         }
+        if self.ctx.worker:
+            fields["worker"] = self.ctx.worker
         if self.failed_remotes:
             fields["failed_remotes"] = self.failed_remotes
         if self.hint:

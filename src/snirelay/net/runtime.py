@@ -8,6 +8,7 @@ time (balancer, compiled route table, parsed `through`).
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 from snirelay.balance import Balancer
@@ -49,7 +50,17 @@ class EndpointRT:
 
 
 class Context:
-    __slots__ = ("loop", "poller", "config", "resolver", "pipes", "conns", "next_id", "splice")
+    __slots__ = (
+        "loop",
+        "poller",
+        "config",
+        "resolver",
+        "pipes",
+        "conns",
+        "next_id",
+        "splice",
+        "worker",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, config: Config, *, splice: bool = HAVE_SPLICE
@@ -62,3 +73,5 @@ class Context:
         self.conns: set[Connection] = set()
         self.next_id = 0
         self.splice = splice
+        # with several workers, records carry the worker's pid (ids restart per worker)
+        self.worker = os.getpid() if config.workers > 1 else 0

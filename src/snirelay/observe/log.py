@@ -76,12 +76,11 @@ def _text_value(v: Any) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:.3f}"
-    if isinstance(v, list | tuple):
-        return ",".join(str(x) for x in v) or "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    s = str(v)
-    return f'"{s}"' if " " in s else s
+    s = ",".join(str(x) for x in v) or "-" if isinstance(v, list | tuple) else str(v)
+    # quoted (JSON string escapes) when it would not read back as one token
+    return json.dumps(s) if (" " in s or '"' in s or "\\" in s) else s
 
 
 def conn_record(fields: dict[str, Any]) -> None:
