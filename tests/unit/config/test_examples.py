@@ -30,10 +30,14 @@ def test_sni_example_routes() -> None:
     assert [r.when or r.server_names[0] for r in ep.routes] == [
         "emby.example.com",
         "*.example.com",
-        "relay.example.com",
         "no_sni",
     ]
-    term = ep.routes[2].upstream
+    assert all(r.upstream.listen_transport is None for r in ep.routes)
+
+
+def test_sni_rewrite_example_transports() -> None:
+    (ep,) = load_config(str(ROOT / "examples" / "sni-rewrite.toml")).endpoints
+    term = ep.routes[0].upstream
     assert term.listen_transport is not None and term.listen_transport.cert == "relay.pem"
     assert term.remote_transport is not None and term.remote_transport.sni == "emby.example.com"
 
