@@ -12,7 +12,7 @@ relay is started with it, and for every listening port:
 - for endpoints with routes, a plaintext HTTP request with ``Host: NAME`` for each
   exact name (and ``www.SUFFIX`` for each wildcard) must land on that route's remotes.
 
-Examples that use a feature this build refuses (TLS transports in sni-routing.toml,
+Examples that use a feature this build refuses (TLS transports in sni-rewrite.toml,
 a later issue) must fail with exit 2 and one "not supported yet" line; the test then
 runs the same example without the routes that need it.
 """
