@@ -363,6 +363,10 @@ class Connection:
         ctx.poller.set(b.fileno(), self.down, None)
         self.down.reading = True
 
+    def abort(self) -> None:
+        """A callback of this connection raised (a bug): close it, keep serving."""
+        self.close("internal-error")
+
     def pump_failed(self, exc: OSError) -> None:
         if isinstance(exc, ConnectionResetError):
             self.close("reset")

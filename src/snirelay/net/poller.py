@@ -24,13 +24,18 @@ import asyncio
 import select
 from typing import Protocol
 
+from snirelay.observe.log import LOG
+
 
 class Watcher(Protocol):
     """What the poller calls: `on_readable()` for readers, `on_writable()` for writers.
-    Registering the object rather than a bound method allocates nothing per call."""
+    Registering the object rather than a bound method allocates nothing per call.
+    `abort()` runs if either raises: a bug in one connection closes that connection,
+    never the loop."""
 
     def on_readable(self) -> None: ...
     def on_writable(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 _IN = select.EPOLLIN
@@ -113,11 +118,17 @@ class Poller:
     def _dispatch(self) -> None:
         readers, writers = self.readers, self.writers
         for fd, ev in self.ep.poll(0, MAX_EVENTS):
-            if ev & _READ_EVENTS:
-                w = readers.get(fd)
+            w: Watcher | None = None
+            try:
+                if ev & _READ_EVENTS:
+                    w = readers.get(fd)
+                    if w is not None:
+                        w.on_readable()
+                if ev & _WRITE_EVENTS:
+                    w = writers.get(fd)
+                    if w is not None:
+                        w.on_writable()
+            except Exception:
+                LOG.exception("internal error on descriptor %d; closing its connection", fd)
                 if w is not None:
-                    w.on_readable()
-            if ev & _WRITE_EVENTS:
-                w = writers.get(fd)
-                if w is not None:
-                    w.on_writable()
+                    w.abort()

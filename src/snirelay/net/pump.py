@@ -44,6 +44,7 @@ MAX_ROUNDS = 16  # chunks moved per readiness callback before yielding to the lo
 class PumpOwner(Protocol):
     def pump_eof(self) -> bool: ...
     def pump_failed(self, exc: OSError) -> None: ...
+    def abort(self) -> None: ...
 
 
 class PipePool:
@@ -146,6 +147,9 @@ class _Dir:
         # error (RST) while we were not reading may never be reported by uvloop again.
         self.poller.remove_writer(self.dfd)
         self.on_readable()
+
+    def abort(self) -> None:
+        self.owner.abort()
 
     def on_readable(self) -> None:
         raise NotImplementedError

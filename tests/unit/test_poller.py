@@ -1,0 +1,109 @@
+"""net.poller: readiness dispatch from the nested epoll set, on a real loop and sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from snirelay.net.poller import Poller
+from snirelay.server import new_loop
+
+
+class Recorder:
+    def __init__(self, sock: socket.socket, *, explode: bool = False) -> None:
+        self.sock = sock
+        self.explode = explode
+        self.events: list[str] = []
+        self.aborted = False
+
+    def on_readable(self) -> None:
+        self.events.append("r")
+        if self.explode:
+            raise RuntimeError("a bug in a callback")
+        try:
+            self.sock.recv(65536)
+        except OSError as exc:
+            self.events.append(type(exc).__name__)
+
+    def on_writable(self) -> None:
+        self.events.append("w")
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def run_briefly(loop: asyncio.AbstractEventLoop, seconds: float = 0.1) -> None:
+    loop.run_until_complete(asyncio.sleep(seconds))
+
+
+@pytest.fixture
+def loop() -> asyncio.AbstractEventLoop:
+    lp = new_loop()
+    yield lp
+    lp.close()
+
+
+def test_reader_writer_and_set(loop: asyncio.AbstractEventLoop) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        poller = Poller(loop)
+        rec = Recorder(a)
+        poller.add_writer(a.fileno(), rec)
+        run_briefly(loop)
+        assert "w" in rec.events  # an idle socket is writable
+        poller.set(a.fileno(), rec, None)  # one call: read, stop writing
+        rec.events.clear()
+        run_briefly(loop)
+        assert rec.events == []  # nothing to read yet, no writer any more
+        b.sendall(b"x")
+        run_briefly(loop)
+        assert rec.events == ["r"]
+        poller.remove_reader(a.fileno())
+        assert poller.masks == {}
+        poller.close()
+
+
+def test_reset_runs_the_reader_even_with_data_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """The uvloop trap: data then RST must reach the callback, which sees the error."""
+    lst = socket.create_server(("127.0.0.1", 0))
+    with lst:
+        c = socket.create_connection(lst.getsockname())
+        s, _ = lst.accept()
+        with s:
+            s.setblocking(False)
+            c.sendall(b"data" * 1000)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()  # RST
+            poller = Poller(loop)
+            rec = Recorder(s)
+            poller.add_reader(s.fileno(), rec)
+            for _ in range(20):
+                run_briefly(loop, 0.02)
+                if "ConnectionResetError" in rec.events:
+                    break
+            assert "ConnectionResetError" in rec.events, rec.events
+            poller.remove_reader(s.fileno())
+            poller.close()
+
+
+def test_a_raising_callback_aborts_its_watcher_only(loop: asyncio.AbstractEventLoop) -> None:
+    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    with a, b, c, d:
+        for s in (a, c):
+            s.setblocking(False)
+        poller = Poller(loop)
+        bad, good = Recorder(a, explode=True), Recorder(c)
+        poller.add_reader(a.fileno(), bad)
+        poller.add_reader(c.fileno(), good)
+        b.sendall(b"x")
+        d.sendall(b"y")
+        run_briefly(loop)
+        assert bad.aborted and not good.aborted
+        assert "r" in good.events  # the other connection was still served
+        poller.forget(a.fileno())
+        poller.remove_reader(c.fileno())
+        poller.close()
