@@ -88,3 +88,55 @@ def test_misbehaving_clients_leave_nothing_behind(tmp_path: Path) -> None:
                 s.shutdown(socket.SHUT_WR)
                 assert recv_all(s) == b"after the storm"
             assert relay.stop() == 0
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+def test_slow_reader_is_backpressure_not_memory(tmp_path: Path) -> None:
+    """A fast backend and a client that reads slowly: the relay stops reading the backend
+    instead of buffering; its memory stays flat and every byte arrives in order."""
+    size = 48 << 20
+    block = random.Random(7).randbytes(1 << 20)
+    lst = socket.create_server(("127.0.0.1", 0))
+    lst.settimeout(10)
+
+    def serve() -> None:
+        conn, _ = lst.accept()
+        with conn:
+            for _ in range(size // len(block)):
+                conn.sendall(block)
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(20)
+            recv_all(conn)
+
+    with lst, ThreadPoolExecutor(1) as pool:
+        port = free_port()
+        with RelayProcess(
+            ["-l", f"127.0.0.1:{port}", "-r", f"127.0.0.1:{lst.getsockname()[1]}"],
+            tmp_path=tmp_path,
+        ) as relay:
+            relay.start()
+            start_rss = rss_kb(relay.pid)
+            done = pool.submit(serve)
+            with connect(port, timeout=20) as s:
+                got = bytearray()
+                peak = start_rss
+                t_end = time.monotonic() + 2
+                while time.monotonic() < t_end:  # slow: 64 KiB every 10 ms
+                    got += s.recv(65536)
+                    time.sleep(0.01)
+                    peak = max(peak, rss_kb(relay.pid))
+                while chunk := s.recv(1 << 20):
+                    got += chunk
+                s.shutdown(socket.SHUT_WR)
+            done.result(timeout=20)
+            assert len(got) == size
+            assert all(got[i : i + len(block)] == block for i in range(0, size, len(block))), (
+                "bytes arrived out of order or altered"
+            )
+            assert peak - start_rss < 4096, (start_rss, peak)  # KiB: no buffering in Python
+            (rec,) = relay.wait_records(1)
+            assert rec["bytes_down"] == size and rec["close"] == "eof", rec
