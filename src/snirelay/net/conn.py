@@ -215,7 +215,11 @@ class Connection:
     def _connect(self) -> None:
         up = self.upstream
         n = len(up.cfg.remotes)
-        self.order = _FIRST if n == 1 else up.balancer.order(self.caddr[0], self.ctx.loop.time())
+        if n == 1:
+            self.order = _FIRST
+        else:
+            ip = self.caddr[0] if self.caddr is not None else ""
+            self.order = up.balancer.order(ip, self.ctx.loop.time())
         self.oi = 0
         self._next_remote()
 
@@ -352,15 +356,16 @@ class Connection:
         b = self.backend
         assert b is not None
         ctx = self.ctx
+        cfd, bfd = self.client.fileno(), b.fileno()
         if ctx.splice:
-            self.up = SpliceDir(ctx.poller, self, self.client, b, ctx.pipes)
-            self.down = SpliceDir(ctx.poller, self, b, self.client, ctx.pipes)
+            self.up = SpliceDir(ctx.poller, self, self.client, b, cfd, bfd, ctx.pipes)
+            self.down = SpliceDir(ctx.poller, self, b, self.client, bfd, cfd, ctx.pipes)
         else:
-            self.up = CopyDir(ctx.poller, self, self.client, b)
-            self.down = CopyDir(ctx.poller, self, b, self.client)
+            self.up = CopyDir(ctx.poller, self, self.client, b, cfd, bfd)
+            self.down = CopyDir(ctx.poller, self, b, self.client, bfd, cfd)
         self.up.start()
         # One epoll_ctl for the backend: read for `down`, and drop the connect/prefix writer.
-        ctx.poller.set(b.fileno(), self.down, None)
+        ctx.poller.set(bfd, self.down, None)
         self.down.reading = True
 
     def abort(self) -> None:
@@ -431,7 +436,7 @@ class Connection:
             "event": "conn",
             "id": self.id,
             "listener": self.ep.cfg.place,
-            "client": _fmt(self.caddr),
+            "client": _fmt(self.caddr) if self.caddr is not None else None,
             "backend": _fmt(self.baddr) if self.baddr is not None else None,
             "sni": self.sni,
             "alpn": list(self.alpn) if self.alpn is not None else None,

@@ -44,6 +44,7 @@ class Listener:
     def _on_accept(self) -> None:
         accept = self.sock.accept
         ctx, ep = self.ctx, self.ep
+        keep_addr = ctx.keep_addr
         for _ in range(BATCH):
             try:
                 sock, addr = accept()
@@ -62,7 +63,9 @@ class Listener:
                 self.backoff = 0.0
             sock.setblocking(False)
             try:
-                Connection(ctx, ep, sock, addr).start()
+                # The peer address is kept only when something reads it (the log
+                # record, iphash): it is the largest object of an idle connection.
+                Connection(ctx, ep, sock, addr if keep_addr else None).start()
             except Exception:  # one connection never takes the listener down
                 LOG.exception("%s: connection set-up failed", self.name)
                 sock.close()

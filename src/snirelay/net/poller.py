@@ -47,23 +47,22 @@ MAX_EVENTS = 1024
 
 
 class Poller:
-    __slots__ = ("loop", "ep", "readers", "writers", "masks")
+    __slots__ = ("loop", "ep", "readers", "writers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.ep = select.epoll()
         self.readers: dict[int, Watcher] = {}
         self.writers: dict[int, Watcher] = {}
-        self.masks: dict[int, int] = {}
         loop.add_reader(self.ep.fileno(), self._dispatch)
 
     def close(self) -> None:
         self.loop.remove_reader(self.ep.fileno())
         self.ep.close()
 
-    def _update(self, fd: int) -> None:
-        new = (_IN if fd in self.readers else 0) | (_OUT if fd in self.writers else 0)
-        old = self.masks.get(fd, 0)
+    def _apply(self, fd: int, old: int, new: int) -> None:
+        """One epoll_ctl for an interest change (the masks come from the two dicts,
+        so no third per-descriptor table is kept)."""
         if new == old:
             return
         try:
@@ -75,45 +74,56 @@ class Poller:
                 self.ep.modify(fd, new)
         except OSError:
             pass  # the descriptor is already closed: nothing to watch
-        if new:
-            self.masks[fd] = new
-        else:
-            del self.masks[fd]
 
     def add_reader(self, fd: int, w: Watcher) -> None:
-        self.readers[fd] = w
-        self._update(fd)
+        readers = self.readers
+        known = fd in readers
+        readers[fd] = w
+        if not known:
+            out = _OUT if fd in self.writers else 0
+            self._apply(fd, out, _IN | out)
 
     def remove_reader(self, fd: int) -> None:
         if self.readers.pop(fd, None) is not None:
-            self._update(fd)
+            out = _OUT if fd in self.writers else 0
+            self._apply(fd, _IN | out, out)
 
     def add_writer(self, fd: int, w: Watcher) -> None:
-        self.writers[fd] = w
-        self._update(fd)
+        writers = self.writers
+        known = fd in writers
+        writers[fd] = w
+        if not known:
+            in_ = _IN if fd in self.readers else 0
+            self._apply(fd, in_, in_ | _OUT)
 
     def remove_writer(self, fd: int) -> None:
         if self.writers.pop(fd, None) is not None:
-            self._update(fd)
+            in_ = _IN if fd in self.readers else 0
+            self._apply(fd, in_ | _OUT, in_)
 
     def set(self, fd: int, reader: Watcher | None, writer: Watcher | None) -> None:
         """Replace both callbacks of `fd` at once (one epoll_ctl at most)."""
+        readers, writers = self.readers, self.writers
+        old = (_IN if fd in readers else 0) | (_OUT if fd in writers else 0)
         if reader is None:
-            self.readers.pop(fd, None)
+            readers.pop(fd, None)
         else:
-            self.readers[fd] = reader
+            readers[fd] = reader
         if writer is None:
-            self.writers.pop(fd, None)
+            writers.pop(fd, None)
         else:
-            self.writers[fd] = writer
-        self._update(fd)
+            writers[fd] = writer
+        self._apply(fd, old, (0 if reader is None else _IN) | (0 if writer is None else _OUT))
 
     def forget(self, fd: int) -> None:
         """Drop `fd` without a system call: the caller closes it next, and closing a
         descriptor removes it from the epoll set."""
         self.readers.pop(fd, None)
         self.writers.pop(fd, None)
-        self.masks.pop(fd, None)
+
+    def registered(self) -> int:
+        """How many descriptors are watched (for tests and diagnostics)."""
+        return len(self.readers.keys() | self.writers.keys())
 
     def _dispatch(self) -> None:
         readers, writers = self.readers, self.writers

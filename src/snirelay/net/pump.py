@@ -94,7 +94,6 @@ class _Dir:
         "dfd",
         "pending",
         "nbytes",
-        "done",
         "reading",
     )
 
@@ -104,16 +103,19 @@ class _Dir:
         owner: PumpOwner,
         src: socket.socket,
         dst: socket.socket,
+        sfd: int,
+        dfd: int,
     ) -> None:
         self.poller = poller
         self.owner = owner
         self.src = src
         self.dst = dst
-        self.sfd = src.fileno()
-        self.dfd = dst.fileno()
+        # The owner passes each descriptor number once: both directions (and the
+        # poller's dicts) share the same int objects instead of allocating four.
+        self.sfd = sfd
+        self.dfd = dfd
         self.pending = 0  # bytes read but not yet written
         self.nbytes = 0  # bytes delivered to dst
-        self.done = False
         self.reading = False  # the source's read watcher is registered
 
     def start(self) -> None:
@@ -125,7 +127,6 @@ class _Dir:
             self.reading = True
 
     def _eof(self) -> None:
-        self.done = True
         if not self.owner.pump_eof():
             return  # both directions are done: the owner closed the sockets
         if self.reading:
@@ -169,7 +170,7 @@ class SpliceDir(_Dir):
     so it costs two descriptors (its sockets), not six.
     """
 
-    __slots__ = ("pool", "pr", "pw", "chunk")
+    __slots__ = ("pool", "pr", "pw")
 
     def __init__(
         self,
@@ -177,12 +178,13 @@ class SpliceDir(_Dir):
         owner: PumpOwner,
         src: socket.socket,
         dst: socket.socket,
+        sfd: int,
+        dfd: int,
         pool: PipePool,
     ) -> None:
-        super().__init__(poller, owner, src, dst)
+        super().__init__(poller, owner, src, dst, sfd, dfd)
         self.pool = pool
         self.pr = self.pw = -1
-        self.chunk = pool.size
 
     def on_readable(self) -> None:
         if self.pr < 0:
@@ -192,7 +194,7 @@ class SpliceDir(_Dir):
                 self.owner.pump_failed(exc)
                 return
         splice = os.splice
-        sfd, dfd, pr, pw, chunk = self.sfd, self.dfd, self.pr, self.pw, self.chunk
+        sfd, dfd, pr, pw, chunk = self.sfd, self.dfd, self.pr, self.pw, self.pool.size
         try:
             for _ in range(MAX_ROUNDS):
                 n = splice(sfd, pw, chunk, None, None, SPLICE_FLAGS)
@@ -251,9 +253,11 @@ class CopyDir(_Dir):
         owner: PumpOwner,
         src: socket.socket,
         dst: socket.socket,
+        sfd: int,
+        dfd: int,
         size: int = 65536,
     ) -> None:
-        super().__init__(poller, owner, src, dst)
+        super().__init__(poller, owner, src, dst, sfd, dfd)
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.off = 0

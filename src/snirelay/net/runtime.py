@@ -8,6 +8,7 @@ time (balancer, compiled route table, parsed `through`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from snirelay.net.poller import Poller
 from snirelay.net.pump import HAVE_SPLICE, PipePool
 from snirelay.net.resolve import Resolver, literal
 from snirelay.net.sockopt import parse_through
+from snirelay.observe.log import CONN_LOG
 from snirelay.routing import RouteTable
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class Context:
         "next_id",
         "splice",
         "worker",
+        "keep_addr",
     )
 
     def __init__(
@@ -75,3 +78,9 @@ class Context:
         self.splice = splice
         # with several workers, records carry the worker's pid (ids restart per worker)
         self.worker = os.getpid() if config.workers > 1 else 0
+        # client addresses are kept per connection only for the log record or iphash
+        self.keep_addr = CONN_LOG.isEnabledFor(logging.INFO) or any(
+            up.balance.strategy == "iphash"
+            for ep in config.endpoints
+            for up in (ep.upstream, *(r.upstream for r in ep.routes))
+        )
