@@ -124,6 +124,10 @@ remote = "{srv.addr}"
             assert max(ids.values()) == 2, ids.most_common(3)
             shared = sum(1 for n in ids.values() if n == 2)
             assert shared >= CONNECTIONS // 10, f"{shared} ids served by both workers"
+            # ... and every record names the worker that served it
+            served_by = Counter(int(r["worker"]) for r in recs)
+            assert set(served_by) == set(workers), (served_by, workers)
+            assert len({(r["worker"], r["id"]) for r in recs}) == CONNECTIONS
 
             assert relay.stop(signal.SIGTERM, timeout=15) == 0, relay.log
             deadline = time.monotonic() + 5
