@@ -140,3 +140,70 @@ def test_slow_reader_is_backpressure_not_memory(tmp_path: Path) -> None:
             assert peak - start_rss < 4096, (start_rss, peak)  # KiB: no buffering in Python
             (rec,) = relay.wait_records(1)
             assert rec["bytes_down"] == size and rec["close"] == "eof", rec
+
+
+def garbage_client(port: int, seed: int) -> None:
+    """Random first bytes, often TLS-shaped (0x16 0x03 ...) with random lengths."""
+    rnd = random.Random(seed)
+    head = rnd.choice(
+        [b"", b"\x16\x03\x01", b"\x16\x03\x03\x00", b"\x80", b"GET / HTTP/1.1\r\nHost: "]
+    )
+    data = head + rnd.randbytes(rnd.randint(0, 3000))
+    s = connect(port, timeout=10)
+    try:
+        s.sendall(data)
+        if rnd.random() < 0.5:
+            rst(s)
+            return
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        recv_all(s)
+    except OSError:
+        pass  # the relay may close a malformed connection before we finish sending
+    s.close()
+
+
+def test_garbage_first_bytes_on_a_routed_endpoint(tmp_path: Path) -> None:
+    """Random and TLS-shaped garbage: each connection ends with a record, none hangs,
+    nothing leaks, and the relay still routes a real request afterwards."""
+    with EchoServer(timeout=20) as srv:
+        port = free_port()
+        config = f"""
+[network]
+sniff_timeout = 2
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{srv.addr}"
+
+  [[endpoints.routes]]
+  server_names = ["emby.example.com"]
+  remote = "{srv.addr}"
+"""
+        with RelayProcess(["--log-format", "json"], config=config, tmp_path=tmp_path) as relay:
+            relay.start()
+            before = sockets_of(relay.pid)
+            with ThreadPoolExecutor(12) as pool:
+                list(pool.map(lambda i: garbage_client(port, i), range(200)))
+            recs = relay.wait_records(200, timeout=30)
+            closes = {r["close"] for r in recs}
+            assert closes <= {
+                "eof",
+                "reset",
+                "broken-pipe",
+                "malformed",
+                "too-large",
+                "sniff-timeout",
+                "client-eof-before-hello",
+            }, closes
+            deadline = time.monotonic() + 10
+            while sockets_of(relay.pid) > before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert sockets_of(relay.pid) == before
+            assert "internal error" not in relay.log
+            with connect(port, timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: emby.example.com\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                assert recv_all(s).startswith(b"GET / HTTP/1.1")
+            rec = relay.wait_records(201)[-1]
+            assert rec["route"] == "endpoints[0].routes[0]", rec
