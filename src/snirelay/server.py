@@ -147,6 +147,8 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(conns):
             conn.close("shutdown")
+        self.ctx.resolver.close()  # lookups still running end now, not with the loop
+        await asyncio.sleep(0)
         self.ctx.pipes.close()
         self.ctx.poller.close()
         LOG.info("stopped")
