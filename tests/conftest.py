@@ -12,6 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests run on a shared, sometimes busy machine: no per-example time limit
+# (a slow example is not a failure; a wrong answer is).
+settings.register_profile("snirelay", deadline=None)
+settings.load_profile("snirelay")
 
 _TESTS = Path(__file__).resolve().parent
 for _p in (str(_TESTS), str(_TESTS.parent)):
