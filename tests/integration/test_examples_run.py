@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_features import PortEchoes, bind_consecutive, free_consecutive
 
 from helpers.peers import connect, recv_all
+from helpers.ports import PortEchoes, bind_consecutive, free_consecutive
 from helpers.relay import REPO, RelayProcess, run_relay
 from snirelay.config.load import load_config
 from snirelay.config.model import Config, Upstream
