@@ -197,6 +197,7 @@ def _run_workers(config: Config) -> int:
     probe.bind(reuse_port=True, listen=False)
     for lst in probe.listeners:
         lst.sock.close()
+    probe.ctx.poller.close()
     probe.loop.close()
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
