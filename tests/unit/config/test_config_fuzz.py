@@ -63,9 +63,11 @@ def test_loader_only_raises_config_error(data: dict[str, Any]) -> None:
 )
 def test_transport_only_raises_config_error(raw: str, side: str) -> None:
     try:
-        parse_transport(raw, "p", side)
-    except ConfigError:
-        pass
+        parsed = parse_transport(raw, "p", side)
+    except ConfigError as exc:
+        assert str(exc).startswith("p"), exc  # errors name the place
+    else:
+        assert parsed.raw == raw
 
 
 _route = st.dictionaries(st.sampled_from(ROUTE_KEYS), _values, max_size=5)
