@@ -44,6 +44,15 @@ if TYPE_CHECKING:
 _FIRST = (0,)  # the balancer order of an upstream with one remote
 
 
+def _reason(exc: OSError) -> str:
+    """The `close` field for a socket error."""
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, BrokenPipeError):
+        return "broken-pipe"
+    return f"error: {exc}"
+
+
 def _fmt(sa: Any) -> str:
     host, port = sa[0], sa[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -71,6 +80,7 @@ class Connection:
         "prefix",
         "prefix_len",
         "buf",
+        "need",
         "sni",
         "alpn",
         "ech",
@@ -108,6 +118,7 @@ class Connection:
         self.prefix = b""
         self.prefix_len = 0  # sniffed bytes replayed to the backend
         self.buf: bytearray | None = None
+        self.need = 1  # sniff: bytes to buffer before parsing again (NeedData.at_least)
         self.sni: str | None = None
         self.alpn: tuple[str, ...] | None = None
         self.ech = False
@@ -141,13 +152,15 @@ class Connection:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.close("reset" if isinstance(exc, ConnectionResetError) else f"error: {exc}")
+            self.close(_reason(exc))
             return
         if not data:
             self.close("client-eof-before-hello")
             return
         self.buf += data
         limit = self.ep.cfg.upstream.network.sniff_max_bytes
+        if len(self.buf) < self.need and len(self.buf) < limit:
+            return  # the parser said it cannot decide before this many bytes
         try:
             res = sniff(bytes(self.buf), limit)
         except ProtocolError as exc:
@@ -156,6 +169,7 @@ class Connection:
         if isinstance(res, NeedData):
             if len(self.buf) >= limit:
                 self._sniffed(None, ProtocolError("too-large", f"first bytes exceed {limit}"))
+            self.need = res.at_least
             return
         self._sniffed(res, None)
 
@@ -257,8 +271,9 @@ class Connection:
             up.balancer.failed(self.cur, self.ctx.loop.time())
         if self.failed_remotes is None:
             self.failed_remotes = []
-        self.failed_remotes.append(f"{self._remote_name()} ({self.last_error})")
-        LOG.debug("conn %d: remote %s failed: %s", self.id, self._remote_name(), self.last_error)
+        name = self._remote_name()
+        self.failed_remotes.append(f"{name} ({self.last_error})")
+        LOG.debug("conn %d: remote %s failed: %s", self.id, name, self.last_error)
         self._next_remote()
 
     def _try_target(self) -> None:
@@ -292,7 +307,7 @@ class Connection:
     def _drop_backend(self) -> None:
         s = self.backend
         if s is not None:
-            self.ctx.poller.remove_writer(s.fileno())
+            self.ctx.poller.forget(s.fileno())  # closing drops it from the epoll set
             s.close()
             self.backend = None
         self.deadline = 0.0
@@ -373,12 +388,7 @@ class Connection:
         self.close("internal-error")
 
     def pump_failed(self, exc: OSError) -> None:
-        if isinstance(exc, ConnectionResetError):
-            self.close("reset")
-        elif isinstance(exc, BrokenPipeError):
-            self.close("broken-pipe")
-        else:
-            self.close(f"error: {exc}")
+        self.close(_reason(exc))
 
     def pump_eof(self) -> bool:
         """A direction read EOF. True: half-close the other side; False: both are done."""

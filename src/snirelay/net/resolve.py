@@ -60,6 +60,8 @@ _PLAN: dict[str, tuple[tuple[int, ...], ...]] = {
 
 def literal(host: str, port: int) -> list[SockTarget] | None:
     """The target list for an IP literal, or None for a name."""
+    if ":" not in host and not host.replace(".", "").isdigit():
+        return None  # a name: skip the parse (and its exception) on the lookup path
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
