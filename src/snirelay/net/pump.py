@@ -144,8 +144,8 @@ class _Dir:
         self.poller.add_writer(self.dfd, self)
 
     def _unblocked(self) -> None:
-        # Read again at once instead of waiting for the watcher: a source that hit an
-        # error (RST) while we were not reading may never be reported by uvloop again.
+        # Read again at once instead of waiting for the next poll: the source most
+        # likely has data waiting (that is why this direction blocked).
         self.poller.remove_writer(self.dfd)
         self.on_readable()
 
@@ -245,7 +245,7 @@ class SpliceDir(_Dir):
 class CopyDir(_Dir):
     """Buffered direction: recv_into a reusable buffer, then send."""
 
-    __slots__ = ("buf", "view", "off")
+    __slots__ = ("view", "off")
 
     def __init__(
         self,
@@ -258,8 +258,7 @@ class CopyDir(_Dir):
         size: int = 65536,
     ) -> None:
         super().__init__(poller, owner, src, dst, sfd, dfd)
-        self.buf = bytearray(size)
-        self.view = memoryview(self.buf)
+        self.view = memoryview(bytearray(size))  # the view keeps its buffer alive
         self.off = 0
 
     def on_readable(self) -> None:
