@@ -53,8 +53,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
 def unsupported(config: Config) -> str | None:
     """The first configured feature this build cannot serve yet, as a one-line error."""
     for ep in config.endpoints:
-        ups = [(ep.place, ep.upstream)] + [(r.place, r.upstream) for r in ep.routes]
-        for place, up in ups:
+        for place, up in ep.upstreams():
             if up.listen_transport is not None:
                 return f"{place}.listen_transport: transports are not supported yet"
             if up.remote_transport is not None:

@@ -57,9 +57,8 @@ def runs(ports: set[int]) -> list[tuple[int, int]]:
 
 def upstreams(config: Config) -> Iterator[Upstream]:
     for ep in config.endpoints:
-        yield ep.upstream
-        for r in ep.routes:
-            yield r.upstream
+        for _, up in ep.upstreams():
+            yield up
 
 
 def rewrite(text: str, legacy: bool, pmap: dict[int, int]) -> str:

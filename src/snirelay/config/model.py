@@ -147,6 +147,10 @@ class Endpoint:
     listen_interface: str | None = None
     routes: tuple[Route, ...] = ()
 
+    def upstreams(self) -> tuple[tuple[str, Upstream], ...]:
+        """(place, upstream) of the endpoint's default route, then of each route."""
+        return ((self.place, self.upstream), *((r.place, r.upstream) for r in self.routes))
+
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:

@@ -80,7 +80,5 @@ class Context:
         self.worker = os.getpid() if config.workers > 1 else 0
         # client addresses are kept per connection only for the log record or iphash
         self.keep_addr = CONN_LOG.isEnabledFor(logging.INFO) or any(
-            up.balance.strategy == "iphash"
-            for ep in config.endpoints
-            for up in (ep.upstream, *(r.upstream for r in ep.routes))
+            up.balance.strategy == "iphash" for ep in config.endpoints for _, up in ep.upstreams()
         )
