@@ -30,8 +30,6 @@ from snirelay.net.sockopt import make_listener
 from snirelay.observe import log as logsetup
 from snirelay.observe.log import LOG
 
-SWEEP_INTERVAL = 0.25  # deadlines fire within this of their due time
-
 
 class StartupError(Exception):
     """An expected start-up failure: one line, and the exit code the CLI returns."""
@@ -113,12 +111,6 @@ class Server:
                 ) from None
             self.listeners.append(Listener(self.ctx, ep, sock))
 
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for conn in list(self.ctx.conns):
-            conn.tick(now)
-        self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-
     async def serve(self) -> None:
         self.stopping = asyncio.Event()
         if threading.current_thread() is threading.main_thread():
@@ -127,7 +119,7 @@ class Server:
         for lst in self.listeners:
             lst.start()
             LOG.info("listening on %s (%s, tcp)", lst.name, lst.ep.cfg.place)
-        self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        self.ctx.start()
         await self.stopping.wait()
         await self.drain()
 
@@ -146,10 +138,8 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(conns):
             conn.close("shutdown")
-        self.ctx.resolver.close()  # lookups still running end now, not with the loop
+        self.ctx.close()  # lookups still running end now, not with the loop
         await asyncio.sleep(0)
-        self.ctx.pipes.close()
-        self.ctx.poller.close()
         LOG.info("stopped")
 
 

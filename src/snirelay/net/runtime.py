@@ -21,6 +21,8 @@ from snirelay.net.sockopt import parse_through
 from snirelay.observe.log import CONN_LOG
 from snirelay.routing import RouteTable
 
+SWEEP_INTERVAL = 0.25  # deadlines fire within this of their due time
+
 if TYPE_CHECKING:
     from snirelay.net.conn import Connection
 
@@ -63,6 +65,7 @@ class Context:
         "splice",
         "worker",
         "keep_addr",
+        "_sweeper",
     )
 
     def __init__(
@@ -82,3 +85,24 @@ class Context:
         self.keep_addr = CONN_LOG.isEnabledFor(logging.INFO) or any(
             up.balance.strategy == "iphash" for ep in config.endpoints for _, up in ep.upstreams()
         )
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Start the connections' deadline timer (the server calls this once it serves)."""
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.conns):
+            conn.tick(now)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def close(self) -> None:
+        """Release what the connections shared (after every connection is closed):
+        the deadline timer, running name lookups, pooled pipes, the epoll set."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.resolver.close()
+        self.pipes.close()
+        self.poller.close()
