@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,17 @@ def _reason(exc: OSError) -> str:
     if isinstance(exc, BrokenPipeError):
         return "broken-pipe"
     return f"error: {exc}"
+
+
+_LINGER0 = struct.pack("ii", 1, 0)
+
+
+def _linger0(s: socket.socket) -> None:
+    """Make the coming close() send an RST."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+    except OSError:
+        pass  # already reset or closed by the peer: nothing left to signal
 
 
 def _fmt(sa: Any) -> str:
@@ -421,7 +433,9 @@ class Connection:
             self.close("idle-timeout")
 
     # ---- close -------------------------------------------------------------------------
-    def close(self, reason: str, hint: str | None = None) -> None:
+    def close(self, reason: str, hint: str | None = None, *, reset: bool = False) -> None:
+        """Close both sockets and write the record. `reset`: end with an RST instead of
+        a FIN (SO_LINGER 0), so a peer can tell a cut transfer from a complete one."""
         if self.closed:
             return
         self.closed = True
@@ -431,11 +445,13 @@ class Connection:
         for d in (self.up, self.down):
             if d is not None:
                 d.release()
-        forget(self.client.fileno())
-        self.client.close()
-        if self.backend is not None:
-            forget(self.backend.fileno())
-            self.backend.close()
+        for s in (self.client, self.backend):
+            if s is None:
+                continue
+            forget(s.fileno())
+            if reset:
+                _linger0(s)
+            s.close()
         self.ctx.conns.discard(self)
         if CONN_LOG.isEnabledFor(logging.INFO):
             self._record(reason)
