@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from snirelay.config.model import Route
+from snirelay.wire.errors import ProtocolError
+from snirelay.wire.sniff import Sniffed
 
 __all__ = ["NamePattern", "RouteTable", "compile_pattern", "match_name", "normalize_name"]
 
@@ -277,3 +279,48 @@ class RouteTable:
             f"server name {name!r} matched no route; closest configured: {', '.join(close)}; "
             "add it (or a '*.' wildcard for its parent domain) to a route's server_names"
         )
+
+
+# INTERIM (replaced by the `pure` branch): the one routing decision.
+@dataclass(frozen=True, slots=True)
+class SniffTimeout:
+    buffered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    route: Route | None
+    close: str | None
+    hint: str | None
+    kind: str
+
+
+def decide(
+    table: RouteTable, seen: Sniffed | ProtocolError | SniffTimeout, *, has_default: bool
+) -> Decision:
+    hint: str | None = None
+    if isinstance(seen, Sniffed):
+        kind = seen.kind
+        tls = kind != "http"
+        route = table.pick(seen.name, tls=tls, name_is_ip=seen.name_is_ip)
+        if route is None:
+            hint = table.explain_miss(seen.name, tls=tls, name_is_ip=seen.name_is_ip)
+    elif isinstance(seen, SniffTimeout):
+        kind = "timeout"
+        if seen.buffered:
+            return Decision(None, "sniff-timeout", "client sent an incomplete first message", kind)
+        route = table.pick(None, tls=False, name_is_ip=False)
+        if route is None:
+            return Decision(
+                None, "sniff-timeout", "client sent nothing before network.sniff_timeout", kind
+            )
+    else:
+        kind = seen.kind
+        route = table.pick(None, tls=False, name_is_ip=False)
+        if route is None:
+            hint = str(seen)
+            if seen.kind != "not-tls":
+                return Decision(None, seen.kind, hint, kind)
+    if route is None and not has_default:
+        return Decision(None, "no-route", hint or "the endpoint has no remote for this", kind)
+    return Decision(route, None, hint, kind)

@@ -13,6 +13,7 @@ import socket
 
 from snirelay.net.conn import Connection
 from snirelay.net.runtime import Context, EndpointRT
+from snirelay.net.sides import RawSide
 from snirelay.observe.log import LOG
 
 BATCH = 64
@@ -42,12 +43,15 @@ class Listener:
         self.sock.close()
 
     def _on_accept(self) -> None:
-        accept = self.sock.accept
+        # socket._accept() gives the descriptor, so the connection's client side is
+        # made directly as a RawSide (socket.accept() would build a socket to discard)
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        family = self.sock.family
         ctx, ep = self.ctx, self.ep
         keep_addr = ctx.keep_addr
         for _ in range(BATCH):
             try:
-                sock, addr = accept()
+                fd, addr = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -61,14 +65,16 @@ class Listener:
             if self.backoff:
                 LOG.warning("%s: accepting again", self.name)
                 self.backoff = 0.0
-            sock.setblocking(False)
+            side = RawSide(family, socket.SOCK_STREAM, 0, fd)
+            side.setblocking(False)
             try:
                 # The peer address is kept only when something reads it (the log
                 # record, iphash): it is the largest object of an idle connection.
-                Connection(ctx, ep, sock, addr if keep_addr else None).start()
+                Connection(ctx, ep, side, addr if keep_addr else None).start()
             except Exception:  # one connection never takes the listener down
                 LOG.exception("%s: connection set-up failed", self.name)
-                sock.close()
+                ctx.poller.forget(side.fd)
+                side.close()
 
     def _pause(self, exc: OSError) -> None:
         self.backoff = min(MAX_BACKOFF, self.backoff * 2 or 0.05)

@@ -3,24 +3,28 @@
 How it works
 ------------
 A connection has two directions (client->backend "up", backend->client "down"). Each
-direction owns its source and destination file descriptors and moves bytes with no
-Python objects in between:
+direction reads one side (net.sides) and writes the other:
 
-- `SpliceDir` (Linux): socket -> pipe -> socket with `os.splice`. The pipe is empty
+- `SpliceDir` (Linux, both sides raw sockets): socket -> pipe -> socket with
+  `os.splice`, no bytes in Python objects. The pipe is empty
   whenever the source is being read, so `EAGAIN` from the first splice always means
   "the source has nothing", never "the pipe is full". Bytes the destination could not
   take stay in the pipe; the direction then stops reading its source (backpressure) and
   waits for the destination to become writable.
-- `CopyDir`: the portable fallback, `recv_into` a per-direction buffer and `send`.
+- `CopyDir`: any two sides (and the fallback where splice is missing): the source
+  side's `recv_into` one bounded per-direction buffer, then the destination's `send`.
+  A side that holds decoded bytes no readiness event announces (`buffered()`, e.g. TLS)
+  is read again from the loop instead of waiting for the next event.
 
-Each callback reads until `EAGAIN` (bounded per call so one fast stream cannot starve
-others): a reader that stopped at a short read would never hear of a peer that sent
-data and then reset, because uvloop drops the watcher of a socket in error after one
-callback.
+Each callback moves up to `MAX_ROUNDS` chunks and stops at a short read (the poller is
+level-triggered, so whatever is left, an error included, is reported again): one fast
+stream cannot starve the others.
 
-EOF from the source becomes `shutdown(SHUT_WR)` on the destination while the other
-direction keeps flowing (half-close). When both directions are done the owner
-(told through `pump_eof()`) closes everything; any socket error calls the owner's `pump_failed(exc)`.
+EOF from the source becomes `shutdown_write()` on the destination side (a TCP FIN)
+while the other direction keeps flowing (half-close). When both directions are done
+the owner (told through `pump_eof()`) closes everything; a socket error calls the
+owner's `pump_failed(exc)`, which ends the connection with a reset on the other side
+too, so a cut transfer never looks complete.
 
 Resource handling: pipes come from a bounded `PipePool`, are held only while bytes
 move, and go back to it only when empty; a direction never closes the sockets (its owner does).
@@ -30,10 +34,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 from typing import Protocol
 
 from snirelay.net.poller import Poller
+from snirelay.net.sides import Side
 
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 HAVE_SPLICE = hasattr(os, "splice")
@@ -97,23 +101,15 @@ class _Dir:
         "reading",
     )
 
-    def __init__(
-        self,
-        poller: Poller,
-        owner: PumpOwner,
-        src: socket.socket,
-        dst: socket.socket,
-        sfd: int,
-        dfd: int,
-    ) -> None:
+    def __init__(self, poller: Poller, owner: PumpOwner, src: Side, dst: Side) -> None:
         self.poller = poller
         self.owner = owner
         self.src = src
         self.dst = dst
-        # The owner passes each descriptor number once: both directions (and the
-        # poller's dicts) share the same int objects instead of allocating four.
-        self.sfd = sfd
-        self.dfd = dfd
+        # The sides' descriptor ints: both directions (and the poller's dicts) share
+        # the same int objects instead of allocating four.
+        self.sfd = src.fd
+        self.dfd = dst.fd
         self.pending = 0  # bytes read but not yet written
         self.nbytes = 0  # bytes delivered to dst
         self.reading = False  # the source's read watcher is registered
@@ -132,10 +128,7 @@ class _Dir:
         if self.reading:
             self.poller.remove_reader(self.sfd)
             self.reading = False
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the peer is already gone; the other direction will notice
+        self.dst.shutdown_write()
 
     def _blocked(self) -> None:
         if self.reading:
@@ -173,16 +166,9 @@ class SpliceDir(_Dir):
     __slots__ = ("pool", "pr", "pw")
 
     def __init__(
-        self,
-        poller: Poller,
-        owner: PumpOwner,
-        src: socket.socket,
-        dst: socket.socket,
-        sfd: int,
-        dfd: int,
-        pool: PipePool,
+        self, poller: Poller, owner: PumpOwner, src: Side, dst: Side, pool: PipePool
     ) -> None:
-        super().__init__(poller, owner, src, dst, sfd, dfd)
+        super().__init__(poller, owner, src, dst)
         self.pool = pool
         self.pr = self.pw = -1
 
@@ -248,16 +234,9 @@ class CopyDir(_Dir):
     __slots__ = ("view", "off")
 
     def __init__(
-        self,
-        poller: Poller,
-        owner: PumpOwner,
-        src: socket.socket,
-        dst: socket.socket,
-        sfd: int,
-        dfd: int,
-        size: int = 65536,
+        self, poller: Poller, owner: PumpOwner, src: Side, dst: Side, size: int = 65536
     ) -> None:
-        super().__init__(poller, owner, src, dst, sfd, dfd)
+        super().__init__(poller, owner, src, dst)
         self.view = memoryview(bytearray(size))  # the view keeps its buffer alive
         self.off = 0
 
@@ -278,7 +257,7 @@ class CopyDir(_Dir):
                     self.off, self.pending = m, n - m
                     self._blocked()
                     return
-                if n < len(view):
+                if n < len(view) and not self.src.buffered():
                     break  # drained; level-triggered polling reports anything new
         except BlockingIOError:
             pass
@@ -286,6 +265,14 @@ class CopyDir(_Dir):
             self.owner.pump_failed(exc)
             return
         self._wait_read()
+        if self.src.buffered():
+            # decoded bytes wait inside the side (MAX_ROUNDS reached): no readiness event
+            # will announce them, so come back from the loop
+            self.poller.loop.call_soon(self._again)
+
+    def _again(self) -> None:
+        if self.reading:
+            self.on_readable()
 
     def on_writable(self) -> None:
         try:
@@ -302,4 +289,5 @@ class CopyDir(_Dir):
             self._unblocked()
 
     def release(self) -> None:
+        self.reading = False  # a pending `_again` finds nothing to do
         self.view.release()

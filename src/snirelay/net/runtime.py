@@ -1,7 +1,7 @@
 """Runtime objects built from the frozen config, in one place.
 
-`Context` is what every connection shares (loop, resolver, pipe pool, live connection
-set). `EndpointRT` / `UpstreamRT` pair each config object with the state it needs at run
+`Context` is what every connection shares (loop, poller, timing wheel, resolver, pipe
+pool, observers, live connection set). `EndpointRT` / `UpstreamRT` pair each config object with the state it needs at run
 time (balancer, compiled route table, parsed `through`).
 """
 
@@ -18,10 +18,10 @@ from snirelay.net.poller import Poller
 from snirelay.net.pump import HAVE_SPLICE, PipePool
 from snirelay.net.resolve import Resolver, literal
 from snirelay.net.sockopt import parse_through
+from snirelay.net.timers import Wheel
+from snirelay.observe.events import Observers, RecordLog
 from snirelay.observe.log import CONN_LOG
 from snirelay.routing import RouteTable
-
-SWEEP_INTERVAL = 0.25  # deadlines fire within this of their due time
 
 if TYPE_CHECKING:
     from snirelay.net.conn import Connection
@@ -53,10 +53,11 @@ class EndpointRT:
         self.table = RouteTable(cfg.routes) if cfg.routes else None
 
 
-class Context:
+class Context(Observers):
     __slots__ = (
         "loop",
         "poller",
+        "wheel",
         "config",
         "resolver",
         "pipes",
@@ -65,14 +66,15 @@ class Context:
         "splice",
         "worker",
         "keep_addr",
-        "_sweeper",
     )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, config: Config, *, splice: bool = HAVE_SPLICE
     ) -> None:
+        super().__init__()
         self.loop = loop
         self.poller = Poller(loop)
+        self.wheel = Wheel(loop)
         self.config = config
         self.resolver = Resolver(loop, config.dns)
         self.pipes = PipePool(config.pipe_pages)
@@ -85,24 +87,17 @@ class Context:
         self.keep_addr = CONN_LOG.isEnabledFor(logging.INFO) or any(
             up.balance.strategy == "iphash" for ep in config.endpoints for _, up in ep.upstreams()
         )
-        self._sweeper: asyncio.TimerHandle | None = None
+        if RecordLog.wanted():
+            self.add(RecordLog())
 
     def start(self) -> None:
-        """Start the connections' deadline timer (the server calls this once it serves)."""
-        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for conn in list(self.conns):
-            conn.tick(now)
-        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        """Called once the server serves (nothing to start today: the wheel sets its
+        loop timer when a deadline is armed)."""
 
     def close(self) -> None:
         """Release what the connections shared (after every connection is closed):
         the deadline timer, running name lookups, pooled pipes, the epoll set."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self.wheel.close()
         self.resolver.close()
         self.pipes.close()
         self.poller.close()

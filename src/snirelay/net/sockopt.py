@@ -10,6 +10,7 @@ import ipaddress
 import socket
 
 from snirelay.config.model import Addr, NetworkConfig
+from snirelay.net.sides import RawSide
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -45,9 +46,12 @@ def make_listener(
     *,
     reuse_port: bool = False,
     backlog: int | None = 4096,
+    defer_accept: int = 0,
 ) -> socket.socket:
     """A bound, listening (unless `backlog` is None), non-blocking TCP socket.
-    Raises OSError."""
+    `defer_accept` (seconds, 0 = off) sets TCP_DEFER_ACCEPT: the kernel hands a
+    connection over once its first bytes have arrived (or after about that long), so a
+    sniffing endpoint reads the ClientHello at accept without another wake. Raises OSError."""
     fam = family_of(addr.host)
     proto = IPPROTO_MPTCP if net.accept_mptcp else 0
     sock = socket.socket(fam, socket.SOCK_STREAM, proto)
@@ -59,6 +63,8 @@ def make_listener(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(net.ipv6_only))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         set_keepalive(sock, net)
+        if defer_accept > 0:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer_accept)
         bind_device(sock, interface)
         sock.bind((addr.host, addr.port))
         if backlog is not None:
@@ -89,10 +95,10 @@ def outbound_socket(
     net: NetworkConfig,
     through: tuple[str, int] | None,
     interface: str | None,
-) -> socket.socket:
-    """A non-blocking socket ready to connect. Raises OSError."""
+) -> RawSide:
+    """A non-blocking socket ready to connect (a raw side). Raises OSError."""
     proto = IPPROTO_MPTCP if net.send_mptcp else 0
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, proto)
+    sock = RawSide(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, proto)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         set_keepalive(sock, net)

@@ -52,3 +52,28 @@ def sniff(data: bytes, max_size: int = 65536) -> Sniffed | NeedData:
     if isinstance(req, NeedData):
         return req
     return Sniffed("http", req.host, req.host_is_ip, None, req)
+
+
+class Sniffer:
+    """INTERIM (replaced by the sniffwire branch): feed bytes, parse once at_least is in."""
+
+    __slots__ = ("data", "max_size", "need")
+
+    def __init__(self, max_size: int) -> None:
+        self.data = bytearray()
+        self.max_size = max_size
+        self.need = 1
+
+    def feed(self, chunk: bytes) -> Sniffed | NeedData:
+        from snirelay.wire.errors import ProtocolError
+
+        self.data += chunk
+        n = len(self.data)
+        if n < self.need and n < self.max_size:
+            return NeedData(self.need)
+        res = sniff(bytes(self.data), self.max_size)
+        if isinstance(res, NeedData):
+            if n >= self.max_size:
+                raise ProtocolError("too-large", f"first bytes exceed {self.max_size}")
+            self.need = res.at_least
+        return res

@@ -1,0 +1,355 @@
+"""The phases of one relayed TCP connection before the pump, each a small unit.
+
+How it works
+------------
+The path of a connection (net.conn drives it; docs/discussion/connection-phases.md
+draws it)::
+
+    accept -> [PROXY header in] -> [sniff] -> decide -> connect (failover)
+           -> [handshakes, per side] -> [replay sniffed bytes] -> pump -> closed (one record)
+
+A phase object is the poller's watcher for the sockets it waits on and the target of
+the connection's deadline (`on_deadline`) while it runs; it ends by handing over to the
+next phase through the connection (`conn.decided`, `conn.connected`, `conn.replayed`).
+Each phase has one deadline from the config:
+
+=========  ============================  =========================================
+phase      deadline                      on expiry
+=========  ============================  =========================================
+sniff      network.sniff_timeout         decide on what arrived (timeout rules)
+connect    network.tcp_timeout, each     the next address / remote (failover)
+           remote (resolution + connect)
+replay     network.replay_timeout        close "replay-timeout"
+pump       network.tcp_idle_timeout      close "idle-timeout"
+=========  ============================  =========================================
+
+Phases that a connection does not need cost nothing: no routes, no sniff phase; raw
+sides, no handshake phase; nothing sniffed, no replay phase.
+
+Few wakes and few `epoll_ctl` calls, by design: the sniff phase first reads at accept
+(routed listeners set TCP_DEFER_ACCEPT, so the ClientHello is usually there already)
+and registers the client only if nothing came; the connect phase writes the sniffed
+bytes right after a non-blocking `connect()` (on a fast path the connection is already
+up) and checks whether a plain connection is up before waiting for writability; so a
+routed passthrough connection on a fast path registers each socket once, for the pump.
+
+Error handling: a phase never raises into the loop for an expected failure: it closes
+the connection with a reason naming what failed (the record's `phase` says where).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from snirelay.net.resolve import SockTarget
+from snirelay.net.sockopt import outbound_socket
+from snirelay.observe.log import LOG
+from snirelay.routing import SniffTimeout
+from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.sniff import Sniffer
+
+if TYPE_CHECKING:
+    from snirelay.net.conn import Connection
+    from snirelay.net.sides import RawSide
+
+_FIRST = (0,)  # the balancer order of an upstream with one remote
+
+
+def fmt_addr(sa: Any) -> str:
+    host, port = sa[0], sa[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def close_reason(exc: OSError) -> str:
+    """The record's `close` field for a socket error."""
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, BrokenPipeError):
+        return "broken-pipe"
+    return f"error: {exc}"
+
+
+def _replay_timeout(conn: Connection) -> float:
+    # INTERIM until network.replay_timeout lands with the options table (dedupe branch)
+    net = conn.upstream.cfg.network
+    return float(getattr(net, "replay_timeout", net.sniff_timeout))
+
+
+class Phase:
+    """What every phase is to the poller and the wheel; a no-op by default."""
+
+    __slots__ = ("conn",)
+    name = "?"
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def on_readable(self) -> None:
+        pass
+
+    def on_writable(self) -> None:
+        pass
+
+    def on_deadline(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        """A callback of this phase raised (a bug): close the connection, keep serving."""
+        self.conn.close("internal-error", reset=True)
+
+
+class Sniff(Phase):
+    """Read the client's first bytes until the route can be decided."""
+
+    __slots__ = ("sniffer", "watching")
+    name = "sniff"
+
+    def __init__(self, conn: Connection, max_bytes: int) -> None:
+        super().__init__(conn)
+        self.sniffer = Sniffer(max_bytes)
+        self.watching = False
+
+    def start(self, timeout: float) -> None:
+        self.conn.ctx.wheel.after(self.conn, timeout)
+        self.on_readable()  # the hello is often there already (TCP_DEFER_ACCEPT)
+        if not self.conn.closed and self.conn.phase is self and not self.watching:
+            self.conn.ctx.poller.add_reader(self.conn.client.fd, self)
+            self.watching = True
+
+    def on_readable(self) -> None:
+        conn = self.conn
+        try:
+            data = conn.client.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            conn.close(close_reason(exc))
+            return
+        if not data:
+            conn.close("client-eof-before-hello")
+            return
+        try:
+            res = self.sniffer.feed(data)
+        except ProtocolError as exc:
+            self._done(exc)
+            return
+        if not isinstance(res, NeedData):
+            self._done(res)
+
+    def on_deadline(self) -> None:
+        self._done(SniffTimeout(len(self.sniffer.data)))
+
+    def _done(self, seen: Any) -> None:
+        conn = self.conn
+        if self.watching:
+            conn.ctx.poller.remove_reader(conn.client.fd)
+        conn.decided(seen, bytes(self.sniffer.data))
+
+
+class Connect(Phase):
+    """Balancer order -> resolve -> connect each address in turn, failing over."""
+
+    __slots__ = ("order", "oi", "cur", "targets", "ti", "sock", "sa", "last_error", "gen")
+    name = "connect"
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self.order: Sequence[int] = _FIRST
+        self.oi = 0
+        self.cur = 0
+        self.targets: list[SockTarget] = []
+        self.ti = 0
+        self.sock: RawSide | None = None  # the socket whose connect is in progress
+        self.sa: Any = None
+        self.last_error = ""
+        self.gen = 0  # tells a late name-resolution answer from the current one
+
+    def start(self) -> None:
+        conn = self.conn
+        up = conn.upstream
+        if len(up.cfg.remotes) > 1:
+            ip = conn.caddr[0] if conn.caddr is not None else ""
+            self.order = up.balancer.order(ip, conn.ctx.loop.time())
+        self._next_remote()
+
+    def _next_remote(self) -> None:
+        conn = self.conn
+        if self.oi >= len(self.order):
+            conn.close("connect-failed", "no remote accepted the connection")
+            return
+        self.cur = self.order[self.oi]
+        self.oi += 1
+        up = conn.upstream
+        fixed = up.targets[self.cur]
+        if fixed is not None:
+            self._resolved(self.gen, fixed)
+            return
+        addr = up.cfg.remotes[self.cur]
+        self.gen += 1
+        gen = self.gen
+        conn.ctx.wheel.after(conn, up.cfg.network.tcp_timeout)  # resolution has a deadline too
+        conn.ctx.resolver.resolve(addr.host, addr.port, lambda res: self._resolved(gen, res))
+
+    def _resolved(self, gen: int, res: list[SockTarget] | OSError) -> None:
+        if self.conn.closed or gen != self.gen or self.conn.phase is not self:
+            return  # the connection ended, or this lookup timed out already
+        if isinstance(res, OSError):
+            self.last_error = str(res)
+            self._remote_failed()
+            return
+        self.targets = res
+        self.ti = 0
+        self._try_target()
+
+    def _remote_failed(self) -> None:
+        conn = self.conn
+        up = conn.upstream
+        if len(up.cfg.remotes) > 1:
+            up.balancer.failed(self.cur, conn.ctx.loop.time())
+        name = str(up.cfg.remotes[self.cur])
+        if conn.failed_remotes is None:
+            conn.failed_remotes = []
+        conn.failed_remotes.append(f"{name} ({self.last_error})")
+        LOG.debug("conn %d: remote %s failed: %s", conn.id, name, self.last_error)
+        self._next_remote()
+
+    def _try_target(self) -> None:
+        conn = self.conn
+        up = conn.upstream
+        while self.ti < len(self.targets):
+            fam, sa = self.targets[self.ti]
+            self.ti += 1
+            try:
+                s = outbound_socket(fam, up.cfg.network, up.through, up.cfg.interface)
+            except OSError as exc:
+                LOG.warning("conn %d: cannot create socket for %s: %s", conn.id, fmt_addr(sa), exc)
+                self.last_error = f"{fmt_addr(sa)}: {exc.strerror or exc}"
+                continue
+            err = s.connect_ex(sa)
+            if err == 0:
+                self._up(s, sa)
+                return
+            if err == errno.EINPROGRESS:
+                if self._up_already(s):
+                    self._up(s, sa)
+                    return
+                if conn.closed:
+                    return
+                self.sock, self.sa = s, sa
+                conn.ctx.poller.add_writer(s.fd, self)
+                conn.ctx.wheel.after(conn, up.cfg.network.tcp_timeout)
+                return
+            s.close()
+            self.last_error = f"{fmt_addr(sa)}: {os.strerror(err)}"
+        self._remote_failed()
+
+    def _up_already(self, s: RawSide) -> bool:
+        """Is a connect that said EINPROGRESS already done? On a fast path (loopback, a
+        LAN) it is: then no writability wait. With sniffed bytes to replay, try to send
+        them (a send on a connection still being set up says EAGAIN)."""
+        conn = self.conn
+        if conn.prefix:
+            try:
+                conn.sent = s.send(conn.prefix)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return False  # the writability wait reports the error as a connect failure
+            return True
+        try:
+            s.getpeername()
+        except OSError:
+            return False
+        return True
+
+    def on_writable(self) -> None:
+        s = self.sock
+        assert s is not None
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.last_error = f"{fmt_addr(self.sa)}: {os.strerror(err)}"
+            self._drop()
+            self._try_target()
+            return
+        self.sock = None
+        self._up(s, self.sa)
+
+    def on_deadline(self) -> None:
+        tmo = self.conn.upstream.cfg.network.tcp_timeout
+        if self.sock is None:
+            self.gen += 1  # the lookup's answer, if it ever comes, is ignored
+            self.last_error = f"name resolution timed out after {tmo:g}s"
+            self._remote_failed()
+            return
+        self.last_error = f"{fmt_addr(self.sa)}: connect timed out after {tmo:g}s"
+        self._drop()
+        self._try_target()
+
+    def _drop(self) -> None:
+        s = self.sock
+        if s is not None:
+            self.conn.ctx.poller.forget(s.fd)  # closing drops it from the epoll set
+            s.close()
+            self.sock = None
+
+    def release(self) -> None:
+        """The connection closed during this phase: close the half-made socket."""
+        self._drop()
+
+    def _up(self, s: RawSide, sa: Any) -> None:
+        conn = self.conn
+        up = conn.upstream
+        if len(up.cfg.remotes) > 1:
+            up.balancer.succeeded(self.cur)
+        conn.ctx.wheel.after(conn, 0)
+        conn.connected(s, sa)
+
+
+class Replay(Phase):
+    """Write the sniffed bytes to the backend, byte-exact, before the pump starts."""
+
+    __slots__ = ("data", "watching")
+    name = "replay"
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self.data = memoryview(conn.prefix)
+        self.watching = False
+
+    def start(self) -> None:
+        self.on_writable()
+        if self.conn.phase is self and not self.conn.closed:
+            backend = self.conn.backend
+            assert backend is not None
+            self.conn.ctx.poller.add_writer(backend.fd, self)
+            self.conn.ctx.wheel.after(self.conn, _replay_timeout(self.conn))
+
+    def on_writable(self) -> None:
+        conn = self.conn
+        backend = conn.backend
+        assert backend is not None
+        try:
+            n = backend.send(self.data[conn.sent :])
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            conn.close(f"error: backend: {exc}", reset=True)
+            return
+        conn.sent += n
+        if conn.sent >= len(self.data):
+            self.data.release()
+            conn.ctx.wheel.after(conn, 0)
+            conn.replayed()
+
+    def on_deadline(self) -> None:
+        tmo = _replay_timeout(self.conn)
+        left = len(self.data) - self.conn.sent
+        self.conn.close(
+            "replay-timeout",
+            f"the backend took no more of the sniffed bytes for {tmo:g}s ({left} left)",
+            reset=True,
+        )

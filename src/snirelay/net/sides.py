@@ -1,0 +1,94 @@
+"""The two ends of a relayed connection, behind one interface.
+
+How it works
+------------
+A `Side` owns one end (the client's or the backend's): its socket and descriptor,
+reading and writing, half-close, close, and a handshake step of its own. The phases
+(net.phases) and the pump (net.pump) only talk to sides, so a TLS side (ssl.SSLObject
+over memory BIOs) or a WebSocket side (wsproto) plugs in without a new branch in the
+phases:
+
+- readiness: the side's descriptor is watched through the poller; `buffered()` says
+  how many bytes the side already holds decoded (a TLS record decrypted past what was
+  asked for) that no readiness event will announce;
+- `recv_into(buf)` / `send(data)`: the socket's calling convention (bytes moved, 0 =
+  end of stream; `BlockingIOError` = try again when ready; `OSError` = the end failed);
+- `shutdown_write()`: half-close (a TCP FIN, a TLS close_notify, a WebSocket close);
+- `close(reset)`: release everything; `reset` ends a TCP side with an RST;
+- `handshake()`: None when the side needs none (raw TCP), else the object that runs it
+  (TLS accept/connect, the WebSocket upgrade) as a phase of the connection.
+
+`raw` says the side is a plain socket whose bytes can be spliced: the pump moves
+bytes with `os.splice` when both sides are raw, through one bounded buffer per
+direction otherwise. Byte counters are kept by the pump, one per direction, i.e. the
+bytes each side has been handed for writing.
+
+Resource handling: a side closes its socket exactly once; the connection that owns
+both sides closes them when it ends, whatever phase it is in.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Protocol
+
+_LINGER0 = struct.pack("ii", 1, 0)
+
+
+class Handshake(Protocol):
+    """A side's own handshake, run by the connection's handshake phase (TLS, ws)."""
+
+    def step(self) -> bool: ...  # True when done; BlockingIOError / OSError as for I/O
+
+
+class Side(Protocol):
+    fd: int
+    raw: bool
+
+    def recv(self, n: int, /) -> bytes: ...  # for phases that look at bytes (sniff)
+    def recv_into(self, buf: memoryview, /) -> int: ...
+    def send(self, data: memoryview | bytes, /) -> int: ...
+    def buffered(self) -> int: ...
+    def shutdown_write(self) -> None: ...
+    def close(self, reset: bool = False) -> None: ...
+    def handshake(self) -> Handshake | None: ...
+
+
+class RawSide(socket.socket):
+    """A plain TCP socket that is its own side: `recv_into`/`send` are the socket's C
+    methods, and an idle connection carries no extra object per end."""
+
+    __slots__ = ("fd",)
+
+    raw = True
+
+    def __init__(
+        self,
+        family: int,
+        type: int = socket.SOCK_STREAM,
+        proto: int = 0,
+        fileno: int | None = None,
+    ) -> None:
+        super().__init__(family, type, proto, fileno)
+        self.fd = self.fileno()
+
+    def buffered(self) -> int:
+        return 0
+
+    def handshake(self) -> None:
+        return None
+
+    def shutdown_write(self) -> None:
+        try:
+            self.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer is already gone; reading from it will say so
+
+    def close(self, reset: bool = False) -> None:
+        if reset:
+            try:
+                self.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            except OSError:
+                pass  # already reset or closed by the peer: nothing left to signal
+        super().close()

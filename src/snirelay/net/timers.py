@@ -1,0 +1,120 @@
+"""Deadlines for many connections at the cost of the ones that are due.
+
+How it works
+------------
+A hashed timing wheel with lazy cancellation. Time is cut into ticks of `resolution`
+seconds; `arm(item, when)` appends the item to the bucket of the tick that contains
+`when` (rounded up) and stores that tick in `item.due`. Cancelling is `item.due = 0`:
+nothing is searched or removed; when the bucket comes due, items whose `due` no longer
+names that tick are skipped. Re-arming is another `arm` (the old bucket entry goes stale
+the same way).
+
+One loop timer serves the whole wheel: it is set for the earliest bucket that exists
+(a heap of bucket ticks, pushed when a bucket is created) and fires only when a bucket
+is due. Work per firing is the number of entries in the due buckets, current or stale,
+never a walk over every connection: 50,000 idle connections whose next deadline is
+minutes away cost nothing until then.
+
+Deadlines fire at most `resolution` late (and at most 5% of a tick early, where the
+loop's millisecond timer rounding would otherwise make the wheel spin).
+
+Error handling: an item whose `on_deadline()` raises is logged and its `abort()` is
+called (it closes that connection); the other due items still run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+from snirelay.observe.log import LOG
+
+RESOLUTION = 0.1  # seconds per tick
+
+
+class Timed(Protocol):
+    """What the wheel holds: `due` is the tick it is armed for (0 = not armed)."""
+
+    due: int
+
+    def on_deadline(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Wheel:
+    __slots__ = ("clock", "call_at", "res", "buckets", "ticks", "handle", "handle_tick")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        resolution: float = RESOLUTION,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.clock = clock or loop.time
+        self.call_at = loop.call_at
+        self.res = resolution
+        self.buckets: dict[int, list[Timed]] = {}
+        self.ticks: list[int] = []  # heap of the ticks that have a bucket
+        self.handle: asyncio.TimerHandle | None = None
+        self.handle_tick = 0  # the tick the loop timer is set for (0 = none)
+
+    def arm(self, item: Timed, when: float) -> None:
+        """Call `item.on_deadline()` at `when` (loop time), at most one tick late."""
+        tick = math.ceil(when / self.res)
+        item.due = tick
+        bucket = self.buckets.get(tick)
+        if bucket is not None:
+            bucket.append(item)
+            return
+        self.buckets[tick] = [item]
+        heapq.heappush(self.ticks, tick)
+        if not self.handle_tick or tick < self.handle_tick:
+            self._schedule(tick)
+
+    def after(self, item: Timed, delay: float) -> None:
+        """`arm` at `delay` seconds from now; a delay <= 0 means no deadline."""
+        if delay > 0:
+            self.arm(item, self.clock() + delay)
+        else:
+            item.due = 0
+
+    def _schedule(self, tick: int) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle_tick = tick
+        self.handle = self.call_at(tick * self.res, self._fire)
+
+    def pending(self) -> int:
+        """Entries held, stale ones included (for tests and diagnostics)."""
+        return sum(len(b) for b in self.buckets.values())
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.handle_tick = 0
+        # a loop timer may fire a hair early (millisecond rounding): count it as on time
+        now_tick = math.floor(self.clock() / self.res + 0.05)
+        ticks, buckets = self.ticks, self.buckets
+        while ticks and ticks[0] <= now_tick:
+            tick = heapq.heappop(ticks)
+            for item in buckets.pop(tick):
+                if item.due != tick:
+                    continue  # cancelled or re-armed since
+                item.due = 0
+                try:
+                    item.on_deadline()
+                except Exception:
+                    LOG.exception("internal error at a deadline; closing its connection")
+                    item.abort()
+        if ticks:
+            self._schedule(ticks[0])
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.handle_tick = 0
+        self.buckets.clear()
+        self.ticks.clear()

@@ -1,0 +1,66 @@
+"""Observers of connection events: the core tells them, and knows none of them.
+
+How it works
+------------
+An observer is any object with some of these methods (each optional):
+
+- `accepted(conn)`: a client was accepted (before any byte is read);
+- `routed(conn)`: the routing decision was taken (route, or a close reason);
+- `connected(conn)`: the backend side is up;
+- `closed(conn, record)`: the connection ended; `record` is its one record (a dict of
+  plain values: the same fields whatever the observer).
+
+`Observers.add(obs)` files each method it has into one list per event; the connection
+calls the lists directly (`for cb in ctx.on_closed: cb(conn, record)`), so an event
+nobody observes costs one empty-list check, and the record is built only when some
+observer wants it. The connection log record is one observer (`RecordLog`); Prometheus
+metrics and the admin API's live connection list will be others.
+
+Observers must not raise (one that does is a bug: the poller logs it and closes that
+connection) and must not block: they run on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from snirelay.observe.log import CONN_LOG, conn_record
+
+if TYPE_CHECKING:
+    from snirelay.net.conn import Connection
+
+ConnEvent = Callable[["Connection"], None]
+CloseEvent = Callable[["Connection", dict[str, Any]], None]
+
+
+class Observers:
+    __slots__ = ("on_accepted", "on_routed", "on_connected", "on_closed")
+
+    def __init__(self) -> None:
+        self.on_accepted: list[ConnEvent] = []
+        self.on_routed: list[ConnEvent] = []
+        self.on_connected: list[ConnEvent] = []
+        self.on_closed: list[CloseEvent] = []
+
+    def add(self, obs: object) -> None:
+        """File each event method `obs` has into that event's list."""
+        for event in ("accepted", "routed", "connected", "closed"):
+            method = getattr(obs, event, None)
+            if method is not None:
+                getattr(self, "on_" + event).append(method)
+
+
+class RecordLog:
+    """Writes each connection's record to the "snirelay.conn" log (text or JSON)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def wanted() -> bool:
+        """Is the record logged at all? (With logging off, it is never built.)"""
+        return CONN_LOG.isEnabledFor(logging.INFO)
+
+    def closed(self, conn: Connection, record: dict[str, Any]) -> None:
+        conn_record(record)
