@@ -24,8 +24,9 @@ lists; with none listening, no record is built.
 
 Error handling: any failure closes this connection only, with a reason in its record
 and the phase it happened in. A socket error on one side while pumping (a reset)
-ends the other side with a reset too, and so does a cut at a deadline mid-transfer:
-a truncated transfer never looks like a complete one.
+ends the other side with a reset too, and so does a cut mid-transfer (replay deadline,
+drain deadline): a truncated transfer never looks like a complete one. The idle
+timeout closes with a FIN: nothing was in flight.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ class Connection:
         """The sniff phase is over: route (or close) by the one routing decision."""
         ep = self.ep
         assert ep.table is not None
-        self.phase = _DECIDING
         d: Decision = decide(ep.table, seen, has_default=bool(ep.default.cfg.remotes))
+        if not isinstance(seen, SniffTimeout):
+            self.phase = _DECIDING  # a timeout is the sniff phase's end, not the decision's
         self.kind = d.kind
         self.hint = d.hint
         if isinstance(seen, Sniffed):
@@ -193,7 +195,7 @@ class Connection:
             self.idle_since = now
             self.ctx.wheel.arm(self, now + limit / 4)
         elif now - self.idle_since >= limit:
-            self.close("idle-timeout", reset=True)
+            self.close("idle-timeout")  # nothing was in flight: a clean end
         else:
             self.ctx.wheel.arm(self, self.idle_since + limit)
 
