@@ -107,3 +107,30 @@ def test_a_raising_callback_aborts_its_watcher_only(loop: asyncio.AbstractEventL
         poller.forget(a.fileno())
         poller.remove_reader(c.fileno())
         poller.close()
+
+
+def test_a_failed_epoll_ctl_is_logged_and_aborts_only_that_watcher(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = new_loop()
+    poller = Poller(loop)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        bad, good = Recorder(a), Recorder(c)
+        poller.add_reader(c.fileno(), good)
+        fd = a.fileno()
+        a.close()  # a descriptor closed under the poller: epoll_ctl fails with EBADF
+        with caplog.at_level("ERROR", logger="snirelay"):
+            poller.add_reader(fd, bad)
+        assert bad.aborted and not good.aborted
+        assert "epoll_ctl add on descriptor" in caplog.text and "Bad file descriptor" in caplog.text
+        assert fd not in poller.readers  # forgotten, not left half-registered
+        d.send(b"x")
+        run_briefly(loop)
+        assert good.events == ["r"]  # the rest keeps being served
+    finally:
+        for s in (b, c, d):
+            s.close()
+        poller.close()
+        loop.close()

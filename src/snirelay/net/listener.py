@@ -67,14 +67,14 @@ class Listener:
                 self.backoff = 0.0
             side = RawSide(family, socket.SOCK_STREAM, 0, fd)
             side.setblocking(False)
+            # The peer address is kept only when something reads it (the log
+            # record, iphash): it is the largest object of an idle connection.
+            conn = Connection(ctx, ep, side, addr if keep_addr else None)
             try:
-                # The peer address is kept only when something reads it (the log
-                # record, iphash): it is the largest object of an idle connection.
-                Connection(ctx, ep, side, addr if keep_addr else None).start()
+                conn.start()
             except Exception:  # one connection never takes the listener down
-                LOG.exception("%s: connection set-up failed", self.name)
-                ctx.poller.forget(side.fd)
-                side.close()
+                LOG.exception("%s: connection %d failed to start; closing it", self.name, conn.id)
+                conn.close("internal-error", reset=True)
 
     def _pause(self, exc: OSError) -> None:
         self.backoff = min(MAX_BACKOFF, self.backoff * 2 or 0.05)

@@ -12,8 +12,10 @@ watches only the epoll descriptor and calls `_dispatch`, which drains ready even
 watchers: no handle object per registration, one `epoll_ctl` per change, and nothing
 when the interest set is unchanged.
 
-Resource handling: callers must `remove_reader`/`remove_writer` before closing a
-socket (as with the loop's API). A stale event for a descriptor that was closed and
+Resource handling: callers `forget` a descriptor before closing it (closing removes it
+from the epoll set; no system call needed), or `remove_reader`/`remove_writer` to keep
+it open unwatched. An `epoll_ctl` that fails is logged and aborts that descriptor's
+connection only. A stale event for a descriptor that was closed and
 reused in the same batch only causes a spurious call, which every callback tolerates
 (the system call returns EAGAIN).
 """
@@ -62,7 +64,11 @@ class Poller:
 
     def _apply(self, fd: int, old: int, new: int) -> None:
         """One epoll_ctl for an interest change (the masks come from the two dicts,
-        so no third per-descriptor table is kept)."""
+        so no third per-descriptor table is kept).
+
+        A failure is a bug or a descriptor closed under us: it is logged with the
+        operation and the error, and only the watchers of that descriptor (their
+        connection) are aborted; the loop goes on."""
         if new == old:
             return
         try:
@@ -72,8 +78,16 @@ class Poller:
                 self.ep.unregister(fd)
             else:
                 self.ep.modify(fd, new)
-        except OSError:
-            pass  # the descriptor is already closed: nothing to watch
+        except OSError as exc:
+            op = "add" if not old else "del" if not new else "mod"
+            LOG.error(
+                "epoll_ctl %s on descriptor %d failed: %s; closing its connection", op, fd, exc
+            )
+            watchers = {
+                id(w): w for w in (self.readers.pop(fd, None), self.writers.pop(fd, None)) if w
+            }
+            for w in watchers.values():
+                w.abort()
 
     def add_reader(self, fd: int, w: Watcher) -> None:
         readers = self.readers
