@@ -31,9 +31,11 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
+# The full run by default; BENCH_ARGS narrows or extends it, e.g.
+#   make bench BENCH_ARGS='--only conn,sni --rounds 3 --baseline main'
 bench: $(STAMP)
 	@scripts/install-system-deps.sh --bench
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,8 +2,8 @@
 
 How it works: every relay and backend is a child process started here and stopped
 here by its PID (never by name). Resource figures come from /proc: CPU is
-utime+stime of the relay's process tree (the root's cutime/cstime count children
-that already exited, e.g. socat's forks), memory is the sum of VmRSS and of PSS
+utime and stime (kept apart, and summed) of the relay's process tree (the root's
+cutime/cstime count children that already exited, e.g. socat's forks), memory is the sum of VmRSS and of PSS
 (from smaps_rollup) over the live tree. Every wait in this module has a deadline.
 """
 
@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,23 +75,37 @@ def which(tool: str) -> str | None:
     return None
 
 
-def run_text(argv: Sequence[str], timeout: float = 10.0) -> str:
+def run_text(
+    argv: Sequence[str], timeout: float = 10.0, env: Mapping[str, str] | None = None
+) -> str:
     """Run a short command, return stdout+stderr as text ('' when it cannot run)."""
     try:
         out = subprocess.run(
-            list(argv), capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            list(argv),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            env=None if env is None else dict(env),
         )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (out.stdout + out.stderr).decode(errors="replace")
 
 
-def start(argv: Sequence[str], log_path: str) -> subprocess.Popen[bytes]:
-    """Start a child in its own session, output to a log file."""
+def start(
+    argv: Sequence[str], log_path: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own session, output to a log file (``env``: its whole environment)."""
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         return subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=None if env is None else dict(env),
         )
     finally:
         log.close()
@@ -202,11 +216,18 @@ def tree_memory(root: int) -> Memory:
 
 
 class CpuMeter:
-    """CPU seconds used by a process tree between start() and stop()."""
+    """CPU seconds used by a process tree between start() and stop().
+
+    stop() returns user+system; ``user`` and ``system`` keep the two parts of the last
+    measurement (the kernel's part is most of a relay's work per connection, so the two
+    move differently when the relay's own code changes).
+    """
 
     def __init__(self, root: int | None) -> None:
         self.root = root
         self._t0 = (0.0, 0.0)
+        self.user = 0.0
+        self.system = 0.0
         self.system_share: float | None = None  # kernel part of the last measurement
 
     def start(self) -> None:
@@ -217,6 +238,20 @@ class CpuMeter:
         if self.root is None:
             return None
         user, system = tree_cpu_seconds(self.root)
-        used = user - self._t0[0] + system - self._t0[1]
-        self.system_share = (system - self._t0[1]) / used if used > 0 else None
+        self.user, self.system = user - self._t0[0], system - self._t0[1]
+        used = self.user + self.system
+        self.system_share = self.system / used if used > 0 else None
         return used
+
+    def per_unit(self, prefix: str, units: float) -> dict[str, float]:
+        """``{prefix: total, prefix_user: .., prefix_sys: ..}`` in µs per unit of work."""
+        if self.root is None or units <= 0:
+            return {}
+        out = {
+            prefix: (self.user + self.system) / units * 1e6,
+            f"{prefix}_user": self.user / units * 1e6,
+            f"{prefix}_sys": self.system / units * 1e6,
+        }
+        if self.system_share is not None:
+            out["cpu_kernel_share"] = self.system_share
+        return out

@@ -7,6 +7,10 @@ how to start one instance (one worker / one thread) for a mode:
 - ``sni``: TLS passthrough, the backend chosen by the ClientHello's server name
   (``routes`` maps names to ports; the first route is also the default).
 
+sniproxy can only route (TLS or HTTP by name): it has ``sni`` and no ``forward``.
+Every relay runs in the foreground as our child, with a config written to the work
+directory, on loopback, one process/worker/thread where the program lets us choose.
+
 Modes still to come (TLS termination, re-origination, UDP) become new mode names in
 ``modes`` and a branch in ``argv_for``; scenarios declare which mode they need, and
 relays that lack it are reported as "not applicable" instead of failing.
@@ -15,10 +19,13 @@ relays that lack it are reported as "not applicable" instead of failing.
 from __future__ import annotations
 
 import os
+import pwd
+import re
+import resource
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common import LOOPBACK, free_port, run_text, start, wait_port, which
 
@@ -41,60 +48,98 @@ class Instance:
 
 @dataclass
 class Relay:
+    """One relay under test.
+
+    ``kind`` says how to start it (``snirelay``, ``haproxy``, ``nginx``, ``socat``,
+    ``sniproxy``, ``direct``; the name by default). A ``snirelay`` relay runs
+    ``python -m snirelay`` from the venv's interpreter with ``PYTHONPATH`` set to
+    ``src`` (this checkout's src/ by default; a baseline build extracted from another
+    git ref is the same kind with another ``src`` and name).
+    """
+
     name: str
     label: str
     modes: frozenset[str]
     tool: str | None = None  # executable to look for; None = always available
-    extra: dict[str, str] = field(default_factory=dict)
+    kind: str = ""
+    src: str = os.path.join(REPO, "src")  # snirelay kind only: the source tree to run
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = self.name
+
+    def env(self) -> dict[str, str] | None:
+        """The environment to start it with (None: inherit ours)."""
+        if self.kind != "snirelay":
+            return None
+        return {**os.environ, "PYTHONPATH": self.src}
 
     def missing(self) -> str | None:
         """Why this relay cannot run here, or None."""
-        if self.name == "nginx" and not os.path.exists(NGINX_MODULE):
+        if self.kind == "nginx" and not os.path.exists(NGINX_MODULE):
             return f"nginx stream module missing ({NGINX_MODULE}; apt install libnginx-mod-stream)"
         if self.tool is not None and which(self.tool) is None:
             return f"{self.tool} not installed"
-        if self.name == "snirelay":
-            probe = run_text([sys.executable, "-m", "snirelay", "--help"], timeout=20)
+        if self.kind == "snirelay":
+            probe = run_text(
+                [sys.executable, "-m", "snirelay", "--help"], timeout=20, env=self.env()
+            )
             if "usage" not in probe.lower():
-                return "snirelay not runnable (python -m snirelay --help failed)"
+                return f"snirelay not runnable from {self.src} (python -m snirelay --help failed)"
+            where = run_text(
+                [sys.executable, "-c", "import snirelay; print(snirelay.__file__)"],
+                timeout=20,
+                env=self.env(),
+            ).strip()
+            if not where.startswith(self.src + os.sep):
+                return f"snirelay imported from {where!r}, not from {self.src}"
         return None
 
     def version(self) -> str:
-        if self.name == "direct":
+        if self.kind == "direct":
             return "-"
-        if self.name == "snirelay":
+        if self.kind == "snirelay":
             out = run_text(
-                [sys.executable, "-c", "import snirelay; print(snirelay.__version__)"], timeout=20
+                [sys.executable, "-c", "import snirelay; print(snirelay.__version__)"],
+                timeout=20,
+                env=self.env(),
             )
             return f"snirelay {out.strip() or '?'} (Python {sys.version.split()[0]})"
-        tool = which(self.tool or self.name) or self.name
-        flag = {"haproxy": "-v", "nginx": "-v", "socat": "-V"}[self.name]
+        tool = which(self.tool or self.kind) or self.kind
+        flag = {"haproxy": "-v", "nginx": "-v", "socat": "-V", "sniproxy": "-V"}[self.kind]
         lines = run_text([tool, flag]).strip().splitlines()
         for line in lines:
             if "version" in line.lower():
                 return line.strip()
-        return lines[0] if lines else "?"
+        return lines[0].strip() if lines else "?"  # sniproxy: "sniproxy 0.6.0"
 
     def start(
         self, mode: str, backend: int | Mapping[str, int], workdir: str, tag: str
     ) -> Instance:
         """Start an instance for ``mode``; ``backend`` is a port or {server_name: port}."""
-        if self.name == "direct":
+        if self.kind == "direct":
             port = backend if isinstance(backend, int) else next(iter(backend.values()))
             return Instance(self, port, None)
         port = free_port()
         argv = self.argv_for(mode, port, backend, workdir, tag)
-        proc = start(argv, f"{workdir}/{self.name}-{tag}.log")
+        proc = start(argv, f"{workdir}/{self.file_tag}-{tag}.log", env=self.env())
         wait_port(port, timeout=20, proc=proc)
         return Instance(self, port, proc)
+
+    @property
+    def file_tag(self) -> str:
+        """The name, safe in a file name (a baseline's ref may hold '/' or '~')."""
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
 
     def argv_for(
         self, mode: str, port: int, backend: int | Mapping[str, int], workdir: str, tag: str
     ) -> list[str]:
+        if mode not in self.modes:
+            raise ValueError(f"{self.name}: mode {mode} not supported")
         routes = {"": backend} if isinstance(backend, int) else dict(backend)
         default = next(iter(routes.values()))
-        conf = f"{workdir}/{self.name}-{tag}.conf"
-        if self.name == "snirelay":
+        conf = f"{workdir}/{self.file_tag}-{tag}.conf"
+        if self.kind == "snirelay":
             if mode == "forward":
                 return [
                     sys.executable, "-m", "snirelay",
@@ -113,19 +158,24 @@ class Relay:
                 )
             _write(conf, "\n".join(lines))
             return [sys.executable, "-m", "snirelay", "-c", conf]
-        if self.name == "haproxy":
+        if self.kind == "haproxy":
             _write(conf, _haproxy_conf(mode, port, routes, default))
             return [which("haproxy") or "haproxy", "-db", "-f", conf]
-        if self.name == "nginx":
+        if self.kind == "nginx":
             _write(conf, _nginx_conf(mode, port, routes, default, workdir, tag))
             err = f"{workdir}/nginx-{tag}.err"
             return [which("nginx") or "nginx", "-e", err, "-c", conf, "-p", workdir]
-        if self.name == "socat":
+        if self.kind == "socat":
             return [
                 which("socat") or "socat",
                 f"TCP-LISTEN:{port},bind={LOOPBACK},fork,reuseaddr,backlog=4096",
                 f"TCP:{LOOPBACK}:{default}",
             ]
+        if self.kind == "sniproxy":
+            _write(conf, _sniproxy_conf(port, routes, default, workdir, tag))
+            nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            # -f: foreground (stays our child, stopped by PID); -n: keep our descriptor limit
+            return [which("sniproxy") or "sniproxy", "-f", "-c", conf, "-n", str(nofile)]
         raise ValueError(f"{self.name}: mode {mode} not supported")
 
 
@@ -183,10 +233,51 @@ stream {{
 """
 
 
+def _sniproxy_conf(
+    port: int, routes: Mapping[str, int], default: int, workdir: str, tag: str
+) -> str:
+    """A TLS listener whose table maps each exact name to its backend (PCRE, anchored).
+
+    ``fallback`` plays the part of the other relays' default route (no SNI, unknown
+    name). No access log, as with the other relays. ``user`` is whoever runs the bench:
+    as root, sniproxy would otherwise drop to ``daemon``, which cannot write the
+    0700 work directory.
+    """
+    table = "".join(
+        f"    ^{re.escape(name)}$ {LOOPBACK}:{p}\n" for name, p in routes.items() if name
+    )
+    return f"""user {pwd.getpwuid(os.getuid()).pw_name}
+pidfile {workdir}/sniproxy-{tag}.pid
+error_log {{
+    filename {workdir}/sniproxy-{tag}.err
+    priority notice
+}}
+listener {LOOPBACK}:{port} {{
+    protocol tls
+    table routes
+    fallback {LOOPBACK}:{default}
+}}
+table routes {{
+{table}}}
+"""
+
+
+def baseline(ref: str, src: str) -> Relay:
+    """snirelay as of another git ref, its src/ extracted to ``src`` (see run.py)."""
+    return Relay(
+        f"snirelay@{ref}",
+        f"snirelay@{ref} (1 worker, baseline)",
+        frozenset({"forward", "sni"}),
+        kind="snirelay",
+        src=src,
+    )
+
+
 RELAYS: tuple[Relay, ...] = (
     Relay("direct", "direct, no relay", frozenset({"forward", "sni"})),
     Relay("snirelay", "snirelay (1 worker)", frozenset({"forward", "sni"})),
     Relay("haproxy", "HAProxy (tcp mode, 1 thread)", frozenset({"forward", "sni"}), "haproxy"),
     Relay("nginx", "nginx stream (1 worker)", frozenset({"forward", "sni"}), "nginx"),
+    Relay("sniproxy", "sniproxy (SNI only)", frozenset({"sni"}), "sniproxy"),
     Relay("socat", "socat (fork per connection)", frozenset({"forward"}), "socat"),
 )

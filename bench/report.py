@@ -2,9 +2,14 @@
 
 How it works: pure formatting. Each table cell is the median over the rounds, with
 "(x direct / x HAProxy)" ratios of medians from the same run; a second table gives the
-spread (min-max over rounds). The targets of issue 4 are checked on snirelay's ratios
-to HAProxy. The hand-written analysis (profile findings) is read from
-bench/analysis.md and included verbatim, so regenerating never loses it.
+spread (min-max over rounds). Relay CPU per unit of work is shown as a total and as
+user and system time apart. When the run had a baseline build (``run.py --baseline
+REF``, relay ``snirelay@REF``), a before/after table puts it beside this tree's
+snirelay with the ratio of medians. The targets of issue 7 (and the two of issue 4 it
+does not restate) are checked on snirelay's ratios to HAProxy or to the baseline. The
+hand-written analysis (profile findings) is read from bench/analysis.md and included
+verbatim, so regenerating never loses it. A result written before a column existed
+renders that column as "n/a".
 """
 
 from __future__ import annotations
@@ -33,15 +38,59 @@ FORWARD_COLS: tuple[tuple[str, str, str, str, int], ...] = (
 SNI_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("tls", "hs_s", "TLS handshakes/s", "{:,.0f}", 1),
     ("tls", "cpu_us_per_hs", "relay CPU µs / handshake", "{:.0f}", -1),
+    ("tls", "cpu_us_per_hs_user", "of which user µs", "{:.0f}", -1),
+    ("tls", "cpu_us_per_hs_sys", "of which system µs", "{:.0f}", -1),
 )
-# issue 4's targets: (scenario, metric, text, bound, direction)
-TARGETS: tuple[tuple[str, str, str, float, int], ...] = (
-    ("tput1", "gbit_s", "single-stream throughput >= 1.0x", 1.0, 1),
-    ("connrate", "conn_s", "new connections/s >= 0.8x", 0.8, 1),
-    ("connrate", "p99_ms", "new-connection p99 latency <= 1.5x", 1.5, -1),
-    ("reqrate", "req_s", "request/response rate >= 0.8x", 0.8, 1),
-    ("idle5000", "mem_mb", "memory at 5,000 idle connections <= 1.0x", 1.0, -1),
-    ("tls", "hs_s", "SNI passthrough handshakes/s >= 0.8x", 0.8, 1),
+# relay CPU per unit of plain forwarding work, user and system apart
+CPU_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("connrate", "cpu_us_per_conn", "µs / new conn", "{:.0f}", -1),
+    ("connrate", "cpu_us_per_conn_user", "user µs / new conn", "{:.0f}", -1),
+    ("connrate", "cpu_us_per_conn_sys", "system µs / new conn", "{:.0f}", -1),
+    ("reqrate", "cpu_us_per_req", "µs / req", "{:.1f}", -1),
+    ("reqrate", "cpu_us_per_req_user", "user µs / req", "{:.1f}", -1),
+    ("reqrate", "cpu_us_per_req_sys", "system µs / req", "{:.1f}", -1),
+)
+# before/after rows (baseline build vs this tree), same shape as the columns above
+BEFORE_AFTER: tuple[tuple[str, str, str, str, int], ...] = (
+    ("tput1", "gbit_s", "1 stream Gbit/s", "{:.1f}", 1),
+    ("tput8", "gbit_s", "8 streams Gbit/s", "{:.1f}", 1),
+    ("connrate", "conn_s", "new conn/s, small req each", "{:,.0f}", 1),
+    ("connrate", "p99_ms", "new conn p99 ms", "{:.2f}", -1),
+    ("connrate", "cpu_us_per_conn", "relay CPU µs / new conn", "{:.0f}", -1),
+    ("connrate", "cpu_us_per_conn_user", "… user", "{:.0f}", -1),
+    ("connrate", "cpu_us_per_conn_sys", "… system", "{:.0f}", -1),
+    ("reqrate", "req_s", "req/s on open conns", "{:,.0f}", 1),
+    ("reqrate", "cpu_us_per_req", "relay CPU µs / req", "{:.1f}", -1),
+    ("idle5000", "mem_mb", "MB at 5,000 idle", "{:.1f}", -1),
+    ("tls", "hs_s", "TLS handshakes/s (SNI passthrough)", "{:,.0f}", 1),
+    ("tls", "cpu_us_per_hs", "relay CPU µs / handshake", "{:.0f}", -1),
+    ("tls", "cpu_us_per_hs_user", "… user", "{:.0f}", -1),
+    ("tls", "cpu_us_per_hs_sys", "… system", "{:.0f}", -1),
+)
+BASELINE = "@baseline"  # stands for the run's baseline relay in TARGETS
+# (scenario, metric, text, bound, direction, compared with: a relay name or BASELINE)
+TARGETS: tuple[tuple[str, str, str, float, int, str], ...] = (
+    ("tput1", "gbit_s", "single-stream throughput >= 1.0x HAProxy", 1.0, 1, "haproxy"),
+    ("connrate", "conn_s", "new connections/s >= 0.8x HAProxy", 0.8, 1, "haproxy"),
+    ("reqrate", "req_s", "request/response rate >= 0.8x HAProxy", 0.8, 1, "haproxy"),
+    ("idle5000", "mem_mb", "memory at 5,000 idle connections <= 1.0x HAProxy", 1.0, -1, "haproxy"),
+    (
+        "tls",
+        "cpu_us_per_hs",
+        "relay CPU per SNI passthrough handshake <= 0.85x the baseline's (15% below)",
+        0.85,
+        -1,
+        BASELINE,
+    ),
+    (
+        "connrate",
+        "p99_ms",
+        "new-connection p99 latency <= 1.5x HAProxy (issue 4)",
+        1.5,
+        -1,
+        "haproxy",
+    ),
+    ("tls", "hs_s", "SNI passthrough handshakes/s >= 0.8x HAProxy (issue 4)", 0.8, 1, "haproxy"),
 )
 
 
@@ -105,7 +154,14 @@ def _table(
     res: dict[str, Any], cols: tuple[tuple[str, str, str, str, int], ...], spread: bool
 ) -> list[str]:
     relays = [r for r in res["relays"] if any(r in res["results"].get(c[0], {}) for c in cols)]
-    relays += [r for r in res["relays"] if r not in relays and res["relays"][r].get("skipped")]
+    if not relays:
+        return ["(not measured in this run)"]
+    modes = {res["scenarios"].get(c[0], {}).get("mode") for c in cols}
+    relays = [  # keep the run's order; a relay that failed a check or is missing shows why
+        r
+        for r, info in res["relays"].items()
+        if r in relays or info.get("skipped") or modes & set(info.get("failed", {}))
+    ]
     head = "| relay | " + " | ".join(c[2] for c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for r in relays:
@@ -115,8 +171,123 @@ def _table(
     return lines
 
 
+def _check_cell(info: dict[str, Any], name: str, mode: str) -> str:
+    if mode in info["failed"]:
+        return f"**FAILED** ({info['failed'][mode]}) — not timed"
+    modes = info.get("modes")
+    if modes is None:  # a result from before run.py recorded modes and checks
+        return "n/a (no SNI routing)" if name == "socat" and mode == "sni" else "pass"
+    if mode not in modes:
+        return {"forward": "n/a (no plain forwarding)", "sni": "n/a (no SNI routing)"}[mode]
+    checks = {"forward": ("integrity", "integrity_rev"), "sni": ("sni_check",)}[mode]
+    done = [c for c in checks if c in info.get("checked", [])]
+    if len(done) == len(checks):
+        return "pass"
+    return "not run (not in --only)" if not done else f"partly run: {', '.join(done)} passed"
+
+
+def _us(res: dict[str, Any], relay: str, scen: str, metric: str) -> str:
+    total = _median(res, scen, relay, metric)
+    if total is None:
+        return f"{res['relays'][relay]['label']}: {_why_missing(res, scen, relay)}"
+    user = _median(res, scen, relay, f"{metric}_user")
+    system = _median(res, scen, relay, f"{metric}_sys")
+    split = "" if user is None or system is None else f" ({user:.0f} user + {system:.0f} system)"
+    return f"{res['relays'][relay]['label']} {total:.0f} µs{split}"
+
+
+def _sni_summary(res: dict[str, Any]) -> list[str]:
+    """One line: snirelay's CPU per handshake beside HAProxy's and sniproxy's."""
+    names = ["snirelay"]
+    base = res.get("baseline", {}).get("relay")
+    if base:
+        names.append(base)
+    names += ["haproxy", "sniproxy", "nginx"]
+    names = [n for n in names if n in res["relays"]]
+    if not any(_median(res, "tls", n, "cpu_us_per_hs") is not None for n in names):
+        return []
+    return [
+        "Relay CPU per SNI passthrough handshake (medians): "
+        + "; ".join(_us(res, n, "tls", "cpu_us_per_hs") for n in names)
+        + ".",
+        "",
+    ]
+
+
+def _before_after(res: dict[str, Any]) -> list[str]:
+    base = res.get("baseline")
+    if not base:
+        return []
+    old, new = base["relay"], "snirelay"
+    out = [
+        f"## Before / after: {old} against this tree's snirelay",
+        "",
+        f"The baseline is commit `{base['commit']}`: its `src/` taken with `git archive`, run"
+        " with the same interpreter and venv, in every scenario of this run, interleaved with"
+        " the others. Medians over the rounds; `after / before` is this tree's median over the"
+        " baseline's (above 1 is better for rates, below 1 for latency, CPU and memory)."
+        ' "outside spread" means the two builds\' min–max ranges over the rounds do not'
+        " overlap.",
+        "",
+        f"| measure | {old} (before) | snirelay (after) | after / before | |",
+        "|---|---|---|---|---|",
+    ]
+    rows = 0
+    for scen, metric, title, fmt, direction in BEFORE_AFTER:
+        a, b = _median(res, scen, old, metric), _median(res, scen, new, metric)
+        if a is None and b is None:
+            continue
+        rows += 1
+        ca = _why_missing(res, scen, old) if a is None else fmt.format(a)
+        cb = _why_missing(res, scen, new) if b is None else fmt.format(b)
+        verdict = ""
+        if a is not None and b is not None and a:
+            sa = res["results"][scen][old]["summary"][metric]
+            sb = res["results"][scen][new]["summary"][metric]
+            if min(sa["n"], sb["n"]) < 2:
+                verdict = "1 round: no spread"
+            elif sb["min"] > sa["max"] or sb["max"] < sa["min"]:
+                better = (b > a) == (direction > 0)
+                verdict = "better, outside spread" if better else "**worse**, outside spread"
+            else:
+                verdict = "within spread"
+        out.append(f"| {title} | {ca} | {cb} | {_ratio(b, a)} | {verdict} |")
+    if not rows:
+        out.append("| (no scenario measured both) | | | | |")
+    return [*out, ""]
+
+
+def _targets(res: dict[str, Any]) -> list[str]:
+    base = res.get("baseline", {}).get("relay")
+    out = [
+        "## snirelay against issue 7's targets (ratios of medians)",
+        "",
+        "| target | snirelay / reference | met |",
+        "|---|---|---|",
+    ]
+    for scen, metric, text, bound, direction, against in TARGETS:
+        ref = base if against == BASELINE else against
+        if ref is None:
+            out.append(f"| {text} | not measured (needs `--baseline REF`) | — |")
+            continue
+        a, b = _median(res, scen, "snirelay", metric), _median(res, scen, ref, metric)
+        if a is None or b is None or b == 0:
+            bucket = res["results"].get(scen, {}).get("snirelay", {})
+            if bucket.get("errors"):
+                out.append(f"| {text} | failed: {bucket['errors'][0]} | **no** |")
+            else:
+                out.append(f"| {text} | not measured | — |")
+            continue
+        r = a / b
+        ok = r >= bound if direction > 0 else r <= bound
+        vs = f" (against {ref})" if against == BASELINE else ""
+        out.append(f"| {text} | {r:.2f}{vs} | {'yes' if ok else '**no**'} |")
+    return out
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
+    base = res.get("baseline")
     out: list[str] = [
         "# Benchmarks",
         "",
@@ -130,12 +301,15 @@ def render(res: dict[str, Any]) -> str:
         "",
         "```",
         "make bench                      # = .venv/bin/python bench/run.py (3 rounds, ~5 min)",
+        "make bench BENCH_ARGS='--baseline main'  # the same, plus snirelay as of main: before/after",
+        ".venv/bin/python bench/run.py --only conn,sni --rounds 3 --baseline REF  # focused, minutes",
         ".venv/bin/python bench/run.py --quick    # 1 round, 1 s loads: smoke test",
         ".venv/bin/python bench/run.py --help",
         "```",
         "",
         "Load tools (Debian packages): `iperf3`, `wrk`, `apache2-utils` (ab); relays: `haproxy`,",
-        "`nginx-light` + `libnginx-mod-stream`, `socat`. A missing tool skips its measurement with a note.",
+        "`nginx-light` + `libnginx-mod-stream`, `sniproxy`, `socat`. A missing tool skips its"
+        " measurement with a note.",
         "",
         "## This run",
         "",
@@ -149,14 +323,24 @@ def render(res: dict[str, Any]) -> str:
         + "; ".join(
             f"{v['label']}: {v['version']}" for k, v in res["relays"].items() if k != "direct"
         ),
+    ]
+    if base:
+        out.append(
+            f"- baseline: `{base['relay']}` is commit `{base['commit']}`, its `src/` unpacked"
+            " from `git archive` and run with the same interpreter and venv (`PYTHONPATH`)"
+        )
+    out += [
         "- tools: " + "; ".join(f"{k}: {v}" for k, v in m["tools"].items()),
         "- loads: iperf3 `-t D [-P 8]`; ab `-c 32 -t D` (new connection per request, p50/p99 from"
         " `-e`); wrk `-t 1 -c 64 -d D` (keep-alive); idle: a Python client opens N connections"
         " and the relay's memory is read once the backend holds all N; TLS: 4 Python processes doing"
         " full TLS 1.3 handshakes + one request each, names alternating, through SNI routing"
-        " (HAProxy `req.ssl_sni`, nginx `ssl_preread`, snirelay `[[endpoints.routes]]`)",
-        "- CPU: utime+stime of the relay's process tree from /proc across the load, divided by"
-        " the work done. Memory: RSS of the relay's processes (PSS sum when it forks more than 2).",
+        " (HAProxy `req.ssl_sni`, nginx `ssl_preread`, sniproxy's table, snirelay"
+        " `[[endpoints.routes]]`)",
+        "- CPU: utime and stime of the relay's process tree from /proc/PID/stat, read just"
+        " before and just after the load, divided by the work done; shown as a total and as"
+        " user and system apart. Memory: RSS of the relay's processes (PSS sum when it forks"
+        " more than 2).",
         "",
         "## Checks before timing",
         "",
@@ -167,14 +351,7 @@ def render(res: dict[str, Any]) -> str:
         if info.get("skipped"):
             out.append(f"| {info['label']} | — | skipped: {info['skipped']} | skipped |")
             continue
-        cells = []
-        for mode in ("forward", "sni"):
-            if mode in info["failed"]:
-                cells.append(f"**FAILED** ({info['failed'][mode]}) — not timed")
-            elif name == "socat" and mode == "sni":
-                cells.append("n/a (no SNI routing)")
-            else:
-                cells.append("pass")
+        cells = [_check_cell(info, name, mode) for mode in ("forward", "sni")]
         out.append(f"| {info['label']} | {info['version']} | {cells[0]} | {cells[1]} |")
     out += [
         "",
@@ -189,34 +366,25 @@ def render(res: dict[str, Any]) -> str:
         "",
         *_table(res, FORWARD_COLS, spread=True),
         "",
+        "Relay CPU per unit of work, user and system apart (medians; `h`: ratio to HAProxy):",
+        "",
+        *_table(res, CPU_COLS, spread=False),
+        "",
         "## SNI passthrough routing (TLS left end-to-end)",
         "",
         "The direct row is the client talking to each TLS backend itself. The Python client and",
         "the backends limit the absolute rate; the relay's CPU per handshake is the figure to compare.",
         "",
+        *_sni_summary(res),
         *_table(res, SNI_COLS, spread=False),
         "",
         "Spread:",
         "",
         *_table(res, SNI_COLS, spread=True),
         "",
-        "## snirelay against issue 4's targets (ratios to HAProxy, medians)",
-        "",
-        "| target | snirelay / HAProxy | met |",
-        "|---|---|---|",
+        *_before_after(res),
+        *_targets(res),
     ]
-    for scen, metric, text, bound, direction in TARGETS:
-        a, b = _median(res, scen, "snirelay", metric), _median(res, scen, "haproxy", metric)
-        if a is None or b is None or b == 0:
-            bucket = res["results"].get(scen, {}).get("snirelay", {})
-            if bucket.get("errors"):
-                out.append(f"| {text} | failed: {bucket['errors'][0]} | **no** |")
-            else:
-                out.append(f"| {text} | not measured | — |")
-            continue
-        r = a / b
-        ok = r >= bound if direction > 0 else r <= bound
-        out.append(f"| {text} | {r:.2f} | {'yes' if ok else '**no**'} |")
     if res["notes"] or any(b.get("errors") for s in res["results"].values() for b in s.values()):
         out += ["", "## Notes and errors", ""]
         out += [f"- {n}" for n in res["notes"]]

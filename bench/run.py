@@ -1,17 +1,25 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: snirelay vs HAProxy, nginx stream, socat and the direct path.
+"""Side-by-side benchmark: snirelay vs HAProxy, nginx stream, sniproxy, socat and the direct path.
 
 How it works: the backends (iperf3, nginx HTTP/HTTPS, Python integrity and idle
-holders) start once. Every relay that is installed first passes the checks (byte-exact
-transfer with half-close; SNI routing reaching each backend) -- a relay that fails is
-marked and not timed in that mode. Then, for each round, each scenario runs against a
-fresh instance of every relay in turn (the relay order rotates per round, so rounds
-interleave). Medians, min and max over the rounds, ratios to HAProxy and to the direct
-path, machine and version details go to bench/results/<timestamp>.json, latest.json and
-BENCHMARKS.md. Every load is bounded in time; only processes started here are stopped.
+holders) start once. Every relay that is installed first passes the checks of each mode
+it will be timed in (byte-exact transfer with half-close each way for ``forward``; SNI
+routing reaching each backend for ``sni``) -- a relay that fails is marked and not timed
+in that mode. Then, for each round, each scenario runs against a fresh instance of every
+relay in turn (the relay order rotates per round, so rounds interleave). Medians, min
+and max over the rounds, ratios to HAProxy and to the direct path, machine and version
+details go to bench/results/<timestamp>.json, latest.json and BENCHMARKS.md. Every load
+is bounded in time; only processes started here are stopped.
+
+``--only conn,sni`` narrows the loads (scenario names or the groups in ``GROUPS``; the
+checks of their modes still run). ``--baseline REF`` unpacks ``git archive REF src``
+into the work directory and runs that build, with the same interpreter and venv, as one
+more relay named ``snirelay@REF`` in every scenario: before and after measured in one
+run, interleaved, on the same backends.
 
 Run: .venv/bin/python bench/run.py            (make bench; ~5 minutes)
      .venv/bin/python bench/run.py --quick    (1 round, 1 s loads: a smoke test)
+     .venv/bin/python bench/run.py --only conn,sni --rounds 3 --baseline main
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +46,7 @@ if BENCH not in sys.path:
 import report  # noqa: E402
 from backends import Backends  # noqa: E402
 from common import BenchError, raise_nofile, run_text, stop, which  # noqa: E402
-from relays import RELAYS, Relay  # noqa: E402
+from relays import RELAYS, Relay, baseline  # noqa: E402
 from scenarios import SCENARIOS, Context, Scenario  # noqa: E402
 
 TOOLS = {
@@ -48,21 +58,45 @@ TOOLS = {
 }
 
 
+# --only: short names for groups of load scenarios (scenario names work too)
+GROUPS: dict[str, tuple[str, ...]] = {
+    "tput": ("tput1", "tput8"),
+    "conn": ("connrate",),
+    "req": ("reqrate",),
+    "mem": ("idle1000", "idle5000"),
+    "idle": ("idle1000", "idle5000"),
+    "sni": ("tls",),
+    "forward": ("tput1", "tput8", "connrate", "reqrate", "idle1000", "idle5000"),
+}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run.py",
-        description="Benchmark snirelay side by side with HAProxy, nginx stream, socat and "
-        "the direct path on loopback; writes bench/results/*.json and BENCHMARKS.md.",
+        description="Benchmark snirelay side by side with HAProxy, nginx stream, sniproxy, "
+        "socat and the direct path on loopback; writes bench/results/*.json and BENCHMARKS.md.",
     )
     p.add_argument("--quick", action="store_true", help="1 round, 1 s loads (smoke test)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; --quick 1)")
     p.add_argument("--duration", type=int, default=None, help="seconds per load (default 2)")
     names = [r.name for r in RELAYS]
     p.add_argument("--relays", default=",".join(names), help=f"comma list of {names}")
+    loads = [s.name for s in SCENARIOS if s.kind == "load"]
     p.add_argument(
+        "--only",
         "--scenarios",
-        default=",".join(s.name for s in SCENARIOS),
-        help=f"comma list of {[s.name for s in SCENARIOS]}",
+        dest="only",
+        default=None,
+        metavar="LIST",
+        help=f"comma list of load scenarios {loads} or groups {sorted(GROUPS)} "
+        "(default: all); the correctness checks of the modes they use always run first",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        default=None,
+        help="also run snirelay as of git REF (its src/ via git archive, same venv) as "
+        "relay 'snirelay@REF' in every scenario, for a before/after table",
     )
     p.add_argument("--out", default=os.path.join(BENCH, "results"), help="results directory")
     p.add_argument(
@@ -76,8 +110,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.duration is None:
         a.duration = 1 if a.quick else 2
     if not 1 <= a.rounds <= 20 or not 1 <= a.duration <= 60:
-        p.error("--rounds must be 1..20 and --duration 0.5..60")
+        p.error("--rounds must be 1..20 and --duration 1..60")
+    unknown = [r for r in a.relays.split(",") if r not in names]
+    if unknown:
+        p.error(f"--relays: unknown {unknown}; known: {names}")
+    try:
+        a.scenarios = select_scenarios(a.only)
+    except ValueError as e:
+        p.error(str(e))
     return a
+
+
+def select_scenarios(only: str | None) -> list[Scenario]:
+    """The loads asked for (names or GROUPS) plus the checks of every mode they use."""
+    if only is None:
+        return list(SCENARIOS)
+    by_name = {s.name: s for s in SCENARIOS}
+    wanted: set[str] = set()
+    for token in (t.strip() for t in only.split(",") if t.strip()):
+        if token in GROUPS:
+            wanted.update(GROUPS[token])
+        elif token in by_name:
+            wanted.add(token)
+        else:
+            raise ValueError(
+                f"--only: unknown {token!r}; scenarios {sorted(by_name)}, groups {sorted(GROUPS)}"
+            )
+    modes = {by_name[n].mode for n in wanted}
+    return [s for s in SCENARIOS if s.name in wanted or (s.kind == "check" and s.mode in modes)]
+
+
+def extract_baseline(ref: str, workdir: str) -> tuple[str, str]:
+    """``git archive REF src`` unpacked under workdir: (path of its src/, "short-hash subject")."""
+    commit = run_text(["git", "-C", REPO, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}"])
+    commit = commit.strip()
+    if len(commit) != 40:
+        raise BenchError(f"--baseline: {ref!r} is not a commit in {REPO}")
+    dest = os.path.join(workdir, "baseline")
+    os.makedirs(dest)
+    archive = subprocess.run(
+        ["git", "-C", REPO, "archive", commit, "src"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"--baseline: git archive {ref} src failed: {archive.stderr[-300:]!r}")
+    untar = subprocess.run(
+        ["tar", "-x", "-C", dest], input=archive.stdout, capture_output=True, timeout=60
+    )
+    if untar.returncode != 0 or not os.path.isdir(os.path.join(dest, "src", "snirelay")):
+        raise BenchError(f"--baseline: unpacking {ref}'s src/ failed: {untar.stderr[-300:]!r}")
+    subject = run_text(["git", "-C", REPO, "log", "-1", "--format=%h %s", commit]).strip()
+    return os.path.join(dest, "src"), subject or commit
 
 
 def machine() -> dict[str, Any]:
@@ -134,18 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     nofile = raise_nofile()
-    # snirelay from this checkout even before it is pip-installed
+    # snirelay from this checkout even before it is pip-installed (relays.py sets
+    # PYTHONPATH for each snirelay build it starts; this covers the rest)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         x for x in (os.path.join(REPO, "src"), os.environ.get("PYTHONPATH")) if x
     )
     wanted_relays = args.relays.split(",")
-    wanted_scen = args.scenarios.split(",")
     relays = [r for r in RELAYS if r.name in wanted_relays]
-    scenarios = [s for s in SCENARIOS if s.name in wanted_scen]
+    scenarios: list[Scenario] = args.scenarios
     workdir = tempfile.mkdtemp(prefix="snirelay-bench-")
     res: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "command": " ".join([".venv/bin/python", "bench/run.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(
+            [".venv/bin/python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "rounds": args.rounds,
         "duration_s": args.duration,
         "nofile": nofile,
@@ -163,6 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [],
         "results": {},
     }
+    if args.baseline:
+        try:
+            src, commit = extract_baseline(args.baseline, workdir)
+        except BenchError as e:
+            shutil.rmtree(workdir, ignore_errors=True)
+            print(f"bench/run.py: {e}", file=sys.stderr)
+            return 2
+        base = baseline(args.baseline, src)
+        # next to snirelay: in every round (whatever the rotation) the two builds run one
+        # right after the other, as close to the same conditions as this machine allows
+        at = next((i + 1 for i, r in enumerate(relays) if r.name == "snirelay"), len(relays))
+        relays.insert(at, base)
+        res["baseline"] = {"ref": args.baseline, "commit": commit, "relay": base.name}
+        log(f"baseline {base.name}: {commit} (src/ unpacked in {src})")
     log(f"workdir {workdir}; {args.rounds} round(s), {args.duration}s per load")
     backends = Backends(workdir)
     try:
@@ -173,9 +274,12 @@ def main(argv: list[str] | None = None) -> int:
             why = r.missing()
             res["relays"][r.name] = {
                 "label": r.label,
+                "kind": r.kind,
+                "modes": sorted(r.modes),
                 "version": "not installed" if why else r.version(),
                 "skipped": why,
                 "failed": {},
+                "checked": [],
             }
             if why:
                 log(f"skip {r.name}: {why}")
@@ -186,11 +290,15 @@ def main(argv: list[str] | None = None) -> int:
             for r in runnable:
                 if s.mode not in r.modes or s.target(backends) is None:
                     continue
+                info = res["relays"][r.name]
+                if s.mode in info["failed"]:
+                    continue
                 m = _one(r, s, ctx, tag=f"{s.name}")
                 if "error" in m:
-                    res["relays"][r.name]["failed"][s.mode] = m["error"]
+                    info["failed"][s.mode] = f"{s.name}: {m['error']}"
                     log(f"FAIL {r.name} {s.name}: {m['error']} -> not timed in mode {s.mode}")
                 else:
+                    info["checked"].append(s.name)
                     log(f"ok   {r.name} {s.name}")
         loads = [s for s in scenarios if s.kind == "load"]
         for rnd in range(args.rounds):

@@ -3,7 +3,9 @@
 How it works: a ``Scenario`` names the relay mode it needs (``forward``, ``sni``; later
 ``tls-terminate``, ``reoriginate``, ``udp``), the backend it targets and the tools it
 requires, and ``measure(inst, ctx)`` returns a flat dict of numbers. CPU figures are the
-relay process tree's utime+stime across the load divided by the work done. Checks
+relay process tree's utime and stime across the load (from /proc/PID/stat, read just
+before the load tool starts and just after it exits) divided by the work done: the total
+(``cpu_us_per_conn``), and user and system apart (``..._user``, ``..._sys``). Checks
 (``kind == "check"``) run once per relay before any timing and return ``ok``; a relay
 that fails a check is marked and not timed in that mode.
 
@@ -173,9 +175,7 @@ def _ab(inst: Instance, ctx: Context) -> Metrics:
     m = {"conn_s": rate, "p50_ms": pct.get(50, -1.0), "p99_ms": pct.get(99, -1.0)}
     m["failed"] = failed or 0.0
     if used is not None and done:
-        m["cpu_us_per_conn"] = used / done * 1e6
-        if cpu.system_share is not None:
-            m["cpu_kernel_share"] = cpu.system_share
+        m.update(cpu.per_unit("cpu_us_per_conn", done))
     return m
 
 
@@ -196,9 +196,7 @@ def _wrk(inst: Instance, ctx: Context) -> Metrics:
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     m["errors"] = float(sum(int(x) for x in errs.groups())) if errs else 0.0
     if used is not None:
-        m["cpu_us_per_req"] = used / total * 1e6
-        if cpu.system_share is not None:
-            m["cpu_kernel_share"] = cpu.system_share
+        m.update(cpu.per_unit("cpu_us_per_req", total))
     return m
 
 
@@ -260,9 +258,7 @@ def _tls(inst: Instance, ctx: Context) -> Metrics:
         raise BenchError(f"tls: no handshake completed ({errors} errors)")
     m = {"hs_s": done / elapsed, "errors": float(errors)}
     if used is not None:
-        m["cpu_us_per_hs"] = used / done * 1e6
-        if cpu.system_share is not None:
-            m["cpu_kernel_share"] = cpu.system_share
+        m.update(cpu.per_unit("cpu_us_per_hs", done))
     return m
 
 

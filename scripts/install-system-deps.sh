@@ -17,6 +17,9 @@ if [ "${1:-}" = "--bench" ]; then
   command -v wrk    >/dev/null 2>&1 || need+=(wrk)
   command -v ab     >/dev/null 2>&1 || need+=(apache2-utils)
   command -v strace >/dev/null 2>&1 || need+=(strace)
+  # sniproxy: one more SNI router to compare with; the bench runs it in the foreground
+  # with its own config (/usr/sbin: not on a user PATH)
+  command -v sniproxy >/dev/null 2>&1 || [ -x /usr/sbin/sniproxy ] || need+=(sniproxy)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${need[*]}"
@@ -25,3 +28,8 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian starts sniproxy as a service on ports 80 and 443 where systemd runs; the bench
+# needs only the program, so keep that service off.
+if [[ " ${need[*]} " == *" sniproxy "* ]] && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now sniproxy >/dev/null 2>&1 || true
+fi
