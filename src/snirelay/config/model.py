@@ -118,7 +118,7 @@ class Upstream:
     balance: Balance = field(default_factory=Balance)
     max_fails: int = 1  # snirelay: failures before a remote is left out ...
     fail_timeout: float = 10  # ... for this many seconds (0 = never left out)
-    through: str | None = None  # source IP (optionally ip:port) for outbound connections
+    through: Addr | None = None  # source address for outbound connections (port 0 = any)
     interface: str | None = None  # SO_BINDTODEVICE outbound
     listen_transport: Transport | None = None
     remote_transport: Transport | None = None

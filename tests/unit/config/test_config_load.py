@@ -130,7 +130,7 @@ network = { tcp_timeout = 2, sniff_max_bytes = 100 }
         Addr("2001:db8::1", 443),
     )
     assert u.balance == Balance("iphash", (3, 1, 1))
-    assert u.through == "192.0.2.10:0" and u.interface == "eth1"
+    assert u.through == Addr("192.0.2.10", 0) and u.interface == "eth1"
     assert u.max_fails == 3 and u.fail_timeout == 0
     assert u.listen_transport is not None and u.listen_transport.alpn == ("h2", "http/1.1")
     assert u.remote_transport is not None and u.remote_transport.sni == "$sni"
@@ -392,7 +392,7 @@ def test_routes_and_fallbacks(load) -> None:  # type: ignore[no-untyped-def]
         "~^media[0-9]+\\.example\\.org$",
     )
     assert r0.upstream.remotes == (Addr("10.0.0.2", 8920),)
-    assert r0.upstream.through == "192.0.2.1" and r0.upstream.max_fails == 4
+    assert r0.upstream.through == Addr("192.0.2.1", 0) and r0.upstream.max_fails == 4
     assert r0.upstream.network.tcp_timeout == 9  # the endpoint's network
     assert r1.upstream.remotes == (Addr("10.0.0.3", 443), Addr("10.0.0.4", 443))
     assert r1.upstream.balance == Balance("roundrobin", (2, 1))
@@ -598,7 +598,7 @@ def test_cli_endpoint_flags() -> None:
         remote_transport="tls;sni=h.example",
     )
     (ep,) = load_config(None, cli).endpoints
-    assert ep.upstream.through == "127.0.0.1" and ep.upstream.interface == "lo"
+    assert ep.upstream.through == Addr("127.0.0.1", 0) and ep.upstream.interface == "lo"
     assert ep.listen_interface == "lo"
     assert ep.upstream.listen_transport is not None
     assert ep.upstream.listen_transport.servername == "relay.example"
