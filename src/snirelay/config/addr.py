@@ -8,7 +8,9 @@ IPv6 literal); the host is then an IPv4 literal, a bracketed IPv6 literal or a D
 returns the host with the list of ports, `parse_addr` insists on a single port.
 
 `normalize_name` turns a server name into the form routing compares (lowercase, no
-trailing dot) or says it is not a valid host name.
+trailing dot) or says it is not a valid host name. `parse_through` is the one parser
+of ``through`` (an IP, optionally with a port): the loader keeps the `Addr` it returns
+and the runtime binds to it as is.
 
 Error handling: every function raises `ConfigError(place, message)`; nothing else.
 """

@@ -8,7 +8,7 @@ the entry's place). Each remote (``remote``, ``extra_remotes``, and the routes' 
 is either one port, used for every listen port, or a range of the listen range's length,
 paired by position.
 
-Fallbacks, as design.md section 3 says: a route's unset keys take the endpoint's value.
+Fallbacks (docs/reference/config.md, routes): a route's unset keys take the endpoint's value.
 The remote group is taken as a whole: a route that sets ``remote`` gets its own
 ``extra_remotes`` and ``balance`` (default: none and plain roundrobin); a route without
 ``remote`` uses the endpoint's remotes, and its own ``balance`` if set. Networks:

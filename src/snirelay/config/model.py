@@ -3,15 +3,15 @@
 `config.load` turns TOML/JSON/legacy files and command-line flags into one `Config`.
 Everything here is already merged and validated:
 
-- precedence (command line > endpoint > global) has been applied, so every
-  `Endpoint.network` and `Route.network` is complete;
+- precedence (command line > route > endpoint > global) has been applied, so every
+  upstream's `network` (an endpoint's default route and each route) is complete;
 - port ranges have been expanded, so each `Endpoint` listens on exactly one port;
 - every route carries its own resolved remote/balance/transport (falling back to the
   endpoint's values where the route did not set them);
 - `place` is the path used in error and log messages, e.g. "endpoints[2].routes[0]".
 
-Runtime objects (sockets, SSL contexts, balancers, route tables) are built from this in
-one place (`snirelay.server`); nothing here does I/O.
+Runtime objects (balancers, route tables, resolver, listening sockets) are built from
+this by `snirelay.net.runtime` and `snirelay.server`; nothing here does I/O.
 """
 
 from __future__ import annotations
