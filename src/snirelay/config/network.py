@@ -46,18 +46,27 @@ class NetOption:
     spec: Spec
 
 
-def _options() -> tuple[NetOption, ...]:
+def options_of(table: type[Any]) -> tuple[NetOption, ...]:
+    """The options a dataclass declares with `option()` (TypeError for a field that is
+    not declared so, or whose type is not bool, int or float)."""
     out = []
-    for f in dataclasses.fields(NetworkConfig):
+    for f in dataclasses.fields(table):
         spec = f.metadata.get(SPEC)
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        if not isinstance(spec, Spec) or kind not in KINDS:
-            raise TypeError(f"NetworkConfig.{f.name}: declare it with option() as bool/int/float")
-        out.append(NetOption(f.name, kind, f.default, spec))  # type: ignore[arg-type]
+        default = f.default
+        if (
+            not isinstance(spec, Spec)
+            or kind not in KINDS
+            or not isinstance(default, bool | int | float)
+        ):
+            raise TypeError(
+                f"{table.__name__}.{f.name}: declare it with option() as bool/int/float"
+            )
+        out.append(NetOption(f.name, kind, default, spec))
     return tuple(out)
 
 
-OPTIONS = _options()
+OPTIONS = options_of(NetworkConfig)
 BY_NAME = {o.name: o for o in OPTIONS}
 NETWORK_KEYS = tuple(BY_NAME)
 

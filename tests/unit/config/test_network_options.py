@@ -14,6 +14,7 @@ from snirelay.config import network
 from snirelay.config.load import load_config
 from snirelay.config.model import ConfigError, NetworkConfig
 from snirelay.config.network import FLAGS, OPTIONS, NetOption
+from snirelay.config.option import option
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "config.md"
 WITH_FLAG = [o for o in OPTIONS if o.spec.flag is not None]
@@ -55,6 +56,20 @@ def test_the_table_is_the_model() -> None:
         "send_mptcp",
         "accept_mptcp",
     }
+
+
+def test_a_field_without_option_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        tcp_timeout: float = 5.0
+
+    @dataclasses.dataclass(frozen=True)
+    class Text:
+        name: str = option("x", "a string option")
+
+    for table in (Plain, Text):
+        with pytest.raises(TypeError, match=rf"^{table.__name__}\.\w+: declare it with option"):
+            network.options_of(table)
 
 
 @pytest.mark.parametrize("opt", WITH_FLAG, ids=lambda o: o.name)
