@@ -8,8 +8,9 @@ the rest of the arguments); anything else is the relay itself, parsed with argpa
 using realm's short and long flag names; the network flags (``-u``, ``--tcp-timeout``,
 ...) are made from the network option table (`config.network.FLAGS`). The flags fill a
 `CliOptions` (None = not given) and `load_config` merges them with the config file
-(command line > route > endpoint > global). ``-d`` detaches (double fork, setsid, standard streams to /dev/null) after the
-config has loaded, so config errors still reach the terminal.
+(command line > route > endpoint > global). ``-d`` detaches (double fork, setsid,
+standard streams to /dev/null) after the config has loaded, so config errors still
+reach the terminal.
 
 Exit codes: 0 clean stop, 2 usage or config error (one line on stderr, never a
 traceback), otherwise what the server returns (`StartupError.exit_code`, 3 = cannot
