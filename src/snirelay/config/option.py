@@ -11,8 +11,8 @@ realm's. `config.network` reads these specs back and makes from them the loader'
 reading of ``[network]`` at every level, the argparse flags and the reference table.
 
 `option()` returns the `dataclasses.field`, which the type checker sees as a value of
-the default's type, so mypy still checks that the default fits the annotation. This module imports nothing from the rest
-of the package (the model imports it).
+the default's type, so mypy still checks that the default fits the annotation. This
+module imports nothing from the rest of the package (the model imports it).
 """
 
 from __future__ import annotations
