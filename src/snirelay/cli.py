@@ -5,10 +5,12 @@ How it works
 `main(argv)` looks at the first argument: ``convert``, ``hello`` and ``demo`` are
 subcommands (``hello`` and ``demo`` are imported lazily from their own modules and get
 the rest of the arguments); anything else is the relay itself, parsed with argparse
-using realm's short and long flag names. The flags fill a `CliOptions` (None = not
-given) and `load_config` merges them with the config file (command line > endpoint >
-global). ``-d`` detaches (double fork, setsid, standard streams to /dev/null) after the
-config has loaded, so config errors still reach the terminal.
+using realm's short and long flag names; the network flags (``-u``, ``--tcp-timeout``,
+...) are made from the network option table (`config.network.FLAGS`). The flags fill a
+`CliOptions` (None = not given) and `load_config` merges them with the config file
+(command line > route > endpoint > global). ``-d`` detaches (double fork, setsid,
+standard streams to /dev/null) after the config has loaded, so config errors still
+reach the terminal.
 
 Exit codes: 0 clean stop, 2 usage or config error (one line on stderr, never a
 traceback), otherwise what the server returns (`StartupError.exit_code`, 3 = cannot
@@ -22,10 +24,12 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from snirelay import __version__
+from snirelay.config import network
 from snirelay.config.load import CliOptions, load_config, parse_text
 from snirelay.config.model import ConfigError
 
@@ -76,10 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("-a", "--listen-transport", metavar="STR", help="listen transport, e.g. tls;cert=..;key=..")
     a("-b", "--remote-transport", metavar="STR", help="remote transport, e.g. tls;sni=..")
     flag: dict[str, Any] = {"action": "store_const", "const": True, "default": None}
-    a("-u", "--udp", help="enable UDP", **flag)
-    a("-t", "--ntcp", help="disable TCP", **flag)
-    a("-6", "--ipv6", help="IPV6_V6ONLY on listeners", **flag)
-    a("-m", "--mptcp", help="MPTCP both ways", **flag)
     a("-d", "--daemon", help="detach and run in the background", **flag)
     a("-n", "--nofile", type=_count, metavar="N", help="RLIMIT_NOFILE (default: the hard limit)")
     a("-p", "--pipe-page", type=_count, metavar="N", help="splice pipe size in 4 KiB pages")
@@ -95,23 +95,47 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dns-min-ttl", type=_count, metavar="S")
     a("--dns-max-ttl", type=_count, metavar="S")
     a("--dns-cache-size", type=_count, metavar="N")
-    a("--send-proxy", type=_bool, metavar="BOOL")
-    a("--send-proxy-version", type=_count, metavar="1|2")
-    a("--accept-proxy", type=_bool, metavar="BOOL")
-    a("--accept-proxy-timeout", type=_seconds, metavar="S")
-    a("--tcp-timeout", type=_seconds, metavar="S", help="connect timeout per address")
-    a("--udp-timeout", type=_seconds, metavar="S")
-    a("--tcp-keepalive", type=_seconds, metavar="S")
-    a("--tcp-keepalive-probe", type=_count, metavar="N")
-    a("--tcp-idle-timeout", type=_seconds, metavar="S", help="close after S idle (0 = off)")
+    _network_flags(p)
     a("-v", "--version", action="version", version=f"snirelay {__version__}")
     return p
 
 
+_VALUE_TYPES: dict[str, Callable[[str], Any]] = {"bool": _bool, "int": _count, "float": _seconds}
+
+
+def _network_flags(parser: argparse.ArgumentParser) -> None:
+    """One argument per flag of the network option table (`config.network.FLAGS`)."""
+    group = parser.add_argument_group("network options (override every level of [network])")
+    for flag, opts in network.FLAGS:
+        text = flag.help or opts[0].spec.doc.replace("`", "")
+        if flag.switch:
+            group.add_argument(
+                *flag.names,
+                dest=flag.dest,
+                action="store_const",
+                const=True,
+                default=None,
+                help=text,
+            )
+        else:
+            kind = opts[0].kind
+            group.add_argument(
+                *flag.names,
+                dest=flag.dest,
+                type=_VALUE_TYPES[kind],
+                metavar=network.metavar(flag, kind),
+                help=f"{text} (default: {network.default_text(opts[0])})",
+            )
+
+
 def options_from(ns: argparse.Namespace) -> CliOptions:
-    """The parsed flags as `CliOptions` (every field has a same-named dest)."""
-    fields = CliOptions.__dataclass_fields__
-    return CliOptions(**{name: getattr(ns, name) for name in fields})
+    """The parsed flags as `CliOptions`: every field but `network` has a same-named dest;
+    the network flags become `network` (option name -> value)."""
+    fields = [name for name in CliOptions.__dataclass_fields__ if name != "network"]
+    return CliOptions(
+        **{name: getattr(ns, name) for name in fields},
+        network=network.from_flags(vars(ns)),
+    )
 
 
 _SUBCOMMANDS = {"hello": "snirelay.diagnose.hello", "demo": "snirelay.demo"}

@@ -119,12 +119,14 @@ def test_every_realm_flag_parses() -> None:
             "9",
             "--tcp-idle-timeout",
             "10",
+            "--replay-timeout",
+            "11",
         ]
     )
     assert o.listen == "127.0.0.1:1" and o.remote == "h:2" and o.through == "127.0.0.1"
     assert o.interface == "lo" and o.listen_interface == "lo"
     assert o.listen_transport == "tls;servername=a" and o.remote_transport == "tls;sni=a"
-    assert o.udp and o.ntcp and o.ipv6 and o.mptcp and o.daemon and o.fast_open and o.zero_copy
+    assert o.daemon and o.fast_open and o.zero_copy
     assert (o.nofile, o.pipe_page, o.workers) == (4096, 32, 3)
     assert (o.log_level, o.log_output, o.log_format) == ("debug", "stderr", "json")
     assert (o.dns_mode, o.dns_protocol, o.dns_servers) == (
@@ -133,11 +135,25 @@ def test_every_realm_flag_parses() -> None:
         "1.1.1.1:53,8.8.8.8:53",
     )
     assert (o.dns_min_ttl, o.dns_max_ttl, o.dns_cache_size) == (1, 2, 3)
-    assert o.send_proxy is True and o.accept_proxy is False and o.send_proxy_version == 1
-    assert (o.accept_proxy_timeout, o.tcp_timeout, o.udp_timeout) == (4.5, 6, 7)
-    # the probe count comes from its own flag (realm reads it from --tcp-keepalive)
-    assert o.tcp_keepalive == 8 and o.tcp_keepalive_probe == 9
-    assert o.tcp_idle_timeout == 10
+    # the network flags, by option name; -m sets both MPTCP options, and the probe count
+    # comes from its own flag (realm reads it from --tcp-keepalive)
+    assert o.network == {
+        "use_udp": True,
+        "no_tcp": True,
+        "ipv6_only": True,
+        "send_mptcp": True,
+        "accept_mptcp": True,
+        "send_proxy": True,
+        "send_proxy_version": 1,
+        "accept_proxy": False,
+        "accept_proxy_timeout": 4.5,
+        "tcp_timeout": 6,
+        "udp_timeout": 7,
+        "tcp_keepalive": 8,
+        "tcp_keepalive_probe": 9,
+        "tcp_idle_timeout": 10,
+        "replay_timeout": 11,
+    }
 
 
 def test_long_names() -> None:
@@ -175,15 +191,19 @@ def test_long_names() -> None:
         ]
     )
     assert o.interface == "a" and o.listen_interface == "b"
-    assert o.udp and o.ntcp and o.ipv6 and o.mptcp and o.daemon and o.workers == 5
+    assert o.daemon and o.workers == 5
+    assert o.network == dict.fromkeys(
+        ("no_tcp", "use_udp", "ipv6_only", "send_mptcp", "accept_mptcp"), True
+    )
 
 
 def test_flags_not_given_are_none() -> None:
     o = parse(["-l", "127.0.0.1:1", "-r", "h:1"])
+    assert o.network == {}
     assert all(
         getattr(o, name) is None
         for name in CliOptions.__dataclass_fields__
-        if name not in ("listen", "remote")
+        if name not in ("listen", "remote", "network")
     )
 
 

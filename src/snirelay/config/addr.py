@@ -8,7 +8,9 @@ IPv6 literal); the host is then an IPv4 literal, a bracketed IPv6 literal or a D
 returns the host with the list of ports, `parse_addr` insists on a single port.
 
 `normalize_name` turns a server name into the form routing compares (lowercase, no
-trailing dot) or says it is not a valid host name.
+trailing dot) or says it is not a valid host name. `parse_through` is the one parser
+of ``through`` (an IP, optionally with a port): the loader keeps the `Addr` it returns
+and the runtime binds to it as is.
 
 Error handling: every function raises `ConfigError(place, message)`; nothing else.
 """
@@ -118,12 +120,15 @@ def parse_addr(
     return Addr(host, ports[0])
 
 
-def parse_through(raw: str, place: str) -> str:
+def parse_through(raw: str, place: str) -> Addr:
     """`through`: an IP literal, optionally with a port (``192.0.2.1``, ``192.0.2.1:0``,
-    ``[2001:db8::1]:4000``). Returned as written (trimmed) once validated."""
+    ``[2001:db8::1]:4000``), as the address outbound sockets bind to (port 0 = any).
+
+    The one parser of `through`: the loader calls it once and the model keeps the
+    result, so the runtime binds to `Addr.host`/`Addr.port` without parsing again."""
     text = raw.strip()
     if is_ip(text):
-        return text
+        return Addr(text, 0)
     try:
         host, port = split_host_port(text, place)
     except ConfigError:
@@ -132,8 +137,10 @@ def parse_through(raw: str, place: str) -> str:
         ) from None
     if not is_ip(host):
         raise ConfigError(place, f"invalid source address {raw!r}: {host!r} is not an IP literal")
-    parse_ports(port, raw, place, allow_zero=True)
-    return text
+    ports = parse_ports(port, raw, place, allow_zero=True)
+    if len(ports) != 1:
+        raise ConfigError(place, f"a port range is not allowed here: {raw!r}")
+    return Addr(host, ports[0])
 
 
 def parse_nameserver(raw: str, place: str) -> Addr:

@@ -8,7 +8,7 @@ the entry's place). Each remote (``remote``, ``extra_remotes``, and the routes' 
 is either one port, used for every listen port, or a range of the listen range's length,
 paired by position.
 
-Fallbacks, as design.md section 3 says: a route's unset keys take the endpoint's value.
+Fallbacks (docs/reference/config.md, routes): a route's unset keys take the endpoint's value.
 The remote group is taken as a whole: a route that sets ``remote`` gets its own
 ``extra_remotes`` and ``balance`` (default: none and plain roundrobin); a route without
 ``remote`` uses the endpoint's remotes, and its own ``balance`` if set. Networks:
@@ -42,10 +42,10 @@ from snirelay.config.model import (
     Transport,
     Upstream,
 )
+from snirelay.config.network import NETWORK_KEYS, parse_network
 from snirelay.config.table import Table
 from snirelay.config.transport import parse_transport
 
-NETWORK_KEYS = tuple(f.name for f in dataclasses.fields(NetworkConfig))
 _UPSTREAM_KEYS = (
     "remote",
     "extra_remotes",
@@ -63,27 +63,6 @@ ROUTE_KEYS = ("server_names", "when", *_UPSTREAM_KEYS)
 
 _WEIGHT = re.compile(r"[0-9]{1,9}")
 Spec = tuple[str, list[int]]  # host, ports (one, or one per listen port)
-
-
-def parse_network(tbl: Table) -> dict[str, Any]:
-    """The keys a [network] table sets, type-checked (absent keys are left out)."""
-    out: dict[str, Any] = {}
-    for key in list(tbl.data):
-        value: Any
-        if key in ("tcp_keepalive_probe",):
-            value = tbl.integer(key, 0)
-        elif key == "send_proxy_version":
-            value = tbl.integer(key, 1, 2)
-        elif key == "sniff_max_bytes":
-            value = tbl.integer(key, 1, 16 * 1024 * 1024)
-        elif key == "sniff_timeout":
-            value = tbl.seconds(key, positive=True)
-        elif isinstance(getattr(NetworkConfig(), key), bool):
-            value = tbl.flag(key)
-        else:
-            value = tbl.seconds(key)
-        out[key] = value
-    return out
 
 
 def parse_balance(raw: str | None, count: int, place: str) -> Balance:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from snirelay.config.addr import parse_addr, parse_nameserver
-from snirelay.config.endpoints import NETWORK_KEYS, parse_endpoint, parse_network
+from snirelay.config.endpoints import parse_endpoint
 from snirelay.config.legacy import convert_legacy, is_legacy
 from snirelay.config.model import (
     DNS_MODES,
@@ -45,13 +45,13 @@ from snirelay.config.model import (
     LogConfig,
     NetworkConfig,
 )
+from snirelay.config.network import NETWORK_KEYS, cli_network, parse_network
 from snirelay.config.options import (
     CLI_ENDPOINT_FLAGS,
     LOG_FORMATS,
     CliOptions,
     cli_endpoint,
     cli_log_dns,
-    cli_network,
 )
 from snirelay.config.table import Table, check_range
 
@@ -216,7 +216,7 @@ def load_documents(
             merged.add(label, section, values)
         tables.append((label, top))
     cli_log, cli_dns = cli_log_dns(cli)
-    cli_net = cli_network(cli)
+    cli_net = cli_network(cli.network)
     log = LogConfig(**{**merged.values["log"], **cli_log})
     dns = DnsConfig(**{**merged.values["dns"], **cli_dns})
     if dns.min_ttl > dns.max_ttl:

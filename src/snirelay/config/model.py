@@ -3,20 +3,22 @@
 `config.load` turns TOML/JSON/legacy files and command-line flags into one `Config`.
 Everything here is already merged and validated:
 
-- precedence (command line > endpoint > global) has been applied, so every
-  `Endpoint.network` and `Route.network` is complete;
+- precedence (command line > route > endpoint > global) has been applied, so every
+  upstream's `network` (an endpoint's default route and each route) is complete;
 - port ranges have been expanded, so each `Endpoint` listens on exactly one port;
 - every route carries its own resolved remote/balance/transport (falling back to the
   endpoint's values where the route did not set them);
 - `place` is the path used in error and log messages, e.g. "endpoints[2].routes[0]".
 
-Runtime objects (sockets, SSL contexts, balancers, route tables) are built from this in
-one place (`snirelay.server`); nothing here does I/O.
+Runtime objects (balancers, route tables, resolver, listening sockets) are built from
+this by `snirelay.net.runtime` and `snirelay.server`; nothing here does I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from snirelay.config.option import Flag, option
 
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
 DNS_MODES = ("ipv4_only", "ipv6_only", "ipv4_then_ipv6", "ipv6_then_ipv4", "ipv4_and_ipv6")
@@ -53,27 +55,94 @@ class DnsConfig:
     cache_size: int = 32
 
 
+_MPTCP = Flag(("-m", "--mptcp"), switch=True, help="MPTCP both ways")
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
-    """realm's [network] table plus snirelay's additions (marked)."""
+    """realm's [network] table plus snirelay's additions: the one table of network options.
 
-    no_tcp: bool = False
-    use_udp: bool = False
-    ipv6_only: bool = False
-    tcp_timeout: float = 5  # connect timeout per address, 0 = none
-    udp_timeout: float = 30
-    tcp_keepalive: float = 15  # 0 = system default
-    tcp_keepalive_probe: int = 3
-    send_mptcp: bool = False
-    accept_mptcp: bool = False
-    send_proxy: bool = False
-    send_proxy_version: int = 2
-    accept_proxy: bool = False
-    accept_proxy_timeout: float = 5
-    # snirelay additions
-    tcp_idle_timeout: float = 300  # no traffic either way -> close; 0 = off
-    sniff_timeout: float = 10  # deadline for the first bytes when routes exist
-    sniff_max_bytes: int = 65536  # cap on a ClientHello / HTTP request head
+    Each option is declared once, here, with `option()` (config/option.py): name, type
+    and default are the field's; the doc line, the command-line flag and the range
+    checked are in its metadata. From these `config.network` makes the loader's reading
+    of ``[network]`` (global, endpoint and route levels), the argparse flags and the
+    network table of docs/reference/config.md. Adding an option is adding a field.
+    """
+
+    no_tcp: bool = option(
+        False, "do not relay TCP", flag=Flag(("-t", "--ntcp"), switch=True, help="disable TCP")
+    )
+    use_udp: bool = option(
+        False, "relay UDP too", flag=Flag(("-u", "--udp"), switch=True, help="enable UDP")
+    )
+    ipv6_only: bool = option(
+        False,
+        "IPV6_V6ONLY on `[::]` listeners",
+        flag=Flag(("-6", "--ipv6"), switch=True, help="IPV6_V6ONLY on listeners"),
+    )
+    tcp_timeout: float = option(
+        5.0, "connect timeout per remote address; 0 = none", flag=Flag(("--tcp-timeout",))
+    )
+    udp_timeout: float = option(
+        30.0,
+        "a UDP association is closed after this long without traffic",
+        flag=Flag(("--udp-timeout",)),
+    )
+    tcp_keepalive: float = option(
+        15.0,
+        "TCP keepalive idle time and interval; 0 = system default",
+        flag=Flag(("--tcp-keepalive",)),
+    )
+    tcp_keepalive_probe: int = option(
+        3,
+        "keepalive probes before the connection is dropped; 0 = system default "
+        "(read from its own flag, unlike realm)",
+        flag=Flag(("--tcp-keepalive-probe",)),
+    )
+    send_mptcp: bool = option(False, "MPTCP toward remotes", flag=_MPTCP)
+    accept_mptcp: bool = option(False, "MPTCP on listeners", flag=_MPTCP)
+    send_proxy: bool = option(
+        False, "send a PROXY protocol header to the remote", flag=Flag(("--send-proxy",))
+    )
+    send_proxy_version: int = option(
+        2,
+        "PROXY protocol version sent",
+        flag=Flag(("--send-proxy-version",), metavar="1|2"),
+        minimum=1,
+        maximum=2,
+    )
+    accept_proxy: bool = option(
+        False, "require a PROXY protocol header from clients", flag=Flag(("--accept-proxy",))
+    )
+    accept_proxy_timeout: float = option(
+        5.0, "deadline for that header", flag=Flag(("--accept-proxy-timeout",))
+    )
+    tcp_idle_timeout: float = option(
+        300.0,
+        "close a connection with no traffic either way; 0 = off",
+        flag=Flag(("--tcp-idle-timeout",)),
+        snirelay=True,
+    )
+    sniff_timeout: float = option(
+        10.0,
+        "deadline for the first bytes (ClientHello / HTTP head) when an endpoint has routes",
+        positive=True,
+        snirelay=True,
+    )
+    sniff_max_bytes: int = option(
+        65536,
+        "cap on the bytes read while sniffing",
+        minimum=1,
+        maximum=16 * 1024 * 1024,
+        snirelay=True,
+    )
+    replay_timeout: float = option(
+        10.0,
+        "deadline for the backend to accept the sniffed bytes replayed to it",
+        flag=Flag(("--replay-timeout",)),
+        positive=True,
+        snirelay=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +187,7 @@ class Upstream:
     balance: Balance = field(default_factory=Balance)
     max_fails: int = 1  # snirelay: failures before a remote is left out ...
     fail_timeout: float = 10  # ... for this many seconds (0 = never left out)
-    through: str | None = None  # source IP (optionally ip:port) for outbound connections
+    through: Addr | None = None  # source address for outbound connections (port 0 = any)
     interface: str | None = None  # SO_BINDTODEVICE outbound
     listen_transport: Transport | None = None
     remote_transport: Transport | None = None

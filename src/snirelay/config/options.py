@@ -2,27 +2,30 @@
 
 How it works
 ------------
-The CLI fills a `CliOptions` (None = flag not given). `cli_network`, `cli_log_dns` and
-`cli_endpoint` turn the given flags into "keys set" dicts that the loader applies on top
-of every level (command line > route > endpoint > global), checking ranges the same way
-the file loader does, with the flag as the place: "--send-proxy-version: must be <= 2".
+The CLI fills a `CliOptions` (None = flag not given). The network flags are not fields
+of their own: `CliOptions.network` holds the network options given on the command line
+by option name, and `config.network.cli_network` checks them (the flags and their
+checks are made from `NetworkConfig`'s declarations). `cli_log_dns` and `cli_endpoint`
+turn the other flags into "keys set" dicts. The loader applies them all on top of every
+level (command line > route > endpoint > global), checking ranges the same way the file
+loader does, with the flag as the place: "--log-level: unknown value ...".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from snirelay.config.addr import parse_nameserver
 from snirelay.config.model import DNS_MODES, DNS_PROTOCOLS, LOG_LEVELS, ConfigError
-from snirelay.config.table import check_choice, check_range, check_seconds
+from snirelay.config.table import check_choice, check_range
 
 LOG_FORMATS = ("text", "json")
 
 
 @dataclass
 class CliOptions:
-    """Every realm command-line flag plus snirelay's; None (or False) = not given."""
+    """Every realm command-line flag plus snirelay's; None = not given."""
 
     listen: str | None = None  # -l
     remote: str | None = None  # -r
@@ -31,10 +34,6 @@ class CliOptions:
     listen_interface: str | None = None  # -e
     listen_transport: str | None = None  # -a
     remote_transport: str | None = None  # -b
-    udp: bool | None = None  # -u
-    ntcp: bool | None = None  # -t
-    ipv6: bool | None = None  # -6
-    mptcp: bool | None = None  # -m
     daemon: bool | None = None  # -d
     nofile: int | None = None  # -n
     pipe_page: int | None = None  # -p
@@ -49,58 +48,14 @@ class CliOptions:
     dns_min_ttl: int | None = None
     dns_max_ttl: int | None = None
     dns_cache_size: int | None = None
-    send_proxy: bool | None = None
-    send_proxy_version: int | None = None
-    accept_proxy: bool | None = None
-    accept_proxy_timeout: float | None = None
-    tcp_timeout: float | None = None
-    udp_timeout: float | None = None
-    tcp_keepalive: float | None = None
-    tcp_keepalive_probe: int | None = None
-    tcp_idle_timeout: float | None = None  # snirelay
     workers: int | None = None  # snirelay, -w
-
-
-_CLI_NETWORK = {
-    "udp": ("use_udp",),
-    "ntcp": ("no_tcp",),
-    "ipv6": ("ipv6_only",),
-    "mptcp": ("send_mptcp", "accept_mptcp"),
-    "send_proxy": ("send_proxy",),
-    "send_proxy_version": ("send_proxy_version",),
-    "accept_proxy": ("accept_proxy",),
-    "accept_proxy_timeout": ("accept_proxy_timeout",),
-    "tcp_timeout": ("tcp_timeout",),
-    "udp_timeout": ("udp_timeout",),
-    "tcp_keepalive": ("tcp_keepalive",),
-    "tcp_keepalive_probe": ("tcp_keepalive_probe",),
-    "tcp_idle_timeout": ("tcp_idle_timeout",),
-}
+    # network options given as flags, by option name ("-m" sets send_mptcp and
+    # accept_mptcp); the flags are made from NetworkConfig (see config.network)
+    network: dict[str, Any] = field(default_factory=dict)
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def cli_network(cli: CliOptions) -> dict[str, Any]:
-    """NetworkConfig keys set on the command line, range-checked."""
-    out: dict[str, Any] = {}
-    for opt, keys in _CLI_NETWORK.items():
-        value = getattr(cli, opt)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            pass
-        elif opt == "send_proxy_version":
-            check_range(_flag(opt), value, 1, 2)
-        elif isinstance(value, int) and opt == "tcp_keepalive_probe":
-            check_range(_flag(opt), value, 0)
-        else:
-            check_seconds(_flag(opt), value)
-            value = float(value)
-        for key in keys:
-            out[key] = value
-    return out
 
 
 def cli_log_dns(cli: CliOptions) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -75,9 +75,6 @@ class Table:
     def __contains__(self, key: str) -> bool:
         return key in self.data
 
-    def keys(self) -> list[str]:
-        return list(self.data)
-
     def place_of(self, key: str) -> str:
         return self.display.get(key) or join(self.place, key)
 

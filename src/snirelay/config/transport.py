@@ -9,8 +9,8 @@ checked against the side it is used on:
 
 - listen side only: ``cert``, ``key``, ``servername``, ``ocsp``;
 - remote side only: ``sni``, ``insecure``, ``0rtt``, ``ca``, ``client_cert``, ``client_key``;
-- both: ``ws``, ``host``, ``path``, ``tls``, ``alpn`` (snirelay: ALPN offered by the
-  server side too, design.md section 3);
+- both: ``ws``, ``host``, ``path``, ``tls``, ``alpn`` (snirelay: on the listen side,
+  the ALPN protocols the TLS server accepts);
 - TLS options need ``tls``; ``host``/``path`` need ``ws``; ``cert`` needs ``key`` (and
   the reverse), ``client_cert`` needs ``client_key``; a TLS listener needs ``cert``+``key``
   or ``servername``; ``insecure`` and ``ca`` contradict each other.

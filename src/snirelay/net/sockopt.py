@@ -76,18 +76,17 @@ def make_listener(
     return sock
 
 
-def parse_through(through: str | None) -> tuple[str, int] | None:
-    """`through` as (ip, port): "192.0.2.10", "192.0.2.10:0", "[2001:db8::1]:0"."""
-    if not through:
-        return None
-    t = through.strip()
-    if t.startswith("["):
-        host, _, port = t[1:].partition("]")
-        return host, int(port.lstrip(":") or 0)
-    if t.count(":") == 1:
-        host, port = t.split(":")
-        return host, int(port)
-    return t, 0
+def bind_address(through: Addr | None) -> tuple[str, int] | None:
+    """The socket address outbound sockets bind to for `Upstream.through`, or None.
+
+    `through` was parsed and checked once, at load (`config.addr.parse_through`); this
+    only turns the `Addr` into what `socket.bind` takes."""
+    return None if through is None else (through.host, through.port)
+
+
+# net/runtime.py still imports the old name; it can import `bind_address` instead (or
+# read `Upstream.through` directly), and then this alias goes.
+parse_through = bind_address
 
 
 def outbound_socket(

@@ -5,12 +5,25 @@ written by `conn_record()` at info level on the "snirelay.conn" logger, as
 `conn key=value ...` text or as one JSON object per line (`log.format = "json"`).
 Callers check `CONN_LOG.isEnabledFor(logging.INFO)` once per connection close, so a
 relay with logging off does no formatting work at all.
+
+Escaping: record values come from the network (SNI, ALPN, an HTTP Host, hints that
+quote them), so no byte of theirs may reach the log raw. In a text record each value
+is ``-`` (None, or an empty list) or items joined by ``,``; an item is written bare
+when it is printable ASCII without space, ``"``, ``\\`` or ``,`` (and is not "-"),
+and otherwise as a JSON string literal with every non-ASCII and control character
+(DEL too) escaped: ``alpn="h2\\r\\nconn id=9",http/1.1``. So a record is always one
+line, and `json.loads` of a quoted item gives back the exact value. JSON records are
+`json.dumps` with the same ASCII escaping. Ordinary log lines pass network values
+through `esc()` (the same quoting); as a safety net the text formatter also escapes
+any non-printable character left in a message (``\\x1b``), so no line can be split or
+forged whatever a caller passed. A traceback (``LOG.exception``) keeps its lines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -30,19 +43,51 @@ LOG = logging.getLogger("snirelay")
 CONN_LOG = logging.getLogger("snirelay.conn")
 
 
+# an item written bare in a text record: printable ASCII but space, '"', ',' and '\\'
+_bare = re.compile(r"[!#-+\--\[\]-~]+").fullmatch
+_json = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: escapes all but 0x20-0x7e
+
+
+def esc(value: object) -> str:
+    """`value` as one token for a log line: itself when plainly printable ASCII, else a
+    quoted JSON string literal (control, non-ASCII, space, quote, comma, backslash)."""
+    s = value if isinstance(value, str) else str(value)
+    return s if _bare(s) and s != "-" else _json(s)
+
+
+def _unprintable(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def one_line(text: str) -> str:
+    """`text` with every non-printable character (controls, line and paragraph
+    separators, lone surrogates...) written as a backslash escape; space stays."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _unprintable(ch) for ch in text)
+
+
+class _TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            return json.dumps(fields, separators=(",", ":"))
-        return json.dumps(
+            return _json(fields)
+        return _json(
             {
                 "event": "log",
                 "time": round(record.created, 3),
                 "level": record.levelname.lower(),
                 "msg": record.getMessage(),
-            },
-            separators=(",", ":"),
+            }
         )
 
 
@@ -64,26 +109,35 @@ def setup(cfg: LogConfig) -> None:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+            _TextFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
         )
     LOG.addHandler(handler)
     LOG.setLevel(level)
     LOG.propagate = False
 
 
-def _text_value(v: Any) -> str:
+def text_value(v: Any) -> str:
+    """One value of a text record (see the module docstring for the grammar).
+
+    Dispatches on the exact type, most frequent first: this runs for every field of
+    every record."""
+    t = type(v)
+    if t is str:
+        return v if _bare(v) and v != "-" else _json(v)
+    if t is int:
+        return str(v)
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    if isinstance(v, bool):
+    if t is bool:
         return "yes" if v else "no"
-    s = ",".join(str(x) for x in v) or "-" if isinstance(v, list | tuple) else str(v)
-    # quoted (JSON string escapes) when it would not read back as one token
-    return json.dumps(s) if (" " in s or '"' in s or "\\" in s) else s
+    if t is float:
+        return f"{v:.3f}"
+    if t is list or t is tuple:
+        return ",".join([esc(x) for x in v]) or "-"
+    return esc(v)
 
 
 def conn_record(fields: dict[str, Any]) -> None:
     """Emit one connection record (the caller checked the level)."""
-    text = "conn " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items() if k != "event")
+    text = "conn " + " ".join(f"{k}={text_value(v)}" for k, v in fields.items() if k != "event")
     CONN_LOG.info(text, extra={"fields": fields})

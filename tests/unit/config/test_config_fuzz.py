@@ -7,10 +7,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snirelay.config.endpoints import ENDPOINT_KEYS, NETWORK_KEYS, ROUTE_KEYS
+from snirelay.config.endpoints import ENDPOINT_KEYS, ROUTE_KEYS
 from snirelay.config.legacy import LEGACY_KEYS, convert_legacy, is_legacy
 from snirelay.config.load import TOP_KEYS, load_documents
 from snirelay.config.model import Config, ConfigError
+from snirelay.config.network import NETWORK_KEYS
 from snirelay.config.transport import parse_transport
 
 _strings = st.one_of(

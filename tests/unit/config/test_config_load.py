@@ -130,7 +130,7 @@ network = { tcp_timeout = 2, sniff_max_bytes = 100 }
         Addr("2001:db8::1", 443),
     )
     assert u.balance == Balance("iphash", (3, 1, 1))
-    assert u.through == "192.0.2.10:0" and u.interface == "eth1"
+    assert u.through == Addr("192.0.2.10", 0) and u.interface == "eth1"
     assert u.max_fails == 3 and u.fail_timeout == 0
     assert u.listen_transport is not None and u.listen_transport.alpn == ("h2", "http/1.1")
     assert u.remote_transport is not None and u.remote_transport.sni == "$sni"
@@ -392,7 +392,7 @@ def test_routes_and_fallbacks(load) -> None:  # type: ignore[no-untyped-def]
         "~^media[0-9]+\\.example\\.org$",
     )
     assert r0.upstream.remotes == (Addr("10.0.0.2", 8920),)
-    assert r0.upstream.through == "192.0.2.1" and r0.upstream.max_fails == 4
+    assert r0.upstream.through == Addr("192.0.2.1", 0) and r0.upstream.max_fails == 4
     assert r0.upstream.network.tcp_timeout == 9  # the endpoint's network
     assert r1.upstream.remotes == (Addr("10.0.0.3", 443), Addr("10.0.0.4", 443))
     assert r1.upstream.balance == Balance("roundrobin", (2, 1))
@@ -598,7 +598,7 @@ def test_cli_endpoint_flags() -> None:
         remote_transport="tls;sni=h.example",
     )
     (ep,) = load_config(None, cli).endpoints
-    assert ep.upstream.through == "127.0.0.1" and ep.upstream.interface == "lo"
+    assert ep.upstream.through == Addr("127.0.0.1", 0) and ep.upstream.interface == "lo"
     assert ep.listen_interface == "lo"
     assert ep.upstream.listen_transport is not None
     assert ep.upstream.listen_transport.servername == "relay.example"
@@ -618,7 +618,9 @@ def test_cli_errors_name_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"^--log-level: unknown value"):
         load_config(None, CliOptions(listen="127.0.0.1:1", remote="h:1", log_level="loud"))
     with pytest.raises(ConfigError, match=r"^--send-proxy-version: must be <= 2"):
-        load_config(None, CliOptions(listen="127.0.0.1:1", remote="h:1", send_proxy_version=3))
+        load_config(
+            None, CliOptions(listen="127.0.0.1:1", remote="h:1", network={"send_proxy_version": 3})
+        )
     with pytest.raises(ConfigError, match=r"^--dns-servers:"):
         load_config(None, CliOptions(listen="127.0.0.1:1", remote="h:1", dns_servers="x.y:53"))
     with pytest.raises(ConfigError, match="no endpoints"):
@@ -646,7 +648,8 @@ def test_precedence_cli_over_endpoint_over_global(load) -> None:  # type: ignore
     assert (n.tcp_timeout, n.tcp_keepalive, n.udp_timeout) == (2, 2, 1)
     rn = c.endpoints[0].routes[0].upstream.network
     assert (rn.tcp_timeout, rn.tcp_keepalive, rn.udp_timeout) == (2, 4, 1)
-    c = load(PRECEDENCE, CliOptions(tcp_timeout=3, tcp_keepalive=3, udp=True, mptcp=True))
+    cli_net = {"tcp_timeout": 3, "tcp_keepalive": 3, "use_udp": True}
+    c = load(PRECEDENCE, CliOptions(network={**cli_net, "send_mptcp": True, "accept_mptcp": True}))
     for n in (
         c.endpoints[0].upstream.network,
         c.endpoints[0].routes[0].upstream.network,
@@ -657,28 +660,19 @@ def test_precedence_cli_over_endpoint_over_global(load) -> None:  # type: ignore
     assert c.endpoints[0].upstream.network.udp_timeout == 1
 
 
-def test_cli_maps_every_network_flag() -> None:
-    cli = CliOptions(
-        listen="127.0.0.1:1",
-        remote="h:1",
-        udp=True,
-        ntcp=True,
-        ipv6=True,
-        send_proxy=True,
-        send_proxy_version=1,
-        accept_proxy=True,
-        accept_proxy_timeout=9,
-        tcp_timeout=8,
-        udp_timeout=7,
-        tcp_keepalive=6,
-        tcp_keepalive_probe=5,
-        tcp_idle_timeout=4,
-    )
-    n = load_config(None, cli).endpoints[0].upstream.network
-    assert n.use_udp and n.no_tcp and n.ipv6_only and n.send_proxy and n.accept_proxy
-    assert n.send_proxy_version == 1 and n.accept_proxy_timeout == 9
-    assert (n.tcp_timeout, n.udp_timeout, n.tcp_keepalive) == (8, 7, 6)
-    assert n.tcp_keepalive_probe == 5 and n.tcp_idle_timeout == 4
+def test_cli_network_is_checked_like_the_file() -> None:
+    def cli(**network: object) -> CliOptions:
+        return CliOptions(listen="127.0.0.1:1", remote="h:1", network=network)
+
+    with pytest.raises(ConfigError, match=r"^--tcp-timeout: must be >= 0, got -1"):
+        load_config(None, cli(tcp_timeout=-1.0))
+    with pytest.raises(ConfigError, match=r"^--replay-timeout: must be > 0, got 0"):
+        load_config(None, cli(replay_timeout=0.0))
+    with pytest.raises(ConfigError, match=r"^-u/--udp: expected a boolean"):
+        load_config(None, cli(use_udp="yes"))
+    # options without a flag can still be set through CliOptions (e.g. by a test)
+    n = load_config(None, cli(sniff_max_bytes=7)).endpoints[0].upstream.network
+    assert n.sniff_max_bytes == 7
 
 
 def test_cli_log_dns_and_process_options(load) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from snirelay.config.addr import (
 )
 from snirelay.config.model import Addr, ConfigError, Transport
 from snirelay.config.transport import parse_transport
+from snirelay.net.sockopt import bind_address
 
 P = "endpoints[0].remote_transport"
 
@@ -148,10 +149,18 @@ def test_host_names() -> None:
 
 
 def test_through() -> None:
-    assert parse_through("192.0.2.1", "p") == "192.0.2.1"
-    assert parse_through("2001:db8::1", "p") == "2001:db8::1"
-    assert parse_through("[2001:db8::1]:4000", "p") == "[2001:db8::1]:4000"
-    assert parse_through("192.0.2.1:0", "p") == "192.0.2.1:0"
-    for bad in ("example.com", "example.com:1", "1.2.3.4:x", "300.1.1.1"):
+    # parsed once, at load: the model keeps the address the runtime binds to
+    assert parse_through("192.0.2.1", "p") == Addr("192.0.2.1", 0)
+    assert parse_through(" 2001:db8::1 ", "p") == Addr("2001:db8::1", 0)
+    assert parse_through("[2001:db8::1]:4000", "p") == Addr("2001:db8::1", 4000)
+    assert parse_through("192.0.2.1:0", "p") == Addr("192.0.2.1", 0)
+    bad = ("example.com", "example.com:1", "1.2.3.4:x", "300.1.1.1", "1.2.3.4:1-3", "[::1]:70000")
+    for raw in bad:
         with pytest.raises(ConfigError, match="^p: "):
-            parse_through(bad, "p")
+            parse_through(raw, "p")
+
+
+def test_runtime_binds_to_the_parsed_through() -> None:
+    assert bind_address(None) is None
+    assert bind_address(parse_through("[2001:db8::1]:4000", "p")) == ("2001:db8::1", 4000)
+    assert bind_address(parse_through("192.0.2.1", "p")) == ("192.0.2.1", 0)

@@ -69,7 +69,7 @@ def test_realm_full_example() -> None:
     assert c.network.send_proxy and c.network.accept_proxy
     e0, e1, e2, e3 = c.endpoints
     assert e0.upstream.balance == Balance("roundrobin", (4, 2, 1))
-    assert e0.upstream.through == "192.0.2.10" and e0.listen_interface == "eth0"
+    assert e0.upstream.through == Addr("192.0.2.10", 0) and e0.listen_interface == "eth0"
     assert e1.listen == Addr("::", 5001) and e1.upstream.balance == Balance("iphash", (2, 1))
     assert not e1.upstream.network.send_proxy and e1.upstream.network.tcp_timeout == 10
     assert e1.upstream.network.accept_proxy  # the rest comes from [network]

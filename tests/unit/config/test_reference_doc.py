@@ -1,4 +1,5 @@
-"""docs/reference/config.md mentions every config key, so the reference cannot rot."""
+"""docs/reference/config.md mentions every config key and flag, so the reference cannot rot
+(its network table is generated: tests/unit/config/test_network_options.py checks it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,194 @@
+"""Everything made from the one table of network options (`NetworkConfig`'s fields).
+
+How it works
+------------
+`OPTIONS` reads each field of `NetworkConfig` with its `Spec` (config/option.py) into a
+`NetOption`: name, kind (``bool``, ``int`` or ``float`` seconds, from the annotation),
+default and spec. From that list come:
+
+- `parse_network(tbl)`: the keys a ``[network]`` table sets, type- and range-checked.
+  The loader calls it for the global table and for every endpoint's and route's
+  ``network = {...}``; the command line goes through it too, as a table whose keys are
+  displayed as their flags (`cli_network`), so a flag is checked exactly like the key
+  ("--send-proxy-version: must be <= 2"). Precedence (command line > route > endpoint >
+  global) is applied by the caller, key by key, with `dataclasses.replace`.
+- `FLAGS`: each command-line flag with the options it sets (``-m`` sets two); cli.py
+  turns them into argparse arguments.
+- `reference_table()`: the markdown table of docs/reference/config.md's network
+  section. `update_reference(text)` rewrites the part between the BEGIN/END markers;
+  ``python -m snirelay.config.network docs/reference/config.md`` does it in place, and
+  a test checks that the committed file is what it would write.
+
+Error handling: the readers raise `ConfigError` naming the key (or flag), nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from snirelay.config.model import NetworkConfig
+from snirelay.config.option import SPEC, Flag, Spec
+from snirelay.config.table import Table
+
+KINDS = ("bool", "int", "float")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NetOption:
+    """One network option: a field of `NetworkConfig` and its `Spec`."""
+
+    name: str
+    kind: str  # one of KINDS ("float" = seconds)
+    default: bool | int | float
+    spec: Spec
+
+
+def options_of(table: type[Any]) -> tuple[NetOption, ...]:
+    """The options a dataclass declares with `option()` (TypeError for a field that is
+    not declared so, or whose type is not bool, int or float)."""
+    out = []
+    for f in dataclasses.fields(table):
+        spec = f.metadata.get(SPEC)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        default = f.default
+        if (
+            not isinstance(spec, Spec)
+            or kind not in KINDS
+            or not isinstance(default, bool | int | float)
+        ):
+            raise TypeError(
+                f"{table.__name__}.{f.name}: declare it with option() as bool/int/float"
+            )
+        out.append(NetOption(f.name, kind, default, spec))
+    return tuple(out)
+
+
+OPTIONS = options_of(NetworkConfig)
+BY_NAME = {o.name: o for o in OPTIONS}
+NETWORK_KEYS = tuple(BY_NAME)
+
+
+def _flags() -> tuple[tuple[Flag, tuple[NetOption, ...]], ...]:
+    groups: dict[Flag, list[NetOption]] = {}
+    for o in OPTIONS:
+        if o.spec.flag is not None:
+            groups.setdefault(o.spec.flag, []).append(o)
+    return tuple((flag, tuple(opts)) for flag, opts in groups.items())
+
+
+FLAGS = _flags()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_option(tbl: Table, opt: NetOption) -> bool | int | float | None:
+    """The value `tbl` gives `opt`, type- and range-checked, or None when absent."""
+    if opt.kind == "bool":
+        return tbl.flag(opt.name)
+    if opt.kind == "int":
+        return tbl.integer(opt.name, opt.spec.minimum, opt.spec.maximum)
+    return tbl.seconds(opt.name, positive=opt.spec.positive)
+
+
+def parse_network(tbl: Table) -> dict[str, Any]:
+    """The keys a [network] table sets, type-checked (absent keys are left out)."""
+    return {key: read_option(tbl, BY_NAME[key]) for key in tbl.data}
+
+
+def cli_network(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Network options set on the command line (`CliOptions.network`: option name ->
+    value), checked as a [network] table whose errors name the flag."""
+    display = {o.name: o.spec.flag.display for o in OPTIONS if o.spec.flag is not None}
+    return parse_network(Table(dict(values), "command line", NETWORK_KEYS, display))
+
+
+def from_flags(given: Mapping[str, Any]) -> dict[str, Any]:
+    """argparse results (flag dest -> value, None = not given) -> option name -> value."""
+    out: dict[str, Any] = {}
+    for flag, opts in FLAGS:
+        value = given.get(flag.dest)
+        if value is not None:
+            out.update((o.name, value) for o in opts)
+    return out
+
+
+# ---------------------------------------------------------------- the reference
+
+
+def metavar(flag: Flag, kind: str) -> str | None:
+    """What a flag's value is called in --help and in the reference (None: a switch)."""
+    if flag.switch:
+        return None
+    return flag.metavar or {"bool": "BOOL", "int": "N", "float": "S"}[kind]
+
+
+def _type(o: NetOption) -> str:
+    if o.kind == "bool":
+        return "bool"
+    if o.kind == "float":
+        return "seconds > 0" if o.spec.positive else "seconds"
+    if o.spec.maximum is not None:
+        return f"integer {o.spec.minimum}-{o.spec.maximum}"
+    return f"integer >= {o.spec.minimum}" if o.spec.minimum else "integer"
+
+
+def default_text(o: NetOption) -> str:
+    if isinstance(o.default, bool):
+        return "true" if o.default else "false"
+    return f"{o.default:g}" if isinstance(o.default, float) else str(o.default)
+
+
+def _flag_cell(o: NetOption) -> str:
+    flag = o.spec.flag
+    if flag is None:
+        return ""
+    var = metavar(flag, o.kind)
+    cell = ", ".join(f"`{n} {var}`" if var else f"`{n}`" for n in flag.names)
+    sharing = [p.name for f, opts in FLAGS if f == flag for p in opts]
+    if len(sharing) > 1:
+        cell += " (sets " + " and ".join(f"`{n}`" for n in sharing) + ")"
+    return cell
+
+
+def reference_table() -> str:
+    """The network options as a markdown table (key, type, default, flag, meaning)."""
+    lines = ["| key | type | default | flag | meaning |", "|---|---|---|---|---|"]
+    for o in OPTIONS:
+        mark = "**(snirelay)** " if o.spec.snirelay else ""
+        cells = (f"`{o.name}`", _type(o), default_text(o), _flag_cell(o), mark + o.spec.doc)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- BEGIN network options: made by `python -m snirelay.config.network PATH` -->\n"
+END = "<!-- END network options -->\n"
+
+
+def update_reference(text: str) -> str:
+    """`text` (docs/reference/config.md) with the generated table between the markers."""
+    start = text.find(BEGIN)
+    end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
+    if start < 0 or end < 0:
+        raise ValueError("the network option markers are missing")
+    return text[: start + len(BEGIN)] + reference_table() + text[end:]
+
+
+def main(argv: list[str]) -> int:
+    """Rewrite the network table of each reference file named in `argv`."""
+    for path in argv:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new = update_reference(text)
+        if new != text:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(new)
+            print(f"{path}: network options table rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
