@@ -73,12 +73,6 @@ def close_reason(exc: OSError) -> str:
     return f"error: {exc}"
 
 
-def _replay_timeout(conn: Connection) -> float:
-    # INTERIM until network.replay_timeout lands with the options table (dedupe branch)
-    net = conn.upstream.cfg.network
-    return float(getattr(net, "replay_timeout", net.sniff_timeout))
-
-
 class Phase:
     """What every phase is to the poller and the wheel; a no-op by default."""
 
@@ -234,7 +228,13 @@ class Connect(Phase):
                 self._up(s, sa)
                 return
             if err == errno.EINPROGRESS:
-                if self._up_already(s):
+                try:
+                    up_now = self._up_already(s)
+                except OSError as exc:  # refused at once (loopback): the next address
+                    s.close()
+                    self.last_error = f"{fmt_addr(sa)}: {exc.strerror or exc}"
+                    continue
+                if up_now:
                     self._up(s, sa)
                     return
                 if conn.closed:
@@ -250,15 +250,15 @@ class Connect(Phase):
     def _up_already(self, s: RawSide) -> bool:
         """Is a connect that said EINPROGRESS already done? On a fast path (loopback, a
         LAN) it is: then no writability wait. With sniffed bytes to replay, try to send
-        them (a send on a connection still being set up says EAGAIN)."""
+        them (a send on a connection still being set up says EAGAIN). Raises OSError
+        when the connect already failed (the send consumed the socket's error, so it
+        must be reported here, not by a later SO_ERROR)."""
         conn = self.conn
         if conn.prefix:
             try:
                 conn.sent = s.send(conn.prefix)
             except BlockingIOError:
                 return False
-            except OSError:
-                return False  # the writability wait reports the error as a connect failure
             return True
         try:
             s.getpeername()
@@ -326,7 +326,7 @@ class Replay(Phase):
             backend = self.conn.backend
             assert backend is not None
             self.conn.ctx.poller.add_writer(backend.fd, self)
-            self.conn.ctx.wheel.after(self.conn, _replay_timeout(self.conn))
+            self.conn.ctx.wheel.after(self.conn, self.conn.upstream.cfg.network.replay_timeout)
 
     def on_writable(self) -> None:
         conn = self.conn
@@ -346,7 +346,7 @@ class Replay(Phase):
             conn.replayed()
 
     def on_deadline(self) -> None:
-        tmo = _replay_timeout(self.conn)
+        tmo = self.conn.upstream.cfg.network.replay_timeout
         left = len(self.data) - self.conn.sent
         self.conn.close(
             "replay-timeout",

@@ -2,7 +2,7 @@
 
 `Context` is what every connection shares (loop, poller, timing wheel, resolver, pipe
 pool, observers, live connection set). `EndpointRT` / `UpstreamRT` pair each config object with the state it needs at run
-time (balancer, compiled route table, parsed `through`).
+time (balancer, compiled route table, `through` as socket.bind takes it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from snirelay.config.model import Config, Endpoint, Upstream
 from snirelay.net.poller import Poller
 from snirelay.net.pump import HAVE_SPLICE, PipePool
 from snirelay.net.resolve import Resolver, literal
-from snirelay.net.sockopt import parse_through
+from snirelay.net.sockopt import bind_address
 from snirelay.net.timers import Wheel
 from snirelay.observe.events import Observers, RecordLog
 from snirelay.observe.log import CONN_LOG
@@ -38,7 +38,7 @@ class UpstreamRT:
             max_fails=cfg.max_fails,
             fail_timeout=cfg.fail_timeout,
         )
-        self.through = parse_through(cfg.through)
+        self.through = bind_address(cfg.through)
         # IP-literal remotes resolve once, here, not per connection
         self.targets = [literal(a.host, a.port) for a in cfg.remotes]
 

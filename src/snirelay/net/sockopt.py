@@ -84,11 +84,6 @@ def bind_address(through: Addr | None) -> tuple[str, int] | None:
     return None if through is None else (through.host, through.port)
 
 
-# net/runtime.py still imports the old name; it can import `bind_address` instead (or
-# read `Upstream.through` directly), and then this alias goes.
-parse_through = bind_address
-
-
 def outbound_socket(
     family: int,
     net: NetworkConfig,
