@@ -344,12 +344,24 @@ def test_syntax_errors_and_missing_files(load, tmp_path: Path) -> None:  # type:
     )
     assert "invalid TOML" in err(load, "[[endpoints]\nlisten = ")
     assert "invalid JSON" in err(load, '{"endpoints": [')
-    assert "expected a JSON object" in err(load, "[1]") or True
+    err(load, "[1]")  # refused in one line; what it says: test_json_array_at_the_top_is_named
     with pytest.raises(ConfigError, match="no such file"):
         load_config(str(tmp_path / "missing.toml"))
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "bin.toml"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="parse_text() reads only text starting with '{' as JSON: a JSON array at the top"
+    " is parsed as the TOML table [1] and refused as '1: unknown key', without the file name",
+)
+def test_json_array_at_the_top_is_named(load) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError) as info:
+        load("[1]", name="c.json")
+    assert str(info.value).endswith("c.json: expected a JSON object at the top"), info.value
 
 
 # ---------------------------------------------------------------- routes
