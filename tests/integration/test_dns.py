@@ -23,6 +23,7 @@ import pytest
 
 from helpers.peers import EchoServer, connect, recv_all
 from helpers.relay import RelayProcess, free_port
+from helpers.wait import poll
 from snirelay.wire.dns import A, build_query, parse_response
 
 pytestmark = pytest.mark.integration
@@ -71,12 +72,12 @@ class Dnsmasq:
             self.proc = subprocess.Popen(
                 self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"dnsmasq did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.05)
+        proc = self.proc
+        if not poll(lambda: self.answers() or proc.poll() is not None, timeout) or (
+            proc.poll() is not None
+        ):
+            self.stop()
+            raise RuntimeError(f"dnsmasq did not start:\n{self.log_path.read_text()}")
 
     def answers(self) -> bool:
         qid = secrets.randbits(16)

@@ -24,6 +24,7 @@ import pytest
 from servers import BACKEND_NAMES, HAProxy, TlsBackends, pick_port
 
 from helpers.relay import RelayProcess
+from helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -165,11 +166,10 @@ def test_relay_accepts_proxy_header_from_haproxy(
         body, client_port = http_get(hp_port, host=BACKEND_NAMES[0])
         assert body.startswith(f"http name={BACKEND_NAMES[0]} "), body
         # HAProxy's start-up probe (servers.wait_listening) made a connection too: find ours.
-        deadline = time.monotonic() + TIMEOUT
         wanted = f"127.0.0.1:{client_port}"
-        while not any(r["client"] == wanted for r in relay.records()):
-            assert time.monotonic() < deadline, relay.log
-            time.sleep(0.05)
+        wait_until(
+            lambda: any(r["client"] == wanted for r in relay.records()), TIMEOUT, lambda: relay.log
+        )
 
 
 @PROXY_NOT_BUILT

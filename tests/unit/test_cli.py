@@ -339,7 +339,8 @@ sys.exit(cli.main(["-d", "-l", "127.0.0.1:0", "-r", "127.0.0.1:9"]))
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
 def test_daemon_detaches(tmp_path: Path) -> None:
     import os
-    import time
+
+    from helpers.wait import wait_until
 
     out = tmp_path / "daemon.json"
     proc = subprocess.run(
@@ -350,10 +351,7 @@ def test_daemon_detaches(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr
-    deadline = time.monotonic() + 20
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    info = json.loads(out.read_text())
+    info = wait_until(lambda: json.loads(out.read_text()), 20, ignore=(OSError, ValueError))
     assert info["daemon"] is True
     assert info["sid"] != os.getsid(0)  # a new session
     assert info["stdout"] == "/dev/null" and info["stdin"] == "/dev/null"
