@@ -17,7 +17,9 @@ per cache lifetime, in one of two ways:
 
 The cache holds at most `dns.cache_size` names, least recently used out first
 (0 = no cache). Concurrent misses for one name share one lookup. Every address is
-then tried in turn by the connector.
+then tried in turn by the connector. Expiry times are read from `clock` (the loop's
+`time()` unless one is given: tests pass a fake clock and move it instead of
+sleeping through a TTL).
 
 Error handling: `done` gets either the targets or one OSError whose text is one line
 saying what went wrong ("backend.test: NXDOMAIN from 127.0.0.1:53", "...: no answer
@@ -80,7 +82,17 @@ class _Found:
 
 
 class Resolver:
-    __slots__ = ("loop", "dns", "timeout", "_cache", "_ttl", "_family", "_pending", "_tasks")
+    __slots__ = (
+        "loop",
+        "dns",
+        "timeout",
+        "clock",
+        "_cache",
+        "_ttl",
+        "_family",
+        "_pending",
+        "_tasks",
+    )
 
     def __init__(
         self,
@@ -88,10 +100,12 @@ class Resolver:
         dns: DnsConfig,
         *,
         timeout: float = SERVER_TIMEOUT,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.loop = loop
         self.dns = dns
         self.timeout = timeout
+        self.clock: Callable[[], float] = loop.time if clock is None else clock
         self._cache: OrderedDict[str, tuple[float, list[tuple[int, str]]]] = OrderedDict()
         self._ttl = min(max(float(dns.min_ttl), DEFAULT_TTL), float(dns.max_ttl))
         self._family = {"ipv4_only": socket.AF_INET, "ipv6_only": socket.AF_INET6}.get(
@@ -109,7 +123,7 @@ class Resolver:
         key = host.lower().rstrip(".") if self.dns.nameservers else host
         hit = self._cache.get(key)
         if hit is not None:
-            if hit[0] > self.loop.time():
+            if hit[0] > self.clock():
                 self._cache.move_to_end(key)
                 done([(fam, (ip, port)) for fam, ip in hit[1]])
                 return
@@ -156,7 +170,7 @@ class Resolver:
         ttl = self._ttl if found.ttl is None else found.ttl
         if ttl <= 0 or self.dns.cache_size <= 0:
             return
-        self._cache[key] = (self.loop.time() + ttl, found.addrs)
+        self._cache[key] = (self.clock() + ttl, found.addrs)
         self._cache.move_to_end(key)
         while len(self._cache) > self.dns.cache_size:
             self._cache.popitem(last=False)
