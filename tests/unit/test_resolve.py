@@ -9,9 +9,10 @@ A zone can hold its answers until the test releases them (`Zone.release`), so
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,7 +22,9 @@ from helpers.clock import FakeClock
 from helpers.wait import wait_until_async
 from snirelay.config.model import Addr, DnsConfig
 from snirelay.net import dns_client
+from snirelay.net import resolve as resolve_mod
 from snirelay.net.resolve import Resolver, SockTarget, literal
+from snirelay.observe.log import LOG
 from snirelay.wire.dns import AAAA, CNAME, A, encode_name, frame, parse_tcp_frame
 from snirelay.wire.errors import NeedData
 
@@ -517,5 +520,147 @@ def test_client_ignores_foreign_datagrams() -> None:
             assert res.addresses == (("127.0.0.1", 120), ("127.0.0.2", 120))
         finally:
             t.close()
+
+    run(main())
+
+
+# ---- errors: expected ones reported quietly, anything else logged -------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """What the "snirelay" logger writes at error level or above during the test."""
+    handler = _Records()
+    level = LOG.level
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.ERROR)
+    try:
+        yield handler.records
+    finally:
+        LOG.removeHandler(handler)
+        LOG.setLevel(level)
+
+
+def test_a_bug_asking_one_server_is_logged_and_the_next_is_asked(
+    monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    async def main() -> Addr:
+        bad_zone, good_zone = zone_backend(), zone_backend()
+        bad, close_bad = await serve(bad_zone)
+        good, close_good = await serve(good_zone)
+        real = resolve_mod.query
+
+        async def buggy(server: Addr, *args: Any, **kw: Any) -> Any:
+            if server == bad:
+                raise ValueError("a bug in the client")
+            return await real(server, *args, **kw)
+
+        monkeypatch.setattr(resolve_mod, "query", buggy)
+        try:
+            dns = DnsConfig(nameservers=(bad, good), mode="ipv4_only")
+            res = await ask(Resolver(asyncio.get_running_loop(), dns), "backend.test")
+            assert res == [(V4, ("127.0.0.1", 80)), (V4, ("127.0.0.2", 80))]
+            assert len(good_zone.queries) == 1
+            return bad
+        finally:
+            await close_bad()
+            await close_good()
+
+    bad = run(main())
+    (rec,) = logged
+    assert rec.levelno == logging.ERROR and rec.exc_info is not None
+    msg = rec.getMessage()
+    assert msg.startswith(f"resolving backend.test (A) via {bad} failed: "), msg
+    assert "a bug in the client" in msg
+
+
+def test_a_bug_in_the_system_path_is_logged_and_reported(
+    monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def broken(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(loop, "getaddrinfo", broken)
+        res = await ask(Resolver(loop, DnsConfig()), "backend.test")
+        assert isinstance(res, OSError)
+        assert str(res) == "backend.test: internal error (RuntimeError: boom)"
+
+    run(main())
+    (rec,) = logged
+    assert rec.exc_info is not None
+    assert "backend.test" in rec.getMessage() and "the system resolver" in rec.getMessage()
+
+
+def test_system_resolver_failure_names_the_host_quietly(
+    monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def unknown(*args: Any, **kw: Any) -> Any:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        monkeypatch.setattr(loop, "getaddrinfo", unknown)
+        res = await ask(Resolver(loop, DnsConfig()), "nope.test")
+        assert isinstance(res, OSError)
+        assert str(res) == "nope.test: Name or service not known (system resolver)"
+
+    run(main())
+    assert logged == []
+
+
+def test_expected_failures_are_not_logged(logged: list[logging.LogRecord]) -> None:
+    """NXDOMAIN, a timeout, a refusal and SERVFAIL reach the connection, not the error log."""
+
+    async def main() -> None:
+        silent, failing, zone = Zone(silent=True), Zone(rcode=2), zone_backend()
+        s_silent, c1 = await serve(silent)
+        s_fail, c2 = await serve(failing)
+        s_zone, c3 = await serve(zone)
+        dead = Addr("127.0.0.1", dead_udp_port())
+        try:
+            dns = DnsConfig(nameservers=(dead, s_silent, s_fail), protocol="udp")
+            res = await ask(Resolver(asyncio.get_running_loop(), dns, timeout=0.3), "x.test")
+            assert isinstance(res, OSError)
+            dns = DnsConfig(nameservers=(s_zone,))
+            res = await ask(Resolver(asyncio.get_running_loop(), dns), "nope.test")
+            assert isinstance(res, OSError) and "NXDOMAIN" in str(res)
+        finally:
+            for c in (c1, c2, c3):
+                await c()
+
+    run(main())
+    assert logged == []
+
+
+def test_a_bug_parsing_a_udp_answer_is_raised_not_a_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise IndexError("a bug in the parser")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server, close = await serve(zone_backend())
+        monkeypatch.setattr(dns_client, "parse_response", broken)
+        try:
+            start = loop.time()
+            with pytest.raises(IndexError, match="a bug in the parser"):
+                await dns_client.query(server, "backend.test", A, protocol="udp", timeout=3)
+            assert loop.time() - start < 1  # at the first answer, not at the deadline
+        finally:
+            await close()
 
     run(main())

@@ -23,7 +23,12 @@ sleeping through a TTL).
 
 Error handling: `done` gets either the targets or one OSError whose text is one line
 saying what went wrong ("backend.test: NXDOMAIN from 127.0.0.1:53", "...: no answer
-from 127.0.0.1:53 over UDP within 3s"); the connection logs it.
+from 127.0.0.1:53 over UDP within 3s", "backend.test: Name or service not known
+(system resolver)"); the connection logs it. Those are the expected failures and are
+not logged here. Anything else raised while resolving (a bug, not a network answer)
+is logged at error level with its traceback, the name and the server it was asked of
+(or "the system resolver"): from one name server, that server counts as failed and the
+next is asked; otherwise the waiters get "NAME: internal error (...)".
 
 Resource handling: lookups run as tasks owned by the Resolver (`close()` cancels them
 and fails their waiters); each lookup is bounded by the number of name servers times
@@ -41,6 +46,7 @@ from typing import Any
 
 from snirelay.config.model import DnsConfig
 from snirelay.net.dns_client import DnsError, query
+from snirelay.observe.log import LOG
 from snirelay.wire.dns import AAAA, NOERROR, NXDOMAIN, A, encode_name, rcode_name
 
 SockTarget = tuple[int, tuple[str, int]]  # (family, (ip, port))
@@ -157,7 +163,9 @@ class Resolver:
             elif isinstance(exc, OSError):
                 res = exc
             else:
-                res = OSError(f"{key}: {exc}")
+                via = ", ".join(map(str, self.dns.nameservers)) or "the system resolver"
+                LOG.error("resolving %s (via %s) failed: %r", key, via, exc, exc_info=exc)
+                res = OSError(f"{key}: internal error ({type(exc).__name__}: {exc})")
         if isinstance(res, _Found):
             self._store(key, res)
         for port, done in waiters:
@@ -177,9 +185,12 @@ class Resolver:
 
     # ---- system resolver -------------------------------------------------------------
     async def _lookup_system(self, host: str) -> _Found:
-        infos: list[Any] = await self.loop.getaddrinfo(
-            host, None, family=self._family, type=socket.SOCK_STREAM
-        )
+        try:
+            infos: list[Any] = await self.loop.getaddrinfo(
+                host, None, family=self._family, type=socket.SOCK_STREAM
+            )
+        except OSError as e:  # gaierror: no such name, no answer in time, ...
+            raise OSError(f"{host}: {e.strerror or e} (system resolver)") from e
         addrs: list[tuple[int, str]] = []
         for info in infos:
             fam, sa = info[0], info[4]
@@ -247,6 +258,10 @@ class Resolver:
                 )
             except DnsError as e:
                 why.append(str(e))
+                continue
+            except Exception as e:  # a bug, not an answer: say so, then ask the next
+                LOG.error("resolving %s (%s) via %s failed: %r", name, kind, server, e, exc_info=e)
+                why.append(f"{server}: internal error ({type(e).__name__})")
                 continue
             where = str(server)
             if res.rcode == NXDOMAIN:
