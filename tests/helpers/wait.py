@@ -35,7 +35,7 @@ def _message(what: str | Callable[[], str], timeout: float, last: object) -> str
 
 
 def poll(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     *,
     interval: float = 0.05,
@@ -48,7 +48,7 @@ def poll(
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     what: str | Callable[[], str] = "",
     *,
@@ -65,7 +65,7 @@ def wait_until(
 
 
 def _poll(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     interval: float,
     ignore: tuple[type[BaseException], ...],
@@ -89,7 +89,7 @@ def _poll(
 
 
 async def wait_until_async(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     what: str | Callable[[], str] = "",
     *,

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
-from servers import BACKEND_NAMES, HAProxy, TlsBackends, pick_port
 
 from helpers.relay import RelayProcess
 from helpers.wait import wait_until
+from integration.servers import BACKEND_NAMES, HAProxy, TlsBackends, pick_port
 
 pytestmark = pytest.mark.integration
 

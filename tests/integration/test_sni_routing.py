@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import BACKEND_NAMES, DEFAULT_NAME, TlsBackends
 
 from helpers.relay import RelayProcess, free_port
 from helpers.wait import wait_until
+from integration.servers import BACKEND_NAMES, DEFAULT_NAME, TlsBackends
 
 pytestmark = pytest.mark.integration
 

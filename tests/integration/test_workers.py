@@ -14,6 +14,7 @@ How the tests see the workers:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -171,6 +172,10 @@ def relay_pids(marker: str) -> list[int]:
     return out
 
 
+def none_left(marker: str) -> bool:
+    return not relay_pids(marker)
+
+
 def test_sigterm_during_worker_start_leaves_no_orphans(tmp_path: Path) -> None:
     """SIGTERM as soon as the first worker exists (16 workers widen the fork loop).
     Three attempts; any orphaned worker fails the test. Orphans are killed by pid."""
@@ -184,10 +189,10 @@ def test_sigterm_during_worker_start_leaves_no_orphans(tmp_path: Path) -> None:
         relay.tmp_path.mkdir()
         with relay:
             relay.spawn()
-            poll(lambda pid=relay.pid: children_of(pid), 10, interval=0.001)
+            poll(functools.partial(children_of, relay.pid), 10, interval=0.001)
             os.kill(relay.pid, signal.SIGTERM)
             relay.wait(timeout=15)
-        poll(lambda m=marker: not relay_pids(m), 2)  # orphans, if any, are killed below
+        poll(functools.partial(none_left, marker), 2)  # orphans, if any, are killed below
         left = relay_pids(marker)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):

@@ -17,6 +17,7 @@ import pytest
 from snirelay.config.model import Addr, Config, Endpoint, Route, Upstream
 from snirelay.net import conn
 from snirelay.server import Server, new_loop
+from snirelay.wire.sniff import sniff
 
 HELLO = (
     Path(__file__).resolve().parent.parent / "vectors" / "clienthello" / "curl_sni_http2.bin"
@@ -25,7 +26,7 @@ HELLO = (
 
 def test_dribbled_hello_is_not_parsed_per_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = conn.sniff
+    real = sniff  # what conn calls (conn imports it from wire.sniff)
 
     def counting(data: bytes, limit: int = 65536) -> object:
         calls.append(len(data))

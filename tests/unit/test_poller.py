@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -43,7 +43,7 @@ def run_until(loop: asyncio.AbstractEventLoop, predicate: Callable[[], object]) 
 
 
 @pytest.fixture
-def loop() -> asyncio.AbstractEventLoop:
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
     lp = new_loop()
     yield lp
     lp.close()

@@ -67,8 +67,8 @@ def test_copy_path_moves_every_byte_both_ways_with_half_close() -> None:
                 n += len(chunk)
     finally:
         CopyDir.on_readable = real_readable  # type: ignore[method-assign]
-        wait_until(lambda: server.stopping is not None, 10)
-        loop.call_soon_threadsafe(server.stopping.set)
+        stopping = wait_until(lambda: server.stopping, 10)
+        loop.call_soon_threadsafe(stopping.set)
         relay.join(10)
         loop.close()
         backend.close()

@@ -557,7 +557,7 @@ def test_a_bug_asking_one_server_is_logged_and_the_next_is_asked(
         bad_zone, good_zone = zone_backend(), zone_backend()
         bad, close_bad = await serve(bad_zone)
         good, close_good = await serve(good_zone)
-        real = resolve_mod.query
+        real = dns_client.query
 
         async def buggy(server: Addr, *args: Any, **kw: Any) -> Any:
             if server == bad:
