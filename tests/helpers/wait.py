@@ -2,8 +2,8 @@
 
 How it works: `wait_until(predicate, timeout)` calls `predicate()` until it returns a
 true value and returns that value. Between calls it sleeps a short, growing interval
-(1 ms doubling up to `interval`), so a condition that holds at once costs nothing and a
-slow one is polled a few times a second at most. Once `timeout` seconds have passed
+(1 ms doubling up to `interval`, 50 ms by default), so a condition that holds soon is
+seen within a millisecond or two and a slow one costs at most 20 calls a second. Once `timeout` seconds have passed
 without success it raises AssertionError with `what` (a string, or a callable called
 only then, e.g. ``lambda: relay.log``) and the last value or exception seen, so a
 failing test says what it was waiting for.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.wait import wait_until
 from snirelay.config.model import Addr, Config, Endpoint, Route, Upstream
 from snirelay.net import conn
 from snirelay.server import Server, new_loop
@@ -74,9 +75,8 @@ def test_dribbled_hello_is_not_parsed_per_byte(monkeypatch: pytest.MonkeyPatch) 
             s.recv(1)
         backend_thread.join(10)
     finally:
-        while server.stopping is None:
-            time.sleep(0.01)
-        loop.call_soon_threadsafe(server.stopping.set)
+        stopping = wait_until(lambda: server.stopping, 10)
+        loop.call_soon_threadsafe(stopping.set)
         relay.join(10)
         loop.close()
         backend.close()
