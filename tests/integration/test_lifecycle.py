@@ -220,7 +220,7 @@ def test_backend_reset_closes_client_side(tmp_path: Path) -> None:
                 except ConnectionResetError:
                     pass
                 assert time.monotonic() - t0 < 5
-            assert got in (b"", b"partial answer")
+            assert got == b"partial answer"  # read before the backend reset
             (rec,) = relay.wait_records(1, timeout=5)
             assert rec["close"] != "idle-timeout", rec
             assert relay.running
