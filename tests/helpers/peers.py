@@ -17,6 +17,10 @@ what they receive with sha256, so a test compares `a.sent_sha == b.received_sha`
 - ``"after_eof"``: read until the peer half-closes, then send `n` bytes and
   half-close ourselves.
 
+A `Hold(at)` stops a sender after `at` bytes until the test calls `release()` (or
+the hold's timeout passes, an error): a transfer that is known to be still running
+while the test does something, without guessing how long "slow" must be.
+
 `StreamServer(send_bytes, mode)` runs `duplex` per connection and keeps each
 connection's `StreamResult`; `EchoServer(banner=...)` echoes until EOF, optionally
 greeting with a banner first so a client can tell which backend it reached.
@@ -95,24 +99,40 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = 10) -> socket.s
     return socket.create_connection((host, port), timeout=timeout)
 
 
-def send_stream(
-    sock: socket.socket,
-    nbytes: int,
-    *,
-    chunk_delay: float = 0.0,
-    chunk_size: int = SEND_CHUNK,
-) -> str:
-    """Send `nbytes` of the deterministic stream; return its sha256. With
-    `chunk_delay`, sleep that long between chunks of `chunk_size` (a slow sender)."""
+class Hold:
+    """A sender pauses after `at` bytes until `release()`; `reached` is set when it got
+    there. Waiting longer than `timeout` raises TimeoutError in the sender."""
+
+    def __init__(self, at: int, timeout: float = 30) -> None:
+        self.at = at
+        self.timeout = timeout
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait(self) -> None:
+        self.reached.set()
+        if not self._released.wait(self.timeout):
+            raise TimeoutError(f"sender held at {self.at} bytes: not released in {self.timeout}s")
+
+
+def send_stream(sock: socket.socket, nbytes: int, *, hold: Hold | None = None) -> str:
+    """Send `nbytes` of the deterministic stream; return its sha256. With `hold`,
+    stop after `hold.at` bytes until it is released."""
     h = hashlib.sha256()
+    sent = 0
     for chunk in _ChunkIter(nbytes, bytearray(data_block())):
         h.update(chunk)
-        if chunk_delay:
-            for i in range(0, len(chunk), chunk_size):
-                sock.sendall(chunk[i : i + chunk_size])
-                time.sleep(chunk_delay)
+        if hold is not None and sent <= hold.at < sent + len(chunk):
+            cut = hold.at - sent
+            sock.sendall(chunk[:cut])
+            hold.wait()
+            sock.sendall(chunk[cut:])
         else:
             sock.sendall(chunk)
+        sent += len(chunk)
     return h.hexdigest()
 
 
@@ -160,8 +180,7 @@ def duplex(
     send_bytes: int,
     mode: Mode = "concurrent",
     *,
-    chunk_delay: float = 0.0,
-    chunk_size: int = SEND_CHUNK,
+    hold: Hold | None = None,
 ) -> StreamResult:
     """Send `send_bytes` and receive until EOF, half-closing after sending (see module doc).
 
@@ -173,9 +192,7 @@ def duplex(
 
     def do_send() -> None:
         try:
-            res.sent_sha = send_stream(
-                sock, send_bytes, chunk_delay=chunk_delay, chunk_size=chunk_size
-            )
+            res.sent_sha = send_stream(sock, send_bytes, hold=hold)
             res.sent = send_bytes
             sock.shutdown(socket.SHUT_WR)
         except BaseException as e:  # noqa: BLE001 - reported to the test
@@ -242,9 +259,8 @@ class TcpServer:
             except TimeoutError:
                 continue
             except OSError:
-                if self._stop.is_set():
+                if self._stop.wait(0.01):  # e.g. EMFILE: back off, unless stopping
                     return
-                time.sleep(0.01)
                 continue
             sock.settimeout(self.timeout)
             with self._lock:
@@ -311,7 +327,8 @@ class EchoServer(TcpServer):
 
 class StreamServer(TcpServer):
     """Sink and source: runs `duplex(sock, send_bytes, mode)` per connection and
-    appends its `StreamResult` to `results` (see `wait_results`)."""
+    appends its `StreamResult` to `results` (see `wait_results`). With `hold`, every
+    connection's sender pauses at `hold.at` bytes until `hold.release()`."""
 
     def __init__(
         self,
@@ -320,25 +337,17 @@ class StreamServer(TcpServer):
         host: str = "127.0.0.1",
         *,
         timeout: float = 60,
-        chunk_delay: float = 0.0,
-        chunk_size: int = SEND_CHUNK,
+        hold: Hold | None = None,
     ):
         self.send_bytes = send_bytes
         self.mode: Mode = mode
-        self.chunk_delay = chunk_delay
-        self.chunk_size = chunk_size
+        self.hold = hold
         self.results: list[StreamResult] = []
         self._done = threading.Condition()
         super().__init__(host, timeout=timeout)
 
     def handle(self, sock: socket.socket) -> None:
-        res = duplex(
-            sock,
-            self.send_bytes,
-            self.mode,
-            chunk_delay=self.chunk_delay,
-            chunk_size=self.chunk_size,
-        )
+        res = duplex(sock, self.send_bytes, self.mode, hold=self.hold)
         with self._done:
             self.results.append(res)
             self._done.notify_all()

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from servers import (
+
+from integration.servers import (
     HAProxy,
     TlsBackends,
     haproxy_available,

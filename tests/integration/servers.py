@@ -28,12 +28,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trustme
+
+from helpers.wait import poll
 
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 BACKEND_NAMES = ("emby.example.com", "jellyfin.example.com")
@@ -51,10 +52,10 @@ def pick_port(host: str = "127.0.0.1") -> int:
 def wait_listening(
     ports: Iterable[int], proc: subprocess.Popen[bytes], timeout: float = 10
 ) -> None:
-    """Wait until every port accepts a TCP connection on 127.0.0.1, or raise."""
-    deadline = time.monotonic() + timeout
+    """Wait until every port accepts a TCP connection on 127.0.0.1, or raise RuntimeError."""
     pending = set(ports)
-    while pending:
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening")
         for port in sorted(pending):
@@ -63,10 +64,10 @@ def wait_listening(
                     pending.discard(port)
             except OSError:
                 pass
-        if pending:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ports {sorted(pending)} not listening after {timeout}s")
-            time.sleep(0.05)
+        return not pending
+
+    if not poll(listening, timeout):
+        raise RuntimeError(f"ports {sorted(pending)} not listening after {timeout}s")
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from helpers.peers import EchoServer, connect, recv_all
 from helpers.relay import RelayProcess, free_port
+from helpers.wait import wait_until
 
 CONNECTIONS = 300
 
@@ -78,9 +79,7 @@ def test_misbehaving_clients_leave_nothing_behind(tmp_path: Path) -> None:
             recs = relay.wait_records(CONNECTIONS, timeout=30)
             assert len(recs) == CONNECTIONS
             assert len({r["id"] for r in recs}) == CONNECTIONS
-            deadline = time.monotonic() + 10
-            while sockets_of(relay.pid) > before and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: sockets_of(relay.pid) <= before, 10, lambda: relay.log[-2000:])
             assert sockets_of(relay.pid) == before, relay.log[-2000:]
             assert "internal error" not in relay.log
             with connect(port, timeout=10) as s:
@@ -196,9 +195,7 @@ remote = "{srv.addr}"
                 "sniff-timeout",
                 "client-eof-before-hello",
             }, closes
-            deadline = time.monotonic() + 10
-            while sockets_of(relay.pid) > before and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: sockets_of(relay.pid) <= before, 10, lambda: relay.log[-2000:])
             assert sockets_of(relay.pid) == before
             assert "internal error" not in relay.log
             with connect(port, timeout=10) as s:

@@ -5,24 +5,33 @@ file) on a free loopback port, answering `backend.test` (A 127.0.0.1, TTL 1 s),
 `alias.test` (CNAME to backend.test) and NXDOMAIN for anything else under `.test`.
 The relay forwards `remote = "backend.test:PORT"` to an echo server; an unknown name
 gives a connect-failed record naming the remote, with the reason in the log; with
-`min_ttl = 60` a second connection resolves from the cache after dnsmasq is gone.
+`min_ttl = 60` a second connection resolves from the cache after dnsmasq is gone, and
+with `max_ttl = 0` (nothing kept) it fails, saying why.
+
+How long an answer is kept is tested on the resolver itself, in this process, against
+the same dnsmasq, with a `FakeClock` moved past the record's 1 s TTL and past `min_ttl`
+(a relay subprocess would have to sleep through them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers.clock import FakeClock
 from helpers.peers import EchoServer, connect, recv_all
 from helpers.relay import RelayProcess, free_port
+from helpers.wait import poll
+from snirelay.config.model import Addr, DnsConfig
+from snirelay.net.resolve import Resolver, SockTarget
 from snirelay.wire.dns import A, build_query, parse_response
 
 pytestmark = pytest.mark.integration
@@ -71,12 +80,12 @@ class Dnsmasq:
             self.proc = subprocess.Popen(
                 self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"dnsmasq did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.05)
+        proc = self.proc
+        if not poll(lambda: self.answers() or proc.poll() is not None, timeout) or (
+            proc.poll() is not None
+        ):
+            self.stop()
+            raise RuntimeError(f"dnsmasq did not start:\n{self.log_path.read_text()}")
 
     def answers(self) -> bool:
         qid = secrets.randbits(16)
@@ -176,24 +185,73 @@ def test_cached_answer_outlives_the_nameserver(tmp_path: Path, dnsmasq: Dnsmasq)
             relay.start()
             assert echo_once(port, b"one") == b"one"
             dnsmasq.stop()
-            time.sleep(1.5)  # past the record's own 1 s TTL: only min_ttl keeps it
             assert echo_once(port, b"two") == b"two"
             recs = relay.wait_records(2)
             assert [r["close"] for r in recs] == ["eof", "eof"], recs
 
 
-def test_without_min_ttl_the_answer_expires(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
+def test_an_answer_not_kept_is_asked_again(tmp_path: Path, dnsmasq: Dnsmasq) -> None:
     port = free_port()
     with EchoServer() as srv:
-        text = config(dnsmasq, port, f"backend.test:{srv.port}", 'protocol = "udp"')
+        dns = 'protocol = "udp"\nmax_ttl = 0'
+        text = config(dnsmasq, port, f"backend.test:{srv.port}", dns)
         with RelayProcess(["--log-level", "debug"], config=text, tmp_path=tmp_path) as relay:
             relay.start()
             assert echo_once(port, b"one") == b"one"
             dnsmasq.stop()
-            time.sleep(1.5)
             with connect(port) as s, contextlib.suppress(OSError):
                 s.settimeout(15)
                 assert recv_all(s) == b""
             recs = relay.wait_records(2, timeout=15)
             assert recs[1]["close"] == "connect-failed", recs
             assert f"backend.test: A: {dnsmasq.server}: " in relay.log
+
+
+# ---- how long the resolver keeps an answer: a fake clock, the real dnsmasq ------------
+
+
+def resolver(dm: Dnsmasq, clock: FakeClock, *, min_ttl: int = 0, protocol: str = "udp") -> Resolver:
+    server = Addr("127.0.0.1", dm.port)
+    cfg = DnsConfig(nameservers=(server,), mode="ipv4_only", min_ttl=min_ttl, protocol=protocol)
+    return Resolver(asyncio.get_running_loop(), cfg, clock=clock, timeout=1)
+
+
+async def ask(r: Resolver, host: str) -> list[SockTarget] | OSError:
+    fut: asyncio.Future[list[SockTarget] | OSError] = asyncio.get_running_loop().create_future()
+    r.resolve(host, 80, fut.set_result)
+    return await asyncio.wait_for(fut, 10)
+
+
+BACKEND = [(socket.AF_INET, ("127.0.0.1", 80))]
+
+
+def test_min_ttl_keeps_an_answer_past_its_own_ttl(dnsmasq: Dnsmasq) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        r = resolver(dnsmasq, clock, min_ttl=60)
+        assert await ask(r, "backend.test") == BACKEND
+        dnsmasq.stop()
+        clock.advance(1.5)  # past the record's own 1 s TTL: only min_ttl keeps it
+        assert await ask(r, "backend.test") == BACKEND
+        clock.advance(58.5)  # 60 s: expired, and the name server is gone
+        gone = await ask(r, "backend.test")
+        assert isinstance(gone, OSError), gone
+        assert str(gone).startswith(f"backend.test: A: {dnsmasq.server}: "), gone
+
+    asyncio.run(main())
+
+
+def test_without_min_ttl_the_answer_expires(dnsmasq: Dnsmasq) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        r = resolver(dnsmasq, clock, protocol="tcp_and_udp")
+        assert await ask(r, "backend.test") == BACKEND
+        dnsmasq.stop()
+        clock.advance(0.5)
+        assert await ask(r, "backend.test") == BACKEND  # within the record's 1 s: cached
+        clock.advance(0.5)  # 1 s: the record's TTL is over
+        gone = await ask(r, "backend.test")
+        assert isinstance(gone, OSError), gone
+        assert str(gone).startswith(f"backend.test: A: {dnsmasq.server}: "), gone
+
+    asyncio.run(main())

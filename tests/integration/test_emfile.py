@@ -12,13 +12,13 @@ import contextlib
 import re
 import resource
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from helpers.peers import EchoServer, recv_all
 from helpers.relay import RelayProcess, free_port
+from helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,7 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
                     with contextlib.suppress(OSError):
                         s.sendall(b"x")
                 # give the relay time to hit the limit and say so
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and not FD_EXHAUSTED.search(relay.log):
-                    time.sleep(0.05)
-                assert FD_EXHAUSTED.search(relay.log), relay.log
+                wait_until(lambda: FD_EXHAUSTED.search(relay.log), 10, lambda: relay.log)
                 assert relay.running, relay.log
             finally:
                 for s in clients:
@@ -71,17 +68,12 @@ def test_accept_loop_survives_emfile(tmp_path: Path) -> None:
 
             # descriptors free up: a new connection is served normally (allow the
             # relay's back-off and the teardown of the old connections)
-            deadline = time.monotonic() + 15
-            last: BaseException | bytes | None = None
-            while time.monotonic() < deadline:
-                try:
-                    last = echo_once(port, b"after")
-                    if last == b"after":
-                        break
-                except OSError as e:
-                    last = e
-                time.sleep(0.2)
-            assert last == b"after", (last, relay.log)
+            wait_until(
+                lambda: echo_once(port, b"after") == b"after",
+                15,
+                lambda: relay.log,
+                ignore=(OSError,),
+            )
             assert relay.running, relay.log
             # a few more in a row, to be sure it is not a one-off
             for i in range(5):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.peers import EchoServer, StreamServer, connect, duplex, recv_all
+from helpers.peers import EchoServer, Mode, StreamServer, connect, duplex, recv_all
 from helpers.relay import RelayProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -41,14 +41,14 @@ def start_cli_relay(tmp_path: Path, remote: str, *extra: str) -> tuple[RelayProc
     ],
 )
 def test_256mib_each_way_with_half_close(
-    tmp_path: Path, client_mode: str, server_mode: str
+    tmp_path: Path, client_mode: Mode, server_mode: Mode
 ) -> None:
-    with StreamServer(BIG, server_mode, timeout=45) as srv:  # type: ignore[arg-type]
+    with StreamServer(BIG, server_mode, timeout=45) as srv:
         relay, port = start_cli_relay(tmp_path, srv.addr)
         with relay:
             sock = connect(port, timeout=45)
             try:
-                cres = duplex(sock, BIG, client_mode)  # type: ignore[arg-type]
+                cres = duplex(sock, BIG, client_mode)
             finally:
                 sock.close()
             (sres,) = srv.wait_results(1, timeout=45)

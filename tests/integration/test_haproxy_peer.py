@@ -6,8 +6,10 @@
   client address it was told (`http-request return ... %[src]:%[src_port]`), or sends a
   header to the relay, whose record must then name the original client.
 
-The PROXY tests skip, naming the reason, while the relay still refuses `send_proxy` /
-`accept_proxy` at start-up with "not supported yet"; they run as soon as it accepts them.
+The PROXY tests are `xfail(strict=True)` while the relay still refuses `send_proxy` /
+`accept_proxy` at start-up with "not supported yet": that refusal fails the test (an
+AssertionError naming the log line), so each one reports XFAIL today and fails loudly as
+XPASS once the PROXY protocol is built, until the mark is removed.
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
-from servers import BACKEND_NAMES, HAProxy, TlsBackends, pick_port
 
 from helpers.relay import RelayProcess
+from helpers.wait import wait_until
+from integration.servers import BACKEND_NAMES, HAProxy, TlsBackends, pick_port
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 10
 StartHAProxy = Callable[[str, Iterable[int]], HAProxy]
+PROXY_NOT_BUILT = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the relay refuses send_proxy/accept_proxy at start-up: the PROXY protocol is not"
+    " supported yet (the PROXY issue builds it; remove this mark then)",
+)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,8 +68,8 @@ def start_relay(config: str, tmp_path: Path, listeners: int = 1) -> RelayProcess
     try:
         relay.start(wait_listen=listeners)
     except RuntimeError:
-        if "not supported yet" in relay.log:
-            pytest.skip(f"relay: {relay.log.strip().splitlines()[-1]}")
+        if "not supported yet" in relay.log:  # a failure of the test, not of its set-up
+            raise AssertionError(f"relay: {relay.log.strip().splitlines()[-1]}") from None
         raise
     return relay
 
@@ -116,6 +125,7 @@ def test_haproxy_behind_relay_routes_on_the_replayed_sni(
         assert {r["route"] for r in recs} == {"endpoints[0].routes[0]"}
 
 
+@PROXY_NOT_BUILT
 @pytest.mark.parametrize("version", [1, 2])
 def test_relay_sends_proxy_header_haproxy_reads_it(
     haproxy: StartHAProxy, tmp_path: Path, version: int
@@ -134,6 +144,7 @@ def test_relay_sends_proxy_header_haproxy_reads_it(
         assert relay.wait_records(1)[0]["client"] == f"127.0.0.1:{client_port}"
 
 
+@PROXY_NOT_BUILT
 def test_relay_accepts_proxy_header_from_haproxy(
     tls_backends: TlsBackends, haproxy: StartHAProxy, tmp_path: Path
 ) -> None:
@@ -155,13 +166,13 @@ def test_relay_accepts_proxy_header_from_haproxy(
         body, client_port = http_get(hp_port, host=BACKEND_NAMES[0])
         assert body.startswith(f"http name={BACKEND_NAMES[0]} "), body
         # HAProxy's start-up probe (servers.wait_listening) made a connection too: find ours.
-        deadline = time.monotonic() + TIMEOUT
         wanted = f"127.0.0.1:{client_port}"
-        while not any(r["client"] == wanted for r in relay.records()):
-            assert time.monotonic() < deadline, relay.log
-            time.sleep(0.05)
+        wait_until(
+            lambda: any(r["client"] == wanted for r in relay.records()), TIMEOUT, lambda: relay.log
+        )
 
 
+@PROXY_NOT_BUILT
 def test_proxy_chain_haproxy_relay_haproxy(haproxy: StartHAProxy, tmp_path: Path) -> None:
     front, back, relay_port = pick_port(), pick_port(), pick_port()
     haproxy(echo_src_frontend(back), [back])

@@ -1,7 +1,8 @@
 """Connection and process lifecycle: drain on SIGTERM, idle timeout, resets, refusals.
 
-- SIGTERM while a slow transfer runs: the listener closes (new connections are
-  refused), the running transfer finishes intact, then the relay exits 0.
+- SIGTERM while a transfer runs (the backend holds it mid-way until the test has seen
+  the listener close): the listener closes (new connections are refused), the running
+  transfer finishes intact, then the relay exits 0.
 - `network.tcp_idle_timeout = 1`: a silent connection, and a half-closed one, are
   closed after about a second with close=idle-timeout.
 - A client that sends and then resets (SO_LINGER 0): the relay closes the backend side
@@ -15,6 +16,7 @@ from __future__ import annotations
 import signal
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pytest
 
 from helpers.peers import (
     EchoServer,
+    Hold,
     SilentServer,
     StreamServer,
     TcpServer,
@@ -29,6 +32,7 @@ from helpers.peers import (
     duplex,
 )
 from helpers.relay import RelayProcess, free_port
+from helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -67,8 +71,8 @@ def wait_closed(sock: socket.socket, timeout: float) -> tuple[str, float]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_running_transfer(tmp_path: Path, sig: int) -> None:
-    total = 1 << 20  # 16 chunks of 64 KiB, one every 0.1 s: ~1.6 s of transfer
-    with StreamServer(total, "concurrent", chunk_delay=0.1, chunk_size=64 << 10) as srv:
+    total = 1 << 20  # held after 64 KiB until the listener is seen closed
+    with StreamServer(total, "concurrent", hold=Hold(64 << 10)) as srv:
         port = free_port()
         with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
             relay.start()
@@ -88,27 +92,24 @@ def drain_one(
     relay.proc.send_signal(sig)
 
     # the listener goes away: new connections are refused
-    deadline = time.monotonic() + 5
-    refused = False
-    while time.monotonic() < deadline:
+    def refused() -> bool:
         try:
-            probe = socket.create_connection(("127.0.0.1", port), timeout=1)
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except ConnectionRefusedError:
-            refused = True
-            break
-        probe.close()
-        time.sleep(0.05)
-    assert refused, relay.log
+            return True
+        return False
+
+    wait_until(refused, 5, lambda: relay.log)
     assert relay.running, "relay exited before the transfer finished\n" + relay.log
+    assert srv.hold is not None
+    srv.hold.release()  # the transfer goes on
 
     # the running transfer finishes intact
     res = duplex(sock, 0, "concurrent")
     assert res.error is None, res.error
     assert len(first) + res.received == total
     # probes accepted before the listener closed reach the backend too: find ours
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(r.sent == total for r in srv.results):
-        time.sleep(0.05)
+    wait_until(lambda: any(r.sent == total for r in srv.results), 20, lambda: str(srv.results))
     assert any(r.sent == total and r.error is None for r in srv.results), srv.results
 
     assert relay.wait(timeout=15) == 0, relay.log
@@ -172,9 +173,7 @@ def test_client_reset_closes_backend_side(tmp_path: Path, size: int) -> None:
             recs = relay.wait_records(rounds, timeout=10)  # logged promptly, each
             assert len(recs) == rounds
             # every backend connection the relay opened has been closed (EOF or reset)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len(srv.results) < srv.connections:
-                time.sleep(0.05)
+            wait_until(lambda: len(srv.results) >= srv.connections, 10)
             assert len(srv.results) == srv.connections, (srv.connections, srv.results)
             assert relay.running
             # and the relay still serves
@@ -188,11 +187,15 @@ def test_client_reset_closes_backend_side(tmp_path: Path, size: int) -> None:
 
 
 class ResettingServer(TcpServer):
-    """Sends some data and then resets the connection."""
+    """Sends some data, waits until the test has read it (`read`), then resets."""
+
+    def __init__(self) -> None:
+        self.read = threading.Event()
+        super().__init__()
 
     def handle(self, sock: socket.socket) -> None:
         sock.sendall(b"partial answer")
-        time.sleep(0.1)
+        self.read.wait(10)
         rst_close(sock)
 
 
@@ -204,6 +207,9 @@ def test_backend_reset_closes_client_side(tmp_path: Path) -> None:
             with connect(port, timeout=10) as s:
                 s.sendall(b"q")
                 got = b""
+                while len(got) < len(b"partial answer") and (data := s.recv(65536)):
+                    got += data
+                srv.read.set()  # now the backend resets
                 t0 = time.monotonic()
                 try:
                     while True:
@@ -214,7 +220,7 @@ def test_backend_reset_closes_client_side(tmp_path: Path) -> None:
                 except ConnectionResetError:
                     pass
                 assert time.monotonic() - t0 < 5
-            assert got in (b"", b"partial answer")
+            assert got == b"partial answer"  # read before the backend reset
             (rec,) = relay.wait_records(1, timeout=5)
             assert rec["close"] != "idle-timeout", rec
             assert relay.running

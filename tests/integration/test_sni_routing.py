@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import BACKEND_NAMES, DEFAULT_NAME, TlsBackends
 
 from helpers.relay import RelayProcess, free_port
+from helpers.wait import wait_until
+from integration.servers import BACKEND_NAMES, DEFAULT_NAME, TlsBackends
 
 pytestmark = pytest.mark.integration
 
@@ -184,14 +185,16 @@ class SniRelay:
 
     def record(self, **match: Any) -> dict[str, Any]:
         """The first record whose fields equal `match`, waiting for it (bounded)."""
-        deadline = time.monotonic() + CLIENT_TIMEOUT
-        while True:
+
+        def found() -> dict[str, Any] | None:
             for rec in self.relay.records():
                 if all(rec.get(k) == v for k, v in match.items()):
                     return rec
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no record with {match}\n--- log ---\n{self.relay.log}")
-            time.sleep(0.05)
+            return None
+
+        return wait_until(
+            found, CLIENT_TIMEOUT, lambda: f"a record with {match}\n--- log ---\n{self.relay.log}"
+        )
 
 
 def relay_config(tls_port: int, http_port: int, b: TlsBackends) -> str:

@@ -14,11 +14,11 @@ How the tests see the workers:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import pytest
 
 from helpers.peers import EchoServer, connect, recv_all
 from helpers.relay import RelayProcess, free_port
+from helpers.wait import poll, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -130,10 +131,7 @@ remote = "{srv.addr}"
             assert len({(r["worker"], r["id"]) for r in recs}) == CONNECTIONS
 
             assert relay.stop(signal.SIGTERM, timeout=15) == 0, relay.log
-            deadline = time.monotonic() + 5
-            while any(alive(p) for p in workers) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not any(alive(p) for p in workers), workers
+            wait_until(lambda: not any(alive(p) for p in workers), 5, str(workers))
             assert relay.log.count("stopped") == 2, relay.log
 
 
@@ -149,9 +147,7 @@ def test_worker_killed_is_reported(tmp_path: Path) -> None:
             workers = children_of(relay.pid)
             assert len(workers) == 2, workers
             os.kill(workers[0], signal.SIGKILL)
-            deadline = time.monotonic() + 5
-            while alive(workers[0]) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: not alive(workers[0]), 5)
             # the other worker keeps serving meanwhile
             with connect(port, timeout=10) as s:
                 s.sendall(b"still here")
@@ -176,6 +172,10 @@ def relay_pids(marker: str) -> list[int]:
     return out
 
 
+def none_left(marker: str) -> bool:
+    return not relay_pids(marker)
+
+
 def test_sigterm_during_worker_start_leaves_no_orphans(tmp_path: Path) -> None:
     """SIGTERM as soon as the first worker exists (16 workers widen the fork loop).
     Three attempts; any orphaned worker fails the test. Orphans are killed by pid."""
@@ -189,16 +189,11 @@ def test_sigterm_during_worker_start_leaves_no_orphans(tmp_path: Path) -> None:
         relay.tmp_path.mkdir()
         with relay:
             relay.spawn()
-            deadline = time.monotonic() + 10
-            while not children_of(relay.pid) and time.monotonic() < deadline:
-                time.sleep(0.001)
+            poll(functools.partial(children_of, relay.pid), 10, interval=0.001)
             os.kill(relay.pid, signal.SIGTERM)
             relay.wait(timeout=15)
-        deadline = time.monotonic() + 2
+        poll(functools.partial(none_left, marker), 2)  # orphans, if any, are killed below
         left = relay_pids(marker)
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = relay_pids(marker)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -19,12 +19,6 @@ from snirelay.config.model import Addr, Config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class _StartupError(Exception):
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Replace snirelay.server.run; `box["config"]` gets what main() passed."""
@@ -36,13 +30,9 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
             raise box["raise"]
         return int(box["code"])
 
-    try:
-        import snirelay.server as server
-    except ImportError:  # the server not written yet
-        server = types.ModuleType("snirelay.server")
-        server.StartupError = _StartupError  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "snirelay.server", server)
-    monkeypatch.setattr(server, "run", run, raising=False)
+    import snirelay.server as server
+
+    monkeypatch.setattr(server, "run", run)
     box["StartupError"] = server.StartupError
     return box
 
@@ -262,7 +252,12 @@ def test_subcommands_dispatch_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, list[str]]] = []
     for name in ("snirelay.diagnose.hello", "snirelay.demo"):
         mod = types.ModuleType(name)
-        mod.main = lambda rest, name=name: seen.append((name, rest)) or 7  # type: ignore[attr-defined]
+
+        def fake_main(rest: list[str], name: str = name) -> int:
+            seen.append((name, rest))
+            return 7
+
+        mod.main = fake_main  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, name, mod)
     assert cli.main(["hello", "x.bin", "--hex"]) == 7
     assert cli.main(["demo"]) == 7
@@ -359,7 +354,8 @@ sys.exit(cli.main(["-d", "-l", "127.0.0.1:0", "-r", "127.0.0.1:9"]))
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
 def test_daemon_detaches(tmp_path: Path) -> None:
     import os
-    import time
+
+    from helpers.wait import wait_until
 
     out = tmp_path / "daemon.json"
     proc = subprocess.run(
@@ -370,10 +366,7 @@ def test_daemon_detaches(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr
-    deadline = time.monotonic() + 20
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    info = json.loads(out.read_text())
+    info = wait_until(lambda: json.loads(out.read_text()), 20, ignore=(OSError, ValueError))
     assert info["daemon"] is True
     assert info["sid"] != os.getsid(0)  # a new session
     assert info["stdout"] == "/dev/null" and info["stdin"] == "/dev/null"

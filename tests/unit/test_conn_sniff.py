@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers.wait import wait_until
 from snirelay.config.model import Addr, Config, Endpoint, Route, Upstream
 from snirelay.net import conn
 from snirelay.server import Server, new_loop
+from snirelay.wire.sniff import sniff
 
 HELLO = (
     Path(__file__).resolve().parent.parent / "vectors" / "clienthello" / "curl_sni_http2.bin"
@@ -25,7 +27,7 @@ HELLO = (
 
 def test_dribbled_hello_is_not_parsed_per_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = conn.sniff
+    real = sniff  # what conn calls (conn imports it from wire.sniff)
 
     def counting(data: bytes, limit: int = 65536) -> object:
         calls.append(len(data))
@@ -73,9 +75,8 @@ def test_dribbled_hello_is_not_parsed_per_byte(monkeypatch: pytest.MonkeyPatch) 
             s.recv(1)
         backend_thread.join(10)
     finally:
-        while server.stopping is None:
-            time.sleep(0.01)
-        loop.call_soon_threadsafe(server.stopping.set)
+        stopping = wait_until(lambda: server.stopping, 10)
+        loop.call_soon_threadsafe(stopping.set)
         relay.join(10)
         loop.close()
         backend.close()

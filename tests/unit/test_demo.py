@@ -10,13 +10,13 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers.relay import relay_env
+from helpers.wait import wait_until
 from snirelay.demo import DEFAULT_NAME, NAMES, Backends, make_certs, relay_config
 
 TIMEOUT = 10
@@ -115,14 +115,14 @@ def test_demo_runs_and_serves(tmp_path: Path) -> None:
         )
         assert m, first
         forward, sni, ca = int(m[1]), int(m[2]), Path(m[3])
-        deadline = time.monotonic() + TIMEOUT
-        while True:  # the relay starts listening just after the instructions are printed
-            try:
-                assert echo(forward, b"hi") == b"hi"
-                break
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, "demo relay never listened"
-                time.sleep(0.1)
+        # the relay starts listening just after the instructions are printed
+        echoed = wait_until(
+            lambda: echo(forward, b"hi"),
+            TIMEOUT,
+            "demo relay listens",
+            ignore=(ConnectionRefusedError,),
+        )
+        assert echoed == b"hi"
         for name in NAMES:
             assert https_get(sni, name, ca) == f"name={name} sni={name}\n"
         assert https_get(sni, None, ca) == f"name={DEFAULT_NAME} sni=\n"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from helpers.wait import wait_until_async
 from snirelay.net.poller import Poller
 from snirelay.server import new_loop
 
@@ -35,12 +37,13 @@ class Recorder:
         self.aborted = True
 
 
-def run_briefly(loop: asyncio.AbstractEventLoop, seconds: float = 0.1) -> None:
-    loop.run_until_complete(asyncio.sleep(seconds))
+def run_until(loop: asyncio.AbstractEventLoop, predicate: Callable[[], object]) -> None:
+    """Run the loop until `predicate()` holds (AssertionError after 5 s)."""
+    loop.run_until_complete(wait_until_async(predicate, 5))
 
 
 @pytest.fixture
-def loop() -> asyncio.AbstractEventLoop:
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
     lp = new_loop()
     yield lp
     lp.close()
@@ -53,15 +56,12 @@ def test_reader_writer_and_set(loop: asyncio.AbstractEventLoop) -> None:
         poller = Poller(loop)
         rec = Recorder(a)
         poller.add_writer(a.fileno(), rec)
-        run_briefly(loop)
-        assert "w" in rec.events  # an idle socket is writable
+        run_until(loop, lambda: "w" in rec.events)  # an idle socket is writable
         poller.set(a.fileno(), rec, None)  # one call: read, stop writing
         rec.events.clear()
-        run_briefly(loop)
-        assert rec.events == []  # nothing to read yet, no writer any more
         b.sendall(b"x")
-        run_briefly(loop)
-        assert rec.events == ["r"]
+        run_until(loop, lambda: rec.events)
+        assert rec.events == ["r"]  # no writer any more (it would fire at once)
         poller.remove_reader(a.fileno())
         assert poller.registered() == 0
         poller.close()
@@ -81,11 +81,7 @@ def test_reset_runs_the_reader_even_with_data_pending(loop: asyncio.AbstractEven
             poller = Poller(loop)
             rec = Recorder(s)
             poller.add_reader(s.fileno(), rec)
-            for _ in range(20):
-                run_briefly(loop, 0.02)
-                if "ConnectionResetError" in rec.events:
-                    break
-            assert "ConnectionResetError" in rec.events, rec.events
+            run_until(loop, lambda: "ConnectionResetError" in rec.events)
             poller.remove_reader(s.fileno())
             poller.close()
 
@@ -101,9 +97,8 @@ def test_a_raising_callback_aborts_its_watcher_only(loop: asyncio.AbstractEventL
         poller.add_reader(c.fileno(), good)
         b.sendall(b"x")
         d.sendall(b"y")
-        run_briefly(loop)
-        assert bad.aborted and not good.aborted
-        assert "r" in good.events  # the other connection was still served
+        run_until(loop, lambda: bad.aborted and "r" in good.events)
+        assert not good.aborted  # the other connection was still served
         poller.forget(a.fileno())
         poller.remove_reader(c.fileno())
         poller.close()

@@ -10,8 +10,8 @@ import hashlib
 import os
 import socket
 import threading
-import time
 
+from helpers.wait import wait_until
 from snirelay.config.model import Addr, Config, Endpoint, Upstream
 from snirelay.net.pump import CopyDir
 from snirelay.server import Server, new_loop
@@ -67,9 +67,8 @@ def test_copy_path_moves_every_byte_both_ways_with_half_close() -> None:
                 n += len(chunk)
     finally:
         CopyDir.on_readable = real_readable  # type: ignore[method-assign]
-        while server.stopping is None:
-            time.sleep(0.01)
-        loop.call_soon_threadsafe(server.stopping.set)
+        stopping = wait_until(lambda: server.stopping, 10)
+        loop.call_soon_threadsafe(stopping.set)
         relay.join(10)
         loop.close()
         backend.close()

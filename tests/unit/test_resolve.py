@@ -1,21 +1,30 @@
 """Resolver: IP literals, the system path, and snirelay's own queries to
 `dns.nameservers` against a small in-process DNS server on loopback (UDP and TCP):
-modes, TTL clamping, LRU, shared misses, failover between servers, TC fallback."""
+modes, TTL clamping, LRU, shared misses, failover between servers, TC fallback.
+
+Time in the cache is a `FakeClock` moved by the tests: no test sleeps through a TTL.
+A zone can hold its answers until the test releases them (`Zone.release`), so
+"while a lookup is in flight" is a state the test sets up, not a delay it guesses."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
 
+from helpers.clock import FakeClock
+from helpers.wait import wait_until_async
 from snirelay.config.model import Addr, DnsConfig
 from snirelay.net import dns_client
+from snirelay.net import resolve as resolve_mod
 from snirelay.net.resolve import Resolver, SockTarget, literal
+from snirelay.observe.log import LOG
 from snirelay.wire.dns import AAAA, CNAME, A, encode_name, frame, parse_tcp_frame
 from snirelay.wire.errors import NeedData
 
@@ -42,7 +51,7 @@ class Zone:
     truncate_udp: bool = False  # answer UDP with TC and no records
     silent: bool = False  # never answer
     rcode: int | None = None  # answer everything with this rcode
-    delay: float = 0.0
+    release: asyncio.Event | None = None  # when set: answer only once it is set
     queries: list[tuple[str, str, int]] = field(default_factory=list)  # (proto, name, qtype)
 
     def answer(self, query: bytes, proto: str) -> bytes | None:
@@ -88,6 +97,7 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, zone: Zone) -> None:
         self.zone = zone
         self.transport: Any = None
+        self.held: set[asyncio.Future[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -96,8 +106,17 @@ class _Udp(asyncio.DatagramProtocol):
         reply = self.zone.answer(data, "udp")
         if reply is None or self.transport is None:
             return
-        transport = self.transport
-        asyncio.get_running_loop().call_later(self.zone.delay, transport.sendto, reply, addr)
+        if self.zone.release is None:
+            self.transport.sendto(reply, addr)
+            return
+        task = asyncio.ensure_future(self._later(self.zone.release, reply, addr))
+        self.held.add(task)
+        task.add_done_callback(self.held.discard)
+
+    async def _later(self, release: asyncio.Event, reply: bytes, addr: Any) -> None:
+        await release.wait()
+        if self.transport is not None:
+            self.transport.sendto(reply, addr)
 
 
 async def serve(zone: Zone) -> tuple[Addr, Callable[[], Awaitable[None]]]:
@@ -120,7 +139,8 @@ async def serve(zone: Zone) -> tuple[Addr, Callable[[], Awaitable[None]]]:
                 buf += chunk
             reply = zone.answer(got[0], "tcp")
             if reply is not None:
-                await asyncio.sleep(zone.delay)
+                if zone.release is not None:
+                    await zone.release.wait()
                 writer.write(frame(reply))
                 await writer.drain()
             await reader.read(1)
@@ -184,10 +204,11 @@ def test_literals_are_synchronous() -> None:
 
 def test_system_resolver_without_nameservers() -> None:
     async def main() -> None:
-        r = Resolver(asyncio.get_running_loop(), DnsConfig(mode="ipv4_only"))
+        clock = FakeClock()
+        r = Resolver(asyncio.get_running_loop(), DnsConfig(mode="ipv4_only"), clock=clock)
         res = await ask(r, "localhost", 81)
         assert res == [(V4, ("127.0.0.1", 81))]
-        assert "localhost" in r._cache
+        assert r._cache["localhost"][0] == clock() + 30  # no TTL from the system: 30 s
 
     run(main())
 
@@ -281,26 +302,35 @@ def test_nxdomain_is_one_line_and_stops() -> None:
 def test_ttl_clamped_and_cached() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        clock = FakeClock()
         zone = zone_backend(ttl=5)
         server, close = await serve(zone)
         try:
             dns = DnsConfig(nameservers=(server,), mode="ipv4_only", min_ttl=60, max_ttl=100)
-            r = Resolver(loop, dns)
+            r = Resolver(loop, dns, clock=clock, timeout=1)
             await ask(r, "backend.test")
-            expiry = r._cache["backend.test"][0] - loop.time()
-            assert 59 < expiry <= 60
             await close()  # the server is gone: answers come from the cache
+            clock.advance(59)  # long past the record's own 5 s: min_ttl keeps it
             assert await ask(r, "BACKEND.test.", 8) == [
                 (V4, ("127.0.0.1", 8)),
                 (V4, ("127.0.0.2", 8)),
             ]
             assert len(zone.queries) == 1
+            clock.advance(1)  # 60 s: expired, asked again, and nobody answers
+            gone = await ask(r, "backend.test")
+            assert isinstance(gone, OSError) and str(gone).startswith("backend.test: A: "), gone
 
             zone2 = zone_backend(ttl=100000)
             server2, close2 = await serve(zone2)
-            r2 = Resolver(loop, DnsConfig(nameservers=(server2,), mode="ipv4_only", max_ttl=100))
+            dns2 = DnsConfig(nameservers=(server2,), mode="ipv4_only", max_ttl=100)
+            r2 = Resolver(loop, dns2, clock=clock)
             await ask(r2, "alias.test")
-            assert 99 < r2._cache["alias.test"][0] - loop.time() <= 100
+            clock.advance(99)
+            await ask(r2, "alias.test")
+            assert len(zone2.queries) == 1  # still cached at 99 s
+            clock.advance(1)
+            await ask(r2, "alias.test")
+            assert len(zone2.queries) == 2  # 100 s: max_ttl cut the 100000 s answer
             await close2()
         finally:
             await close()
@@ -310,18 +340,22 @@ def test_ttl_clamped_and_cached() -> None:
 
 def test_zero_ttl_is_not_cached_and_expiry_asks_again() -> None:
     async def main() -> None:
+        clock = FakeClock()
         zone = zone_backend(ttl=0)
         server, close = await serve(zone)
         try:
-            r = Resolver(
-                asyncio.get_running_loop(), DnsConfig(nameservers=(server,), mode="ipv4_only")
-            )
+            dns = DnsConfig(nameservers=(server,), mode="ipv4_only")
+            r = Resolver(asyncio.get_running_loop(), dns, clock=clock)
             await ask(r, "backend.test")
             await ask(r, "backend.test")
             assert len(zone.queries) == 2 and not r._cache
-            r._cache["x.test"] = (0.0, [(V4, "10.0.0.1")])  # expired entry
             zone.records["x.test"] = {A: [("10.0.0.2", 30)]}
             assert await ask(r, "x.test") == [(V4, ("10.0.0.2", 80))]
+            zone.records["x.test"] = {A: [("10.0.0.3", 30)]}
+            clock.advance(29)
+            assert await ask(r, "x.test") == [(V4, ("10.0.0.2", 80))]  # cached
+            clock.advance(1)
+            assert await ask(r, "x.test") == [(V4, ("10.0.0.3", 80))]  # expired: asked again
         finally:
             await close()
 
@@ -355,12 +389,15 @@ def test_lru_keeps_cache_size_names() -> None:
 def test_concurrent_misses_share_one_lookup() -> None:
     async def main() -> None:
         zone = zone_backend()
-        zone.delay = 0.1
+        zone.release = asyncio.Event()
         server, close = await serve(zone)
         try:
             dns = DnsConfig(nameservers=(server,), mode="ipv4_only")
             r = Resolver(asyncio.get_running_loop(), dns)
-            results = await asyncio.gather(*(ask(r, "backend.test", p) for p in (1, 2, 3)))
+            asks = [asyncio.ensure_future(ask(r, "backend.test", p)) for p in (1, 2, 3)]
+            await wait_until_async(lambda: zone.queries, 5)  # the lookup is in flight
+            zone.release.set()
+            results = await asyncio.gather(*asks)
             assert [res[0][1][1] for res in results if not isinstance(res, OSError)] == [1, 2, 3]
             assert len(zone.queries) == 1
         finally:
@@ -446,7 +483,7 @@ def test_close_fails_waiters() -> None:
         try:
             r = Resolver(asyncio.get_running_loop(), DnsConfig(nameservers=(server,)), timeout=5)
             fut = asyncio.ensure_future(ask(r, "backend.test"))
-            await asyncio.sleep(0.05)
+            await wait_until_async(lambda: zone.queries, 5)  # the lookup is in flight
             r.close()
             res = await fut
             assert isinstance(res, OSError) and "cancelled" in str(res)
@@ -483,5 +520,147 @@ def test_client_ignores_foreign_datagrams() -> None:
             assert res.addresses == (("127.0.0.1", 120), ("127.0.0.2", 120))
         finally:
             t.close()
+
+    run(main())
+
+
+# ---- errors: expected ones reported quietly, anything else logged -------------------------
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """What the "snirelay" logger writes at error level or above during the test."""
+    handler = _Records()
+    level = LOG.level
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.ERROR)
+    try:
+        yield handler.records
+    finally:
+        LOG.removeHandler(handler)
+        LOG.setLevel(level)
+
+
+def test_a_bug_asking_one_server_is_logged_and_the_next_is_asked(
+    monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    async def main() -> Addr:
+        bad_zone, good_zone = zone_backend(), zone_backend()
+        bad, close_bad = await serve(bad_zone)
+        good, close_good = await serve(good_zone)
+        real = dns_client.query
+
+        async def buggy(server: Addr, *args: Any, **kw: Any) -> Any:
+            if server == bad:
+                raise ValueError("a bug in the client")
+            return await real(server, *args, **kw)
+
+        monkeypatch.setattr(resolve_mod, "query", buggy)
+        try:
+            dns = DnsConfig(nameservers=(bad, good), mode="ipv4_only")
+            res = await ask(Resolver(asyncio.get_running_loop(), dns), "backend.test")
+            assert res == [(V4, ("127.0.0.1", 80)), (V4, ("127.0.0.2", 80))]
+            assert len(good_zone.queries) == 1
+            return bad
+        finally:
+            await close_bad()
+            await close_good()
+
+    bad = run(main())
+    (rec,) = logged
+    assert rec.levelno == logging.ERROR and rec.exc_info is not None
+    msg = rec.getMessage()
+    assert msg.startswith(f"resolving backend.test (A) via {bad} failed: "), msg
+    assert "a bug in the client" in msg
+
+
+def test_a_bug_in_the_system_path_is_logged_and_reported(
+    monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def broken(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(loop, "getaddrinfo", broken)
+        res = await ask(Resolver(loop, DnsConfig()), "backend.test")
+        assert isinstance(res, OSError)
+        assert str(res) == "backend.test: internal error (RuntimeError: boom)"
+
+    run(main())
+    (rec,) = logged
+    assert rec.exc_info is not None
+    assert "backend.test" in rec.getMessage() and "the system resolver" in rec.getMessage()
+
+
+def test_system_resolver_failure_names_the_host_quietly(
+    monkeypatch: pytest.MonkeyPatch, logged: list[logging.LogRecord]
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def unknown(*args: Any, **kw: Any) -> Any:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        monkeypatch.setattr(loop, "getaddrinfo", unknown)
+        res = await ask(Resolver(loop, DnsConfig()), "nope.test")
+        assert isinstance(res, OSError)
+        assert str(res) == "nope.test: Name or service not known (system resolver)"
+
+    run(main())
+    assert logged == []
+
+
+def test_expected_failures_are_not_logged(logged: list[logging.LogRecord]) -> None:
+    """NXDOMAIN, a timeout, a refusal and SERVFAIL reach the connection, not the error log."""
+
+    async def main() -> None:
+        silent, failing, zone = Zone(silent=True), Zone(rcode=2), zone_backend()
+        s_silent, c1 = await serve(silent)
+        s_fail, c2 = await serve(failing)
+        s_zone, c3 = await serve(zone)
+        dead = Addr("127.0.0.1", dead_udp_port())
+        try:
+            dns = DnsConfig(nameservers=(dead, s_silent, s_fail), protocol="udp")
+            res = await ask(Resolver(asyncio.get_running_loop(), dns, timeout=0.3), "x.test")
+            assert isinstance(res, OSError)
+            dns = DnsConfig(nameservers=(s_zone,))
+            res = await ask(Resolver(asyncio.get_running_loop(), dns), "nope.test")
+            assert isinstance(res, OSError) and "NXDOMAIN" in str(res)
+        finally:
+            for c in (c1, c2, c3):
+                await c()
+
+    run(main())
+    assert logged == []
+
+
+def test_a_bug_parsing_a_udp_answer_is_raised_not_a_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise IndexError("a bug in the parser")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server, close = await serve(zone_backend())
+        monkeypatch.setattr(dns_client, "parse_response", broken)
+        try:
+            start = loop.time()
+            with pytest.raises(IndexError, match="a bug in the parser"):
+                await dns_client.query(server, "backend.test", A, protocol="udp", timeout=3)
+            assert loop.time() - start < 1  # at the first answer, not at the deadline
+        finally:
+            await close()
 
     run(main())

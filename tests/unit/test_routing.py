@@ -37,7 +37,7 @@ def idx(t: RouteTable, name: str | None, tls: bool = True, ip: bool = False) -> 
     index = t.pick_index(name, tls=tls, name_is_ip=ip)
     assert (picked is None) == (index is None)
     if picked is not None:
-        assert picked is t.routes[index]  # type: ignore[index]
+        assert index is not None and picked is t.routes[index]
     return index
 
 

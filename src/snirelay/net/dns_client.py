@@ -13,9 +13,12 @@ built by `snirelay.wire.dns` and returns the `DnsResponse` that answers it.
 - "tcp_and_udp": UDP first; an answer with the TC bit set is asked again over TCP,
   with what is left of the deadline (at least half a second).
 
-Error handling: everything that goes wrong is raised as `DnsError` (an OSError) with a
-one-line message naming the server: timeout, refused, malformed answer. A server's
-rcode is not an error here; the caller reads `DnsResponse.rcode`.
+Error handling: everything that goes wrong on the network is raised as `DnsError` (an
+OSError) with a one-line message naming the server: timeout, refused, malformed answer.
+A server's rcode is not an error here; the caller reads `DnsResponse.rcode`. Anything
+else (a bug, e.g. in parsing an answer) is raised as it is, at once: it is neither
+turned into a `DnsError` nor, for UDP, left to the loop's exception handler while the
+query runs on into a timeout; the resolver logs it with the name and the server.
 
 Resource handling: every socket is closed before the coroutine returns, also on
 cancellation; nothing outlives the call.
@@ -54,7 +57,10 @@ class _UdpQuery(asyncio.DatagramProtocol):
         try:
             res = parse_response(data, self.qid, self.name, self.qtype)
         except ProtocolError as e:
-            self.bad = str(e)
+            self.bad = str(e)  # not our answer, or garbage: ignored, named on timeout
+            return
+        except Exception as e:  # a bug: the query fails with it, not with a timeout
+            self.fut.set_exception(e)
             return
         self.fut.set_result(res)
 

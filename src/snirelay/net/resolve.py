@@ -17,11 +17,18 @@ per cache lifetime, in one of two ways:
 
 The cache holds at most `dns.cache_size` names, least recently used out first
 (0 = no cache). Concurrent misses for one name share one lookup. Every address is
-then tried in turn by the connector.
+then tried in turn by the connector. Expiry times are read from `clock` (the loop's
+`time()` unless one is given: tests pass a fake clock and move it instead of
+sleeping through a TTL).
 
 Error handling: `done` gets either the targets or one OSError whose text is one line
 saying what went wrong ("backend.test: NXDOMAIN from 127.0.0.1:53", "...: no answer
-from 127.0.0.1:53 over UDP within 3s"); the connection logs it.
+from 127.0.0.1:53 over UDP within 3s", "backend.test: Name or service not known
+(system resolver)"); the connection logs it. Those are the expected failures and are
+not logged here. Anything else raised while resolving (a bug, not a network answer)
+is logged at error level with its traceback, the name and the server it was asked of
+(or "the system resolver"): from one name server, that server counts as failed and the
+next is asked; otherwise the waiters get "NAME: internal error (...)".
 
 Resource handling: lookups run as tasks owned by the Resolver (`close()` cancels them
 and fails their waiters); each lookup is bounded by the number of name servers times
@@ -39,6 +46,7 @@ from typing import Any
 
 from snirelay.config.model import DnsConfig
 from snirelay.net.dns_client import DnsError, query
+from snirelay.observe.log import LOG
 from snirelay.wire.dns import AAAA, NOERROR, NXDOMAIN, A, encode_name, rcode_name
 
 SockTarget = tuple[int, tuple[str, int]]  # (family, (ip, port))
@@ -80,7 +88,17 @@ class _Found:
 
 
 class Resolver:
-    __slots__ = ("loop", "dns", "timeout", "_cache", "_ttl", "_family", "_pending", "_tasks")
+    __slots__ = (
+        "loop",
+        "dns",
+        "timeout",
+        "clock",
+        "_cache",
+        "_ttl",
+        "_family",
+        "_pending",
+        "_tasks",
+    )
 
     def __init__(
         self,
@@ -88,10 +106,12 @@ class Resolver:
         dns: DnsConfig,
         *,
         timeout: float = SERVER_TIMEOUT,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.loop = loop
         self.dns = dns
         self.timeout = timeout
+        self.clock: Callable[[], float] = loop.time if clock is None else clock
         self._cache: OrderedDict[str, tuple[float, list[tuple[int, str]]]] = OrderedDict()
         self._ttl = min(max(float(dns.min_ttl), DEFAULT_TTL), float(dns.max_ttl))
         self._family = {"ipv4_only": socket.AF_INET, "ipv6_only": socket.AF_INET6}.get(
@@ -109,7 +129,7 @@ class Resolver:
         key = host.lower().rstrip(".") if self.dns.nameservers else host
         hit = self._cache.get(key)
         if hit is not None:
-            if hit[0] > self.loop.time():
+            if hit[0] > self.clock():
                 self._cache.move_to_end(key)
                 done([(fam, (ip, port)) for fam, ip in hit[1]])
                 return
@@ -143,7 +163,9 @@ class Resolver:
             elif isinstance(exc, OSError):
                 res = exc
             else:
-                res = OSError(f"{key}: {exc}")
+                via = ", ".join(map(str, self.dns.nameservers)) or "the system resolver"
+                LOG.error("resolving %s (via %s) failed: %r", key, via, exc, exc_info=exc)
+                res = OSError(f"{key}: internal error ({type(exc).__name__}: {exc})")
         if isinstance(res, _Found):
             self._store(key, res)
         for port, done in waiters:
@@ -156,16 +178,19 @@ class Resolver:
         ttl = self._ttl if found.ttl is None else found.ttl
         if ttl <= 0 or self.dns.cache_size <= 0:
             return
-        self._cache[key] = (self.loop.time() + ttl, found.addrs)
+        self._cache[key] = (self.clock() + ttl, found.addrs)
         self._cache.move_to_end(key)
         while len(self._cache) > self.dns.cache_size:
             self._cache.popitem(last=False)
 
     # ---- system resolver -------------------------------------------------------------
     async def _lookup_system(self, host: str) -> _Found:
-        infos: list[Any] = await self.loop.getaddrinfo(
-            host, None, family=self._family, type=socket.SOCK_STREAM
-        )
+        try:
+            infos: list[Any] = await self.loop.getaddrinfo(
+                host, None, family=self._family, type=socket.SOCK_STREAM
+            )
+        except OSError as e:  # gaierror: no such name, no answer in time, ...
+            raise OSError(f"{host}: {e.strerror or e} (system resolver)") from e
         addrs: list[tuple[int, str]] = []
         for info in infos:
             fam, sa = info[0], info[4]
@@ -233,6 +258,10 @@ class Resolver:
                 )
             except DnsError as e:
                 why.append(str(e))
+                continue
+            except Exception as e:  # a bug, not an answer: say so, then ask the next
+                LOG.error("resolving %s (%s) via %s failed: %r", name, kind, server, e, exc_info=e)
+                why.append(f"{server}: internal error ({type(e).__name__})")
                 continue
             where = str(server)
             if res.rcode == NXDOMAIN:

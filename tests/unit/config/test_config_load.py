@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,13 @@ import pytest
 from snirelay.config.load import CliOptions, load_config
 from snirelay.config.model import Addr, Balance, Config, ConfigError
 
+Load = Callable[..., Config]  # load(text, cli=None, name="c.toml") -> Config
+
 EP = '[[endpoints]]\nlisten = "127.0.0.1:5000"\nremote = "127.0.0.1:6000"\n'
 
 
 @pytest.fixture
-def load(tmp_path: Path):  # type: ignore[no-untyped-def]
+def load(tmp_path: Path) -> Load:
     def do(text: str, cli: CliOptions | None = None, name: str = "c.toml") -> Config:
         path = tmp_path / name
         path.write_text(text)
@@ -23,7 +26,7 @@ def load(tmp_path: Path):  # type: ignore[no-untyped-def]
     return do
 
 
-def err(load, text: str, cli: CliOptions | None = None) -> str:  # type: ignore[no-untyped-def]
+def err(load: Load, text: str, cli: CliOptions | None = None) -> str:
     with pytest.raises(ConfigError) as info:
         load(text, cli)
     msg = str(info.value)
@@ -34,7 +37,7 @@ def err(load, text: str, cli: CliOptions | None = None) -> str:  # type: ignore[
 # ---------------------------------------------------------------- happy paths
 
 
-def test_minimal_defaults(load) -> None:  # type: ignore[no-untyped-def]
+def test_minimal_defaults(load: Load) -> None:
     c = load(EP)
     (ep,) = c.endpoints
     assert ep.place == "endpoints[0]"
@@ -49,7 +52,7 @@ def test_minimal_defaults(load) -> None:  # type: ignore[no-untyped-def]
     assert ep.upstream.network.sniff_max_bytes == 65536
 
 
-def test_every_global_key(load) -> None:  # type: ignore[no-untyped-def]
+def test_every_global_key(load: Load) -> None:
     c = load(
         """
 workers = 3
@@ -103,7 +106,7 @@ token = "s3cret"
     assert c.api is not None and c.api.listen == Addr("127.0.0.1", 9090) and c.api.token == "s3cret"
 
 
-def test_every_endpoint_key(load) -> None:  # type: ignore[no-untyped-def]
+def test_every_endpoint_key(load: Load) -> None:
     c = load(
         """
 [[endpoints]]
@@ -139,7 +142,7 @@ network = { tcp_timeout = 2, sniff_max_bytes = 100 }
     assert c.network.tcp_timeout == 5  # the global one is untouched
 
 
-def test_json_detected_by_content_not_extension(load) -> None:  # type: ignore[no-untyped-def]
+def test_json_detected_by_content_not_extension(load: Load) -> None:
     data = {"endpoints": [{"listen": "127.0.0.1:1", "remote": "127.0.0.1:2"}]}
     c = load(json.dumps(data), name="relay.conf")
     assert c.endpoints[0].listen.port == 1
@@ -147,12 +150,12 @@ def test_json_detected_by_content_not_extension(load) -> None:  # type: ignore[n
     assert c2.endpoints[0].listen.port == 5000
 
 
-def test_empty_transport_string_is_none(load) -> None:  # type: ignore[no-untyped-def]
+def test_empty_transport_string_is_none(load: Load) -> None:
     c = load(EP + 'remote_transport = ""\n')
     assert c.endpoints[0].upstream.remote_transport is None
 
 
-def test_balance_forms(load) -> None:  # type: ignore[no-untyped-def]
+def test_balance_forms(load: Load) -> None:
     extra = 'extra_remotes = ["127.0.0.1:6001", "127.0.0.1:6002"]\n'
     for text, want in [
         ("roundrobin", Balance("roundrobin", (1, 1, 1))),
@@ -167,7 +170,7 @@ def test_balance_forms(load) -> None:  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- port ranges
 
 
-def test_port_range_expands_pairwise(load) -> None:  # type: ignore[no-untyped-def]
+def test_port_range_expands_pairwise(load: Load) -> None:
     c = load('[[endpoints]]\nlisten = "127.0.0.1:7000-7009"\nremote = "h.example:8000-8009"\n')
     assert len(c.endpoints) == 10
     for i, ep in enumerate(c.endpoints):
@@ -176,7 +179,7 @@ def test_port_range_expands_pairwise(load) -> None:  # type: ignore[no-untyped-d
         assert ep.upstream.remotes == (Addr("h.example", 8000 + i),)
 
 
-def test_port_range_with_single_remote_port(load) -> None:  # type: ignore[no-untyped-def]
+def test_port_range_with_single_remote_port(load: Load) -> None:
     c = load('[[endpoints]]\nlisten = "127.0.0.1:7000-7002"\nremote = "h.example:443"\n')
     assert [ep.upstream.remotes[0].port for ep in c.endpoints] == [443, 443, 443]
 
@@ -191,7 +194,7 @@ def test_port_range_with_single_remote_port(load) -> None:  # type: ignore[no-un
         ("127.0.0.1:5000", "h:0", "out of range"),
     ],
 )
-def test_bad_ranges(load, listen: str, remote: str, needle: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_ranges(load: Load, listen: str, remote: str, needle: str) -> None:
     msg = err(load, f'[[endpoints]]\nlisten = "{listen}"\nremote = "{remote}"\n')
     assert msg.startswith("endpoints[0].")
     assert needle in msg
@@ -218,7 +221,7 @@ def test_bad_ranges(load, listen: str, remote: str, needle: str) -> None:  # typ
         (EP + "network = { nope = 1 }\n", "endpoints[0].network.nope: unknown key"),
     ],
 )
-def test_unknown_keys(load, text: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_keys(load: Load, text: str, expected: str) -> None:
     assert err(load, text).startswith(expected)
 
 
@@ -311,7 +314,7 @@ def test_unknown_keys(load, text: str, expected: str) -> None:  # type: ignore[n
         ),
     ],
 )
-def test_errors_name_the_place(load, text: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_errors_name_the_place(load: Load, text: str, expected: str) -> None:
     msg = err(load, text)
     assert msg.startswith(expected), msg
 
@@ -326,30 +329,42 @@ def test_errors_name_the_place(load, text: str, expected: str) -> None:  # type:
         ("roundrobin: -1", "endpoints[0].balance: weight '-1'"),
     ],
 )
-def test_bad_balance(load, balance: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_balance(load: Load, balance: str, expected: str) -> None:
     text = EP + f'extra_remotes = ["127.0.0.1:7"]\nbalance = "{balance}"\n'
     assert err(load, text).startswith(expected)
 
 
-def test_issue_example_error_on_second_endpoint(load) -> None:  # type: ignore[no-untyped-def]
+def test_issue_example_error_on_second_endpoint(load: Load) -> None:
     text = EP + '[[endpoints]]\nlisten = "127.0.0.1:5001"\nremote = "h:1"\nbalance = "rr: 1"\n'
     assert err(load, text) == (
         "endpoints[1].balance: unknown strategy 'rr' (expected roundrobin, iphash)"
     )
 
 
-def test_syntax_errors_and_missing_files(load, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_syntax_errors_and_missing_files(load: Load, tmp_path: Path) -> None:
     assert err(load, "").endswith(
         "c.toml: no endpoints (give -l/-r, or [[endpoints]] in the config)"
     )
     assert "invalid TOML" in err(load, "[[endpoints]\nlisten = ")
     assert "invalid JSON" in err(load, '{"endpoints": [')
-    assert "expected a JSON object" in err(load, "[1]") or True
+    err(load, "[1]")  # refused in one line; what it says: test_json_array_at_the_top_is_named
     with pytest.raises(ConfigError, match="no such file"):
         load_config(str(tmp_path / "missing.toml"))
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "bin.toml"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="parse_text() reads only text starting with '{' as JSON: a JSON array at the top"
+    " is parsed as the TOML table [1] and refused as '1: unknown key', without the file name",
+)
+def test_json_array_at_the_top_is_named(load: Load) -> None:
+    with pytest.raises(ConfigError) as info:
+        load("[1]", name="c.json")
+    assert str(info.value).endswith("c.json: expected a JSON object at the top"), info.value
 
 
 # ---------------------------------------------------------------- routes
@@ -382,7 +397,7 @@ network = { tcp_timeout = 9 }
 """
 
 
-def test_routes_and_fallbacks(load) -> None:  # type: ignore[no-untyped-def]
+def test_routes_and_fallbacks(load: Load) -> None:
     (ep,) = load(ROUTED).endpoints
     r0, r1, r2 = ep.routes
     assert r0.place == "endpoints[0].routes[0]"
@@ -404,7 +419,7 @@ def test_routes_and_fallbacks(load) -> None:  # type: ignore[no-untyped-def]
     assert r2.upstream.remotes == ep.upstream.remotes  # falls back to the endpoint's
 
 
-def test_route_inherits_endpoint_balance_without_own_remote(load) -> None:  # type: ignore[no-untyped-def]
+def test_route_inherits_endpoint_balance_without_own_remote(load: Load) -> None:
     text = EP + 'extra_remotes = ["127.0.0.1:6001"]\nbalance = "iphash: 5"\n'
     text += '[[endpoints.routes]]\nserver_names = ["a.example"]\n'
     (ep,) = load(text).endpoints
@@ -412,13 +427,13 @@ def test_route_inherits_endpoint_balance_without_own_remote(load) -> None:  # ty
     assert ep.routes[0].upstream.remotes == ep.upstream.remotes
 
 
-def test_endpoint_with_routes_may_omit_remote(load) -> None:  # type: ignore[no-untyped-def]
+def test_endpoint_with_routes_may_omit_remote(load: Load) -> None:
     text = '[[endpoints]]\nlisten = "127.0.0.1:1"\n[[endpoints.routes]]\nserver_names = ["a.b"]\nremote = "h:1"\n'
     (ep,) = load(text).endpoints
     assert ep.upstream.remotes == () and ep.upstream.balance.weights == ()
 
 
-def test_route_with_port_ranges(load) -> None:  # type: ignore[no-untyped-def]
+def test_route_with_port_ranges(load: Load) -> None:
     text = '[[endpoints]]\nlisten = "127.0.0.1:7000-7001"\n[[endpoints.routes]]\nserver_names = ["a.b"]\nremote = "h:8000-8001"\n'
     eps = load(text).endpoints
     assert [ep.routes[0].upstream.remotes[0].port for ep in eps] == [8000, 8001]
@@ -501,12 +516,12 @@ ROUTE_HEAD = '[[endpoints]]\nlisten = "127.0.0.1:1"\nremote = "h:1"\n'
         ("routes = 3\n", "endpoints[0].routes: expected an array of tables"),
     ],
 )
-def test_route_errors(load, routes: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_route_errors(load: Load, routes: str, expected: str) -> None:
     msg = err(load, ROUTE_HEAD + routes)
     assert msg.startswith(expected), msg
 
 
-def test_route_without_remote_and_no_fallback(load) -> None:  # type: ignore[no-untyped-def]
+def test_route_without_remote_and_no_fallback(load: Load) -> None:
     text = '[[endpoints]]\nlisten = "127.0.0.1:1"\n[[endpoints.routes]]\nserver_names = ["a.b"]\nremote = "h:1"\n'
     text += '[[endpoints.routes]]\nwhen = "no_sni"\n'
     assert err(load, text) == (
@@ -514,14 +529,14 @@ def test_route_without_remote_and_no_fallback(load) -> None:  # type: ignore[no-
     )
 
 
-def test_same_wildcard_twice_is_an_error_regex_is_not(load) -> None:  # type: ignore[no-untyped-def]
+def test_same_wildcard_twice_is_an_error_regex_is_not(load: Load) -> None:
     text = ROUTE_HEAD + '[[endpoints.routes]]\nserver_names = ["*.a.b", "~x"]\n'
     text2 = text + '[[endpoints.routes]]\nserver_names = ["~x"]\n'
     assert len(load(text2).endpoints[0].routes) == 2
     assert "already listed" in err(load, text + '[[endpoints.routes]]\nserver_names = ["*.A.B"]\n')
 
 
-def test_same_name_in_two_endpoints_is_fine(load) -> None:  # type: ignore[no-untyped-def]
+def test_same_name_in_two_endpoints_is_fine(load: Load) -> None:
     r = '[[endpoints.routes]]\nserver_names = ["a.b"]\n'
     text = ROUTE_HEAD + r + ROUTE_HEAD.replace(':1"\nremote', ':2"\nremote') + r
     assert len(load(text).endpoints) == 2
@@ -642,7 +657,7 @@ network = { tcp_timeout = 2, tcp_keepalive = 2 }
 """
 
 
-def test_precedence_cli_over_endpoint_over_global(load) -> None:  # type: ignore[no-untyped-def]
+def test_precedence_cli_over_endpoint_over_global(load: Load) -> None:
     c = load(PRECEDENCE)
     n = c.endpoints[0].upstream.network
     assert (n.tcp_timeout, n.tcp_keepalive, n.udp_timeout) == (2, 2, 1)
@@ -675,7 +690,7 @@ def test_cli_network_is_checked_like_the_file() -> None:
     assert n.sniff_max_bytes == 7
 
 
-def test_cli_log_dns_and_process_options(load) -> None:  # type: ignore[no-untyped-def]
+def test_cli_log_dns_and_process_options(load: Load) -> None:
     text = "workers = 2\n[log]\nlevel = 'info'\n[dns]\nmode = 'ipv4_only'\n" + EP
     cli = CliOptions(
         log_level="debug",
@@ -701,6 +716,6 @@ def test_cli_log_dns_and_process_options(load) -> None:  # type: ignore[no-untyp
     assert load(text).workers == 2
 
 
-def test_cli_endpoint_added_to_config_file(load) -> None:  # type: ignore[no-untyped-def]
+def test_cli_endpoint_added_to_config_file(load: Load) -> None:
     c = load(EP, CliOptions(listen="127.0.0.1:5001", remote="h:1"))
     assert [ep.place for ep in c.endpoints] == ["endpoints[0]", "command line"]

@@ -7,10 +7,10 @@ import struct
 from typing import Any
 
 import pytest
-from wire_vectors import MANIFEST, TLS, data_of, hello_end, make_variants, vid
 
 from snirelay.wire.clienthello import ClientHello, parse_client_hello
 from snirelay.wire.errors import NeedData, ProtocolError
+from unit.wire.wire_vectors import MANIFEST, TLS, data_of, hello_end, make_variants, vid
 
 BIG = 1 << 22
 

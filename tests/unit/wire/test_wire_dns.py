@@ -5,6 +5,7 @@ NeedData or ProtocolError ever comes out."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -226,9 +227,9 @@ def test_truncated_answer_keeps_complete_records() -> None:
         (lambda m: m[:16], "question"),
     ],
 )
-def test_not_our_answer(mutate: object, needle: str) -> None:
+def test_not_our_answer(mutate: Callable[[bytes], bytes], needle: str) -> None:
     msg = message([rr(Q, A, 1, bytes(4))])
-    assert needle in malformed(mutate(msg))  # type: ignore[operator]
+    assert needle in malformed(mutate(msg))
 
 
 def test_other_question_is_refused() -> None:

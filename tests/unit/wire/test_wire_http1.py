@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from wire_vectors import MANIFEST, data_of, http_name
 
 from snirelay.wire.errors import NeedData, ProtocolError
 from snirelay.wire.http1 import HttpRequest, could_be_http, parse_http_request
+from unit.wire.wire_vectors import MANIFEST, data_of, http_name
 
 
 def req(host_line: bytes, target: bytes = b"/", version: bytes = b"HTTP/1.1") -> bytes:

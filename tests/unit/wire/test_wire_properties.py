@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire_vectors import MANIFEST, data_of
 
 from snirelay.wire.clienthello import ClientHello, parse_client_hello
 from snirelay.wire.errors import NeedData, ProtocolError
 from snirelay.wire.http1 import HttpRequest, parse_http_request
 from snirelay.wire.sniff import Sniffed, sniff
+from unit.wire.wire_vectors import MANIFEST, data_of
 
 SEEDS = [data_of(v) for v in MANIFEST if v["size"] and v["size"] < 4096]
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,7 +23,7 @@ def check_all(data: bytes, max_size: int = 65536) -> None:
         (sniff, Sniffed),
     ):
         try:
-            res = fn(data, max_size)  # type: ignore[operator]
+            res = fn(data, max_size)
         except ProtocolError as e:
             assert e.kind in ("not-tls", "malformed", "too-large")
             continue

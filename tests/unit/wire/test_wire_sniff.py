@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from wire_vectors import MANIFEST, data_of, hello_end, http_name, vid
 
 from snirelay.wire.errors import NeedData, ProtocolError
 from snirelay.wire.sniff import Sniffed, sniff
+from unit.wire.wire_vectors import MANIFEST, data_of, hello_end, http_name, vid
 
 
 def outcome(data: bytes) -> Sniffed | NeedData | ProtocolError:
