@@ -9,7 +9,8 @@
   trap described in docs/performance.md). The same for a backend that resets.
 - A backend that refuses: the client is closed at once, the relay keeps serving.
 - `drain_timeout` passes with a transfer still running: the client sees a reset (not
-  a clean EOF it could take for a complete transfer), the record says drain-timeout.
+  a clean EOF it could take for a complete transfer), the record says drain-timeout;
+  curl reading a close-delimited HTTP/1.0 body fails with exit 56.
 - A second SIGTERM/SIGINT while draining: the relay cuts what is left (reset,
   close=shutdown) and exits at once instead of waiting out `drain_timeout`.
 - SIGHUP: logged (reload is not there yet), the relay keeps serving.
@@ -18,10 +19,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from helpers.peers import (
     duplex,
     recv_all,
 )
+from helpers.procs import wait_until
 from helpers.relay import RelayProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -283,6 +287,52 @@ def test_drain_deadline_cuts_with_reset(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+class SlowHttp10Server(TcpServer):
+    """HTTP/1.0 without Content-Length: the body ends when the connection closes, so
+    only a reset (not a FIN) tells the client the body was cut. Sends 1 KiB every
+    0.05 s until the peer goes away."""
+
+    def handle(self, sock: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        with contextlib.suppress(OSError):
+            while not self._stop.wait(0.05):
+                sock.sendall(b"x" * 1024)
+
+
+def test_drain_deadline_cut_is_an_error_for_curl(tmp_path: Path) -> None:
+    """curl reading a close-delimited body through the relay: the drain cut makes it
+    fail (exit 56, "Connection reset"), where a FIN would end it with exit 0."""
+    with SlowHttp10Server() as srv:
+        port = free_port()
+        with RelayProcess(config=drain_config(port, srv.addr, 1), tmp_path=tmp_path) as relay:
+            relay.start()
+            curl = subprocess.Popen(
+                ["curl", "-sS", "-o", "/dev/null", "--max-time", "20", f"http://127.0.0.1:{port}/"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_until(lambda: srv.connections >= 1, 10, "curl reached the backend")
+                os.kill(relay.pid, signal.SIGTERM)
+                _, err = curl.communicate(timeout=15)
+            finally:
+                if curl.poll() is None:
+                    curl.kill()
+                    curl.wait(5)
+            assert curl.returncode == 56, (curl.returncode, err)
+            assert "reset" in err.lower(), err
+            assert relay.wait(timeout=10) == 0, relay.log
+            (rec,) = relay.records()
+            assert rec["close"] == "drain-timeout", rec
+
+
 def test_second_signal_during_drain_exits_at_once(tmp_path: Path, sig: int) -> None:
     with slow_server() as srv:
         port = free_port()
