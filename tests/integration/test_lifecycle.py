@@ -286,7 +286,6 @@ def test_drain_deadline_cuts_with_reset(tmp_path: Path) -> None:
             assert 0 < rec["bytes_down"] < 8 << 20, rec
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 class SlowHttp10Server(TcpServer):
     """HTTP/1.0 without Content-Length: the body ends when the connection closes, so
     only a reset (not a FIN) tells the client the body was cut. Sends 1 KiB every
@@ -333,6 +332,7 @@ def test_drain_deadline_cut_is_an_error_for_curl(tmp_path: Path) -> None:
             assert rec["close"] == "drain-timeout", rec
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_second_signal_during_drain_exits_at_once(tmp_path: Path, sig: int) -> None:
     with slow_server() as srv:
         port = free_port()
