@@ -261,7 +261,9 @@ class Server:
                 LOG.error(
                     "%s (%s): drain failed", svc.address, svc.place, exc_info=task.exception()
                 )
-        for conn in list(conns):  # only if a service failed to drain its own
+        # Left only by a drain that failed, or that was cancelled before it ran (two
+        # signals in a row): cut them like a cancelled drain would.
+        for conn in list(conns):
             conn.close("shutdown", reset=True)
         self.ctx.close()  # lookups still running end now, not with the loop
         if self.control is not None:
