@@ -3,13 +3,16 @@
 How the tests see the workers:
 
 - the process tree: the children of the relay's pid, read from /proc/*/stat (ppid);
-- the log: every worker logs its own "listening on" line, and numbers its connections
-  from 1, so with two workers serving, some connection ids appear twice in the
-  records (the record has no pid or worker field; the duplicated ids are the only way
-  to tell the workers apart from the log);
+- the log: every worker logs its own "listening on" line (and the supervisor a
+  "worker PID ready" line per worker), and numbers its connections from 1, so with
+  two workers serving some connection ids appear twice in the records; each record
+  also carries `worker`, the pid of the worker that served it;
 - 200 echo connections (8 client threads) all get their own payload back;
 - SIGTERM to the parent reaches every worker; all exit and the parent returns 0;
-- a worker killed with SIGKILL is replaced by a new one, which serves.
+- a worker killed with SIGKILL is replaced by a new one, which serves;
+- `listen = "127.0.0.1:0"`: every worker listens on the one port chosen before the
+  fork;
+- SIGTERM while the workers are being forked leaves no orphan.
 
 Process helpers (children, liveness) are in helpers/procs.py; the supervisor's other
 duties (signals, its own death, giving up) are in test_supervisor.py.
