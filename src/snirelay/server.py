@@ -261,8 +261,8 @@ class Server:
                 LOG.error(
                     "%s (%s): drain failed", svc.address, svc.place, exc_info=task.exception()
                 )
-        # Left only by a drain that failed, or that was cancelled before it ran (two
-        # signals in a row): cut them like a cancelled drain would.
+        # Left only by a drain that failed (or a task cancelled before its first step):
+        # cut them as a cancelled drain would.
         for conn in list(conns):
             conn.close("shutdown", reset=True)
         self.ctx.close()  # lookups still running end now, not with the loop
