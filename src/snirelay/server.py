@@ -1,34 +1,54 @@
-"""The server: owns listeners and connections; start, drain, stop.
+"""The server: the services of one process, their start, stop and drain.
 
-`run(config)` is the whole life of the process (or of each worker with `workers > 1`):
+`run(config)` is the whole life of the relay:
 
 1. refuse what this build does not do yet (one line, exit 2), raise RLIMIT_NOFILE;
 2. bind every listener (a failure is `StartupError` with exit code 3 naming the
    address and the OS error);
-3. run the event loop (uvloop when importable) until SIGTERM/SIGINT;
-4. stop accepting, let running transfers finish for up to `drain_timeout` seconds,
-   close what is left, return 0.
+3. with `workers = 1`, serve in this process; with `workers = N > 1`, hand the
+   bound-but-not-listening sockets to `snirelay.supervisor.Supervisor`, which forks N
+   workers that each serve (`_worker`) and watches over them.
 
-With `workers = N > 1` the parent binds every address once (to report errors before
-forking), then forks N workers; each binds its own SO_REUSEPORT listeners, so the kernel
-spreads new connections across them. The parent forwards SIGTERM/SIGINT and waits.
+Serving (`Server.serve`, in the single process or in each worker) runs the event loop
+(uvloop when importable): every service (`snirelay.services`; today one TCP listener
+per endpoint) is started, then the connections' shared `Context`; in a worker, the
+supervisor is told "ready" over the control channel (`snirelay.control`). Then:
+
+- SIGTERM/SIGINT (or, in a worker, the control channel closing: the supervisor is
+  gone): every service stops taking new work and drains for up to `drain_timeout`
+  seconds; at that deadline what is left is cut with a reset (`drain-timeout`);
+  `Context.close()` runs after the last connection closed; exit code 0;
+- a second SIGTERM/SIGINT while draining cancels the drains: what is left is cut at
+  once with a reset (`shutdown`) and the process exits;
+- SIGHUP logs one line (reloading comes with the admin/reload issue) and changes
+  nothing; it no longer kills the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Sequence
+from typing import Any
 
-from snirelay.config.model import Config
+from snirelay import control
+from snirelay.config.model import Addr, Config, Endpoint
 from snirelay.net.listener import Listener
 from snirelay.net.runtime import Context, EndpointRT
 from snirelay.net.sockopt import make_listener
 from snirelay.observe import log as logsetup
 from snirelay.observe.log import LOG
+from snirelay.services import Service
+from snirelay.supervisor import Supervisor
+
+
+DEFER_ACCEPT = 1  # seconds: TCP_DEFER_ACCEPT on listeners that sniff
 
 
 class StartupError(Exception):
@@ -79,81 +99,206 @@ def raise_nofile(nofile: int | None) -> None:
         LOG.warning("cannot set the open-file limit to %d: %s", want, exc)
 
 
-class Server:
-    """Listeners and live connections of one process."""
+def bind_all(
+    config: Config, *, reuse_port: bool, listen: bool = True
+) -> list[tuple[Endpoint, socket.socket]]:
+    """One bound socket per endpoint that serves TCP, in config order (listening unless
+    `listen` is false). On failure every socket bound so far is closed and
+    `StartupError` (exit code 3) names the address and the OS error."""
+    out: list[tuple[Endpoint, socket.socket]] = []
+    for ep in config.endpoints:
+        if ep.upstream.network.no_tcp:
+            continue
+        try:
+            sock = make_listener(
+                ep.listen,
+                ep.upstream.network,
+                ep.listen_interface,
+                reuse_port=reuse_port,
+                backlog=4096 if listen else None,
+                # routed endpoints read the ClientHello at accept (net.phases.Sniff)
+                defer_accept=DEFER_ACCEPT if ep.routes else 0,
+            )
+        except OSError as exc:
+            for _, s in out:
+                s.close()
+            raise StartupError(
+                f"cannot listen on {ep.listen} ({ep.place}): {exc.strerror or exc}", 3
+            ) from None
+        out.append((ep, sock))
+    return out
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+
+def with_bound_ports(config: Config, bound: Sequence[tuple[Endpoint, socket.socket]]) -> Config:
+    """`config` with each port 0 replaced by the port its socket got, so every worker
+    (and every restarted one) binds the same port the first bind chose."""
+    got = {id(ep): sock.getsockname()[1] for ep, sock in bound}
+    eps = tuple(
+        dataclasses.replace(ep, listen=Addr(ep.listen.host, got[id(ep)]))
+        if ep.listen.port == 0 and id(ep) in got
+        else ep
+        for ep in config.endpoints
+    )
+    return dataclasses.replace(config, endpoints=eps)
+
+
+class Server:
+    """The services and live connections of one process."""
+
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        control_sock: socket.socket | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
         self.ctx = Context(loop, config)
         self.endpoints = [EndpointRT(ep) for ep in config.endpoints]
-        self.listeners: list[Listener] = []
-        self.stopping: asyncio.Event | None = None
+        self.services: list[Service] = []
+        self.listeners: list[Listener] = []  # the TCP ones among the services
+        self.stopping: asyncio.Event | None = None  # set: stop and drain
+        self.hurry: asyncio.Event | None = None  # set: cut what is left now
+        self.control = control_sock  # a worker's end of its supervisor's channel
+        self._framer = control.Framer("supervisor")
 
-    def bind(self, reuse_port: bool = False, listen: bool = True) -> None:
-        for ep in self.endpoints:
-            if ep.cfg.upstream.network.no_tcp:
-                continue
-            try:
-                sock = make_listener(
-                    ep.cfg.listen,
-                    ep.cfg.upstream.network,
-                    ep.cfg.listen_interface,
-                    reuse_port=reuse_port,
-                    backlog=4096 if listen else None,
-                )
-            except OSError as exc:
-                for lst in self.listeners:
-                    lst.sock.close()
-                raise StartupError(
-                    f"cannot listen on {ep.cfg.listen} ({ep.cfg.place}): {exc.strerror or exc}",
-                    3,
-                ) from None
-            self.listeners.append(Listener(self.ctx, ep, sock))
+    def bind(self, reuse_port: bool = False) -> None:
+        rt = {id(ep.cfg): ep for ep in self.endpoints}
+        for cfg, sock in bind_all(self.config, reuse_port=reuse_port):
+            lst = Listener(self.ctx, rt[id(cfg)], sock)
+            self.listeners.append(lst)
+            self.services.append(lst)
 
     async def serve(self) -> None:
         self.stopping = asyncio.Event()
+        self.hurry = asyncio.Event()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self.loop.add_signal_handler(sig, self.stopping.set)
-        for lst in self.listeners:
-            lst.start()
-            LOG.info("listening on %s (%s, tcp)", lst.name, lst.ep.cfg.place)
+                self.loop.add_signal_handler(sig, self._on_stop_signal, sig)
+            self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        for svc in self.services:
+            svc.start()
         self.ctx.start()
+        if self.control is not None:
+            self._tell_ready(self.control)
         await self.stopping.wait()
         await self.drain()
 
+    def _on_stop_signal(self, sig: int) -> None:
+        assert self.stopping is not None and self.hurry is not None
+        name = signal.Signals(sig).name
+        if not self.stopping.is_set():
+            LOG.info("%s: stopping", name)
+            self.stopping.set()
+        elif not self.hurry.is_set():
+            LOG.warning("%s again: cutting what is left now", name)
+            self.hurry.set()
+
+    def _on_hup(self) -> None:
+        LOG.warning(
+            "SIGHUP: reloading is not supported yet (it comes with the admin/reload"
+            " issue); nothing changed"
+        )
+
+    def _tell_ready(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        msg = {
+            "type": "ready",
+            "pid": os.getpid(),
+            "services": [
+                {"address": s.address, "place": s.place, "kind": s.kind} for s in self.services
+            ],
+        }
+        try:
+            sock.send(control.encode(msg))  # one small frame into an empty buffer
+        except OSError as exc:
+            LOG.warning("control: cannot tell the supervisor ready: %s", exc)
+        self.loop.add_reader(sock.fileno(), self._on_control)
+
+    def _on_control(self) -> None:
+        assert self.control is not None and self.stopping is not None
+        try:
+            data = self.control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            for msg in self._framer.feed(data):
+                LOG.debug("control: ignoring %r from the supervisor", msg.get("type"))
+            return
+        self.loop.remove_reader(self.control.fileno())
+        if not self.stopping.is_set():
+            LOG.warning("the supervisor is gone (control channel closed): stopping")
+            self.stopping.set()
+
     async def drain(self) -> None:
-        for lst in self.listeners:
-            lst.close()
+        """Stop every service, drain them all to one deadline, then release the
+        shared resources. A set `hurry` (second signal) cancels the drains."""
+        for svc in self.services:
+            svc.stop()
         conns = self.ctx.conns
-        deadline = self.loop.time() + self.config.drain_timeout
         if conns:
             LOG.info(
                 "stopping: %d connection(s) draining for up to %.0fs",
                 len(conns),
                 self.config.drain_timeout,
             )
-        while conns and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        deadline = self.loop.time() + self.config.drain_timeout
+        hurry = self.hurry if self.hurry is not None else asyncio.Event()
+        tasks = [self.loop.create_task(svc.drain(deadline)) for svc in self.services]
+        hurried = self.loop.create_task(hurry.wait())
+        try:
+            pending: set[asyncio.Task[Any]] = set(tasks)
+            while pending and not hurried.done():
+                _, pending = await asyncio.wait(
+                    pending | {hurried}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(hurried)
+            for task in pending:
+                task.cancel()  # a cancelled drain cuts what is left at once
+            if tasks:
+                await asyncio.wait(tasks)
+        finally:
+            hurried.cancel()
+        for svc, task in zip(self.services, tasks, strict=True):
+            if not task.cancelled() and task.exception() is not None:
+                LOG.error(
+                    "%s (%s): drain failed", svc.address, svc.place, exc_info=task.exception()
+                )
+        # Left only by a drain that failed (or a task cancelled before its first step):
+        # cut them as a cancelled drain would.
         for conn in list(conns):
-            conn.close("shutdown")
+            conn.close("shutdown", reset=True)
         self.ctx.close()  # lookups still running end now, not with the loop
+        if self.control is not None:
+            if self.control.fileno() >= 0:
+                self.loop.remove_reader(self.control.fileno())
+            self.control.close()
         await asyncio.sleep(0)
         LOG.info("stopped")
 
 
-def _serve(config: Config, reuse_port: bool) -> int:
+def _serve(config: Config, reuse_port: bool, control_sock: socket.socket | None = None) -> int:
     loop = new_loop()
     asyncio.set_event_loop(loop)
     loop.set_exception_handler(_loop_exception)
     try:
-        server = Server(config, loop)
+        server = Server(config, loop, control_sock)
         server.bind(reuse_port)
         loop.run_until_complete(server.serve())
         return 0
     finally:
         loop.close()
+
+
+def _worker(config: Config, control_sock: socket.socket) -> int:
+    """The body of one worker process (after the fork): serve with SO_REUSEPORT."""
+    try:
+        return _serve(config, reuse_port=True, control_sock=control_sock)
+    except StartupError as exc:
+        print(f"snirelay: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
@@ -170,68 +315,8 @@ def run(config: Config) -> int:
     raise_nofile(config.nofile)
     if config.workers <= 1:
         return _serve(config, reuse_port=False)
-    return _run_workers(config)
-
-
-def _run_workers(config: Config) -> int:
-    """Fork `config.workers` processes that each serve every listener (SO_REUSEPORT).
-
-    The parent first binds every address without listening, so an unusable address
-    fails before any fork and no connection is queued on a socket nobody accepts from.
-    SIGTERM/SIGINT are blocked while forking so a signal in that window is forwarded
-    to every worker instead of killing the parent alone. Exit code: 0 when every worker
-    stopped cleanly, else the worst worker's code (1 for a worker killed by a signal).
-    """
-    probe = Server(config, asyncio.new_event_loop())
-    probe.bind(reuse_port=True, listen=False)
-    for lst in probe.listeners:
-        lst.sock.close()
-    probe.ctx.poller.close()
-    probe.loop.close()
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    pids: list[int] = []
-    forwarded: set[int] = set()
-    try:
-        for _ in range(config.workers):
-            pid = os.fork()
-            if pid == 0:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-                code = 1
-                try:
-                    code = _serve(config, reuse_port=True)
-                except StartupError as exc:
-                    print(f"snirelay: {exc}", file=sys.stderr)
-                    code = exc.exit_code
-                except BaseException:
-                    LOG.exception("worker %d failed", os.getpid())
-                finally:
-                    os._exit(code)
-            pids.append(pid)
-
-        def forward(signum: int, _frame: object) -> None:
-            forwarded.add(signum)
-            for p in pids:
-                try:
-                    os.kill(p, signum)
-                except ProcessLookupError:
-                    pass
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-    LOG.info("started %d workers: %s", len(pids), " ".join(map(str, pids)))
-    worst = 0
-    for p in pids:
-        _, status = os.waitpid(p, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code < 0 and -code in forwarded:
-            code = 0  # stopped by the signal we passed on before it installed handlers
-        elif code < 0:
-            LOG.error("worker %d was killed by signal %d", p, -code)
-            code = 1
-        elif code:
-            LOG.error("worker %d exited with code %d", p, code)
-        worst = max(worst, code)
-    return worst
+    # Bind every address once, without listening, so an unusable address fails before
+    # any fork; the supervisor keeps these sockets (they hold the ports, port 0 chosen
+    # here) and workers bind the same ports with SO_REUSEPORT.
+    bound = bind_all(config, reuse_port=True, listen=False)
+    return Supervisor(with_bound_ports(config, bound), [s for _, s in bound], _worker).run()

@@ -375,3 +375,16 @@ class SilentServer(TcpServer):
         except (TimeoutError, ConnectionResetError):
             return
         self._stop.wait(self.timeout)
+
+
+class HeldServer(StreamServer):
+    """A transfer that is still running: streams 64 KiB of 8 MiB, then holds the rest
+    until the server is closed (for drain and signal tests)."""
+
+    def __init__(self) -> None:
+        super().__init__(8 << 20, "concurrent", hold=Hold(64 << 10, timeout=60))
+
+    def close(self) -> None:
+        assert self.hold is not None
+        self.hold.release()  # the held sender finds its connection gone and ends
+        super().close()

@@ -7,6 +7,10 @@ file: `start()` returns once the relay has logged one "listening on " line per
 listener. Nothing here blocks without a deadline; `stop()` sends a signal, waits,
 and falls back to SIGKILL by PID.
 
+A relay may listen on port 0 (``listen = "127.0.0.1:0"``): every listener logs the
+address it actually bound ("listening on 127.0.0.1:41234 (endpoints[0], tcp)"), and
+`listening()` / `port()` read those lines back.
+
 Per-connection records are read back with `records()`: JSON lines with
 `"event": "conn"` (``--log-format json`` / ``log.format = "json"``) and text lines
 ``conn id=12 listener=... up=123 down=456 ...`` are both understood and returned as
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -38,6 +43,7 @@ SRC = REPO / "src"
 _TEXT_KEYS = {"up": "bytes_up", "down": "bytes_down"}
 _INT_KEYS = {"id", "bytes_up", "bytes_down"}
 _FLOAT_KEYS = {"duration"}
+_LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+) \((.+), (tcp|udp)\)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -270,6 +276,22 @@ class RelayProcess:
             return self.out_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def listening(self) -> list[tuple[str, int, str]]:
+        """(host, port, place) of every "listening on" line logged so far, in order
+        (with workers, one line per worker and listener). IPv6 hosts keep no brackets."""
+        out: list[tuple[str, int, str]] = []
+        for m in _LISTENING.finditer(self.log):
+            out.append((m.group(1).strip("[]"), int(m.group(2)), m.group(3)))
+        return out
+
+    def port(self, place: str | None = None) -> int:
+        """The port the first listener (of `place`, e.g. "endpoints[1]") bound, read
+        from its "listening on" line; KeyError with the log if there is none yet."""
+        for _host, port, where in self.listening():
+            if place is None or where == place:
+                return port
+        raise KeyError(f"no 'listening on' line for {place or 'any listener'}\n{self.log}")
 
     def records(self) -> list[dict[str, Any]]:
         """The per-connection records logged so far (JSON or text format)."""

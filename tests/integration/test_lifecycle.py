@@ -9,13 +9,23 @@
   and logs the connection promptly, with no help from the idle timeout (the uvloop
   trap described in docs/performance.md). The same for a backend that resets.
 - A backend that refuses: the client is closed at once, the relay keeps serving.
+- `drain_timeout` passes with a transfer still running: the client sees a reset (not
+  a clean EOF it could take for a complete transfer), the record says drain-timeout;
+  curl reading a close-delimited HTTP/1.0 body fails with exit 56.
+- A second SIGTERM/SIGINT while draining: the relay cuts what is left (reset,
+  close=shutdown) and exits at once instead of waiting out `drain_timeout`.
+- SIGHUP: logged (reload is not there yet), the relay keeps serving.
+- `listen = "127.0.0.1:0"`: the bound port is logged and served.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,12 +34,14 @@ import pytest
 
 from helpers.peers import (
     EchoServer,
+    HeldServer,
     Hold,
     SilentServer,
     StreamServer,
     TcpServer,
     connect,
     duplex,
+    recv_all,
 )
 from helpers.relay import RelayProcess, free_port
 from helpers.wait import wait_until
@@ -50,6 +62,21 @@ tcp_idle_timeout = {idle}
 listen = "127.0.0.1:{port}"
 remote = "{remote}"
 """
+
+
+def drain_config(port: int, remote: str, drain: float) -> str:
+    return f"""
+drain_timeout = {drain}
+
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "{remote}"
+"""
+
+
+def slow_server() -> HeldServer:
+    """A backend whose transfer is still running: 64 KiB sent, the rest held."""
+    return HeldServer()
 
 
 def rst_close(sock: socket.socket) -> None:
@@ -246,3 +273,129 @@ def test_backend_refuses_client_closed_cleanly(tmp_path: Path) -> None:
             how, waited = wait_closed(s, timeout=10)
             assert waited < 5
         assert relay.running
+
+
+def test_drain_deadline_cuts_with_reset(tmp_path: Path) -> None:
+    with slow_server() as srv:
+        port = free_port()
+        with RelayProcess(config=drain_config(port, srv.addr, 1), tmp_path=tmp_path) as relay:
+            relay.start()
+            with connect(port, timeout=20) as s:
+                assert s.recv(1024)  # the transfer runs
+                os.kill(relay.pid, signal.SIGTERM)
+                how, waited = wait_closed(s, timeout=10)
+            assert how == "reset", (how, waited, relay.log)
+            assert waited < 5, (waited, relay.log)
+            assert relay.wait(timeout=10) == 0, relay.log
+            (rec,) = relay.records()
+            assert rec["close"] == "drain-timeout", rec
+            assert 0 < rec["bytes_down"] < 8 << 20, rec
+
+
+class SlowHttp10Server(TcpServer):
+    """HTTP/1.0 without Content-Length: the body ends when the connection closes, so
+    only a reset (not a FIN) tells the client the body was cut. Sends 1 KiB every
+    0.05 s until the peer goes away."""
+
+    def handle(self, sock: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        with contextlib.suppress(OSError):
+            while not self._stop.wait(0.05):
+                sock.sendall(b"x" * 1024)
+
+
+def test_drain_deadline_cut_is_an_error_for_curl(tmp_path: Path) -> None:
+    """curl reading a close-delimited body through the relay: the drain cut makes it
+    fail (exit 56, "Connection reset"), where a FIN would end it with exit 0."""
+    with SlowHttp10Server() as srv:
+        port = free_port()
+        with RelayProcess(config=drain_config(port, srv.addr, 1), tmp_path=tmp_path) as relay:
+            relay.start()
+            curl = subprocess.Popen(
+                ["curl", "-sS", "-o", "/dev/null", "--max-time", "20", f"http://127.0.0.1:{port}/"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_until(lambda: srv.connections >= 1, 10, "curl reached the backend")
+                os.kill(relay.pid, signal.SIGTERM)
+                _, err = curl.communicate(timeout=15)
+            finally:
+                if curl.poll() is None:
+                    curl.kill()
+                    curl.wait(5)
+            assert curl.returncode == 56, (curl.returncode, err)
+            assert "reset" in err.lower(), err
+            assert relay.wait(timeout=10) == 0, relay.log
+            (rec,) = relay.records()
+            assert rec["close"] == "drain-timeout", rec
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_second_signal_during_drain_exits_at_once(tmp_path: Path, sig: int) -> None:
+    with slow_server() as srv:
+        port = free_port()
+        with RelayProcess(config=drain_config(port, srv.addr, 60), tmp_path=tmp_path) as relay:
+            relay.start()
+            with connect(port, timeout=20) as s:
+                assert s.recv(1024)
+                os.kill(relay.pid, sig)
+                relay.wait_log("draining for up to 60s", timeout=10)
+                assert relay.running
+                t0 = time.monotonic()
+                os.kill(relay.pid, sig)
+                assert relay.wait(timeout=10) == 0, relay.log
+                assert time.monotonic() - t0 < 5, relay.log
+                how, _ = wait_closed(s, timeout=10)
+            assert how == "reset", (how, relay.log)
+            (rec,) = relay.records()
+            assert rec["close"] == "shutdown", rec
+
+
+def test_sighup_is_logged_and_changes_nothing(tmp_path: Path) -> None:
+    with EchoServer() as srv:
+        port = free_port()
+        with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
+            relay.start()
+            for n in (1, 2):
+                os.kill(relay.pid, signal.SIGHUP)
+                relay.wait_log("SIGHUP: reloading is not supported yet", count=n, timeout=10)
+            assert relay.running, relay.log
+            with connect(port, timeout=10) as s:
+                s.sendall(b"after hup")
+                s.shutdown(socket.SHUT_WR)
+                assert recv_all(s) == b"after hup"
+            assert relay.stop(signal.SIGTERM, timeout=10) == 0, relay.log
+
+
+def test_port_zero_is_logged_and_served(tmp_path: Path) -> None:
+    """Two endpoints on port 0: each listener logs the port it got, and serves it."""
+    with EchoServer(banner=b"A") as a, EchoServer(banner=b"B") as b:
+        config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "{a.addr}"
+
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "{b.addr}"
+"""
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start(wait_listen=2)
+            assert [(h, place) for h, _, place in relay.listening()] == [
+                ("127.0.0.1", "endpoints[0]"),
+                ("127.0.0.1", "endpoints[1]"),
+            ], relay.log
+            for place, banner in (("endpoints[0]", b"A"), ("endpoints[1]", b"B")):
+                port = relay.port(place)
+                assert port != 0
+                with connect(port, timeout=10) as s:
+                    s.shutdown(socket.SHUT_WR)
+                    assert recv_all(s) == banner

@@ -54,7 +54,8 @@ def hello_with_alpn(protocols: list[bytes]) -> bytes:
     hello = make_variants.Hello.parse(VECTOR.read_bytes())
     names = b"".join(bytes([len(p)]) + p for p in protocols)
     hello.replace_ext(make_variants.EXT_ALPN, struct.pack("!H", len(names)) + names)
-    return make_variants.records(hello.handshake(), [16384])
+    out: bytes = make_variants.records(hello.handshake(), [16384])
+    return out
 
 
 def send(port: int, data: bytes) -> None:

@@ -3,12 +3,19 @@
 How the tests see the workers:
 
 - the process tree: the children of the relay's pid, read from /proc/*/stat (ppid);
-- the log: every worker logs its own "listening on" line, and numbers its connections
-  from 1, so with two workers serving, some connection ids appear twice in the
-  records (the record has no pid or worker field; the duplicated ids are the only way
-  to tell the workers apart from the log);
+- the log: every worker logs its own "listening on" line (and the supervisor a
+  "worker PID ready" line per worker), and numbers its connections from 1, so with
+  two workers serving some connection ids appear twice in the records; each record
+  also carries `worker`, the pid of the worker that served it;
 - 200 echo connections (8 client threads) all get their own payload back;
-- SIGTERM to the parent reaches every worker; all exit and the parent returns 0.
+- SIGTERM to the parent reaches every worker; all exit and the parent returns 0;
+- a worker killed with SIGKILL is replaced by a new one, which serves;
+- `listen = "127.0.0.1:0"`: every worker listens on the one port chosen before the
+  fork;
+- SIGTERM while the workers are being forked leaves no orphan.
+
+Process helpers (children, liveness) are in helpers/procs.py; the supervisor's other
+duties (signals, its own death, giving up) are in test_supervisor.py.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import socket
 import threading
@@ -25,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from helpers.peers import EchoServer, connect, recv_all
+from helpers.procs import alive, children_of, pids_with
 from helpers.relay import RelayProcess, free_port
 from helpers.wait import poll, wait_until
 
@@ -32,30 +41,6 @@ pytestmark = pytest.mark.integration
 
 CONNECTIONS = 200
 THREADS = 8
-
-
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is `pid` (from /proc/*/stat; no psutil)."""
-    out: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return sorted(out)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def run_clients(port: int) -> list[str]:
@@ -135,8 +120,12 @@ remote = "{srv.addr}"
             assert relay.log.count("stopped") == 2, relay.log
 
 
-def test_worker_killed_is_reported(tmp_path: Path) -> None:
-    """A worker killed by SIGKILL (e.g. the OOM killer) must not end in a clean exit 0."""
+RESTARTED = re.compile(r"worker (\d+) was killed by signal 9 \(SIGKILL\).*started worker (\d+)")
+
+
+def test_killed_worker_is_restarted(tmp_path: Path) -> None:
+    """A worker killed by SIGKILL (e.g. the OOM killer) is replaced: the supervisor logs
+    the old pid, how it ended and the new pid, and the new worker serves."""
     with EchoServer() as srv:
         port = free_port()
         relay = RelayProcess(
@@ -147,33 +136,53 @@ def test_worker_killed_is_reported(tmp_path: Path) -> None:
             workers = children_of(relay.pid)
             assert len(workers) == 2, workers
             os.kill(workers[0], signal.SIGKILL)
-            wait_until(lambda: not alive(workers[0]), 5)
-            # the other worker keeps serving meanwhile
-            with connect(port, timeout=10) as s:
-                s.sendall(b"still here")
-                s.shutdown(socket.SHUT_WR)
-                assert recv_all(s) == b"still here"
-            code = relay.stop(signal.SIGTERM, timeout=15)
-            assert code != 0, relay.log
+            log = relay.wait_log("started worker", timeout=10)
+            m = RESTARTED.search(log)
+            assert m is not None, log
+            assert int(m.group(1)) == workers[0], log
+            new = int(m.group(2))
+            relay.wait_log(f"worker {new} ready", timeout=10)
+            assert children_of(relay.pid) == sorted([workers[1], new]), relay.log
+            assert not alive(workers[0])
+
+            failures = run_clients(port)
+            assert failures == [], failures[:5]
+            recs = relay.wait_records(CONNECTIONS, timeout=15)
+            served_by = Counter(int(r["worker"]) for r in recs)
+            assert set(served_by) == {workers[1], new}, served_by
+            assert relay.stop(signal.SIGTERM, timeout=15) == 0, relay.log
 
 
-def relay_pids(marker: str) -> list[int]:
-    """Live processes whose command line contains `marker` (unique to one test)."""
-    out: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmd and alive(int(entry.name)):
-            out.append(int(entry.name))
-    return out
+def test_port_zero_every_worker_gets_the_same_port(tmp_path: Path) -> None:
+    """`listen = "127.0.0.1:0"` with workers: the port is chosen once, before the fork,
+    so every worker listens on it, logs it, and serves it."""
+    config = """
+workers = 2
+
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "{remote}"
+"""
+    with (
+        EchoServer() as srv,
+        RelayProcess(config=config.format(remote=srv.addr), tmp_path=tmp_path) as relay,
+    ):
+        relay.start(wait_listen=2)
+        bound = relay.listening()
+        assert len(bound) == 2, relay.log
+        ports = {port for _, port, _ in bound}
+        assert len(ports) == 1 and 0 not in ports, bound
+        (port,) = ports
+        assert relay.port("endpoints[0]") == port
+        failures = run_clients(port)
+        assert failures == [], failures[:5]
+        recs = relay.wait_records(CONNECTIONS, timeout=15)
+        assert set(int(r["worker"]) for r in recs) == set(children_of(relay.pid)), relay.log
+        assert relay.stop(signal.SIGTERM, timeout=15) == 0, relay.log
 
 
 def none_left(marker: str) -> bool:
-    return not relay_pids(marker)
+    return not pids_with(marker)
 
 
 def test_sigterm_during_worker_start_leaves_no_orphans(tmp_path: Path) -> None:
@@ -193,7 +202,7 @@ def test_sigterm_during_worker_start_leaves_no_orphans(tmp_path: Path) -> None:
             os.kill(relay.pid, signal.SIGTERM)
             relay.wait(timeout=15)
         poll(functools.partial(none_left, marker), 2)  # orphans, if any, are killed below
-        left = relay_pids(marker)
+        left = pids_with(marker)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

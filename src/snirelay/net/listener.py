@@ -1,28 +1,53 @@
-"""The accept loop: a raw non-blocking listening socket watched with `add_reader`.
+"""The accept loop of one endpoint, a service (`snirelay.services.Service`).
+
+A raw non-blocking listening socket watched with `add_reader`. `start()` logs the
+address the socket actually bound ("listening on 127.0.0.1:41234 (endpoints[0], tcp)",
+so a configured port 0 can be read back) and starts watching.
 
 Each readiness callback accepts up to `BATCH` connections. When the process (EMFILE)
 or the system (ENFILE) runs out of descriptors, or memory is short, the listener stops
 watching, logs once, and retries after a back-off that doubles up to one second; the
 first successful accept resets it. The loop never stops for good (realm's does).
+
+Stopping: `stop()` closes the listening socket (new connections are refused, and a
+pending resume becomes a no-op). `drain(deadline)` then waits, looking every
+`DRAIN_POLL` seconds, until no live connection of the shared `Context` belongs to this
+listener's endpoint; at the deadline, or when the drain is cancelled (a second
+SIGTERM), it closes the ones left with a reset (SO_LINGER 0), close reason
+`drain-timeout` or `shutdown`, so a client sees a cut transfer as an error, not as a
+clean end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 
+from snirelay.config.model import Addr
 from snirelay.net.conn import Connection
 from snirelay.net.runtime import Context, EndpointRT
 from snirelay.net.sides import RawSide
 from snirelay.observe.log import LOG
+from snirelay.services import DRAIN_TIMEOUT, SHUTDOWN
 
 BATCH = 64
 RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 MAX_BACKOFF = 1.0
+DRAIN_POLL = 0.05  # seconds between looks at the connections left while draining
+
+
+def bound_address(sock: socket.socket) -> str:
+    """The address a socket is bound to, as written in the config: "127.0.0.1:41234",
+    "[::1]:443"."""
+    name = sock.getsockname()
+    return str(Addr(name[0], name[1]))
 
 
 class Listener:
-    __slots__ = ("ctx", "ep", "sock", "fd", "backoff", "paused", "name")
+    """The TCP listener of one endpoint; `sock` is bound and listening already."""
+
+    __slots__ = ("ctx", "ep", "sock", "fd", "backoff", "paused", "name", "address", "place", "kind")
 
     def __init__(self, ctx: Context, ep: EndpointRT, sock: socket.socket) -> None:
         self.ctx = ctx
@@ -31,16 +56,42 @@ class Listener:
         self.fd = sock.fileno()
         self.backoff = 0.0
         self.paused = False
-        self.name = str(ep.cfg.listen)
+        self.address = bound_address(sock)
+        self.place = ep.cfg.place
+        self.kind = "tcp"
+        self.name = self.address  # how log lines name this listener
 
     def start(self) -> None:
         self.ctx.loop.add_reader(self.fd, self._on_accept)
+        LOG.info("listening on %s (%s, %s)", self.address, self.place, self.kind)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         if not self.paused:
             self.ctx.loop.remove_reader(self.fd)
         self.paused = True  # a pending resume timer becomes a no-op
         self.sock.close()
+
+    async def drain(self, deadline: float) -> None:
+        loop = self.ctx.loop
+        try:
+            while self._left() and loop.time() < deadline:
+                await asyncio.sleep(min(DRAIN_POLL, max(0.0, deadline - loop.time())))
+        except asyncio.CancelledError:
+            self._cut(SHUTDOWN)
+            raise
+        self._cut(DRAIN_TIMEOUT)
+
+    def _left(self) -> list[Connection]:
+        ep = self.ep
+        return [c for c in self.ctx.conns if c.ep is ep]
+
+    def _cut(self, reason: str) -> None:
+        left = self._left()
+        if not left:
+            return
+        LOG.warning("%s: cutting %d connection(s) with a reset (%s)", self.name, len(left), reason)
+        for conn in left:
+            conn.close(reason, reset=True)
 
     def _on_accept(self) -> None:
         # socket._accept() gives the descriptor, so the connection's client side is

@@ -9,6 +9,7 @@ and read back to the same value. Ordinary log lines must stay one line too.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,6 +96,10 @@ def _one_line(text: str) -> str:
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
+def _emit(field: str, value: Any) -> None:
+    log.conn_record(record(**{field: value}))
+
+
 @pytest.mark.parametrize("field", STR_FIELDS + LIST_FIELDS)
 def test_every_byte_in_every_field_stays_one_line(
     fmt: str, field: str, logged: Callable[[str, Callable[[], None]], str]
@@ -102,7 +107,7 @@ def test_every_byte_in_every_field_stays_one_line(
     for ch in NASTY:
         value = f"a{ch}b{ch}"
         written: Any = [value, ch, "x"] if field in LIST_FIELDS else value
-        line = _one_line(logged(fmt, lambda w=written: log.conn_record(record(**{field: w}))))
+        line = _one_line(logged(fmt, functools.partial(_emit, field, written)))
         if fmt == "json":
             back = json.loads(line)[field]
         else:
