@@ -13,7 +13,13 @@ A route either lists `server_names` or has a `when` condition:
 - ``"emby.example.com"``: exact, case-insensitive, a trailing dot ignored;
 - ``"*.example.com"``: any name under example.com at any depth (``a.example.com``,
   ``a.b.example.com``), never ``example.com`` itself;
-- ``"~REGEX"``: matched with ``fullmatch`` (anchored at both ends), case-insensitive;
+- ``"~REGEX"``: the whole name must match (anchored at both ends), case-insensitive.
+  Regexes run on RE2 (the `google-re2` bindings), whose automaton matches in time
+  linear in the name: no pattern can make one name stall the event loop, as a nested
+  quantifier such as ``^(a+)+\\.example\\.com$`` does with a backtracking engine.
+  The price is RE2's syntax: backreferences, lookaround, atomic groups, possessive
+  quantifiers, conditionals and ``\\Z`` are refused when the table is built, with a
+  one-line error naming the construct (`compile_pattern`);
 - ``when = "no_sni"``: a TLS ClientHello without a server name;
   ``when = "ip_sni"``: a TLS ClientHello whose server name is an IP literal;
   ``when = "not_tls"``: anything that is not TLS. A plaintext HTTP request's ``Host``
@@ -42,10 +48,20 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from snirelay.config.model import Route
 
-__all__ = ["NamePattern", "RouteTable", "compile_pattern", "match_name", "normalize_name"]
+__all__ = [
+    "NamePattern",
+    "RouteTable",
+    "compile_pattern",
+    "compile_regex",
+    "match_name",
+    "normalize_name",
+]
 
 _NO_SNI_HINT = (
     "client sent no server name (connected by IP?): use the backend's name, e.g. "
@@ -65,6 +81,75 @@ def normalize_name(name: str) -> str:
     return name
 
 
+class Regex(Protocol):
+    """A compiled RE2 pattern (the part of google-re2's object used here)."""
+
+    def fullmatch(self, text: bytes) -> object | None: ...
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.case_sensitive = False
+_RE2_OPTIONS.never_capture = True  # groups only group: nothing reads a capture
+_RE2_OPTIONS.log_errors = False  # RE2 would print parse errors to stderr itself
+
+# What RE2's parse error starts with (after its "invalid ...: " prefix) -> the construct
+_LACKS = (
+    ("(?=", "a lookahead (?=...)"),
+    ("(?!", "a negative lookahead (?!...)"),
+    ("(?<=", "a lookbehind (?<=...)"),
+    ("(?<!", "a negative lookbehind (?<!...)"),
+    ("(?>", "an atomic group (?>...)"),
+    ("(?P=", "a named backreference (?P=name)"),
+    ("(?P>", "a recursive call (?P>name)"),
+    ("(?(", "a conditional group (?(1)...)"),
+    ("(?#", "a comment group (?#...)"),
+    ("\\Z", "\\Z (write \\z or $)"),
+)
+
+
+def _lacked(message: str, source: str) -> str | None:
+    """The construct an RE2 parse error is about (for a pattern Python accepts), or None."""
+    _, _, arg = message.partition(": ")
+    if message.startswith("invalid escape sequence: \\") and arg[1:2].isdigit():
+        return f"a backreference {arg}"
+    if message.startswith("bad repetition operator"):
+        return f"a possessive quantifier {arg}"
+    if arg == "(?P":  # RE2 has (?P<name>...) but not (?P=name) or (?P>name)
+        arg = "(?P>" if "(?P>" in source else "(?P="
+    for prefix, what in _LACKS:
+        if arg.startswith(prefix):
+            return what
+    return None
+
+
+def compile_regex(source: str) -> Regex:
+    """Compile a `~REGEX` body for case-insensitive full matches on RE2.
+
+    Error handling: raises ValueError with a one-line reason: Python's own message for
+    a pattern that is not a regex at all, or the construct RE2 lacks (backreferences,
+    lookaround, atomic groups, possessive quantifiers, conditionals, ``\\Z``...).
+    """
+    try:
+        rx: Regex = re2.compile(source, _RE2_OPTIONS)
+    except re2.error as exc:
+        raw = exc.args[0] if exc.args else ""
+        message = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    else:
+        return rx
+    try:
+        re.compile(source)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {source!r}: {exc}") from None
+    why = "regex routes run on RE2 so that no name costs more than its length"
+    what = _lacked(message, source)
+    if what is None:
+        raise ValueError(f"regex {source!r} is refused by RE2: {message} ({why})")
+    raise ValueError(
+        f"regex {source!r} uses {what}: RE2 has no backreferences, lookaround, atomic "
+        f"groups, possessive quantifiers or conditionals ({why})"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class NamePattern:
     """One compiled `server_names` entry.
@@ -76,7 +161,7 @@ class NamePattern:
 
     kind: str
     value: str
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
 
     def matches(self, name: str) -> bool:
         """Does the already-normalised `name` match this pattern?"""
@@ -90,7 +175,7 @@ class NamePattern:
                 and (name[-len(suffix) - 1] == ".")
             )
         assert self.regex is not None
-        return self.regex.fullmatch(name) is not None
+        return self.regex.fullmatch(name.encode("utf-8", "replace")) is not None
 
 
 def compile_pattern(pattern: str) -> NamePattern:
@@ -101,11 +186,7 @@ def compile_pattern(pattern: str) -> NamePattern:
         source = pattern[1:]
         if not source:
             raise ValueError("invalid regex '': empty pattern after '~'")
-        try:
-            rx = re.compile(source, re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {source!r}: {exc}") from None
-        return NamePattern("regex", source, rx)
+        return NamePattern("regex", source, compile_regex(source))
     name = normalize_name(pattern)
     if name.startswith("*."):
         suffix = name[2:]
@@ -147,7 +228,7 @@ class RouteTable:
         self._routes: tuple[Route, ...] = tuple(routes)
         self._exact: dict[str, int] = {}
         self._wild: dict[str, int] = {}
-        self._regexes: list[tuple[int, re.Pattern[str]]] = []
+        self._regexes: list[tuple[int, Regex]] = []
         self._no_sni = self._ip_sni = self._not_tls = _NONE
         for index, route in enumerate(self._routes):
             if route.when is not None:
@@ -194,10 +275,11 @@ class RouteTable:
                     if found is not None and found < best:
                         best = found
                     dot = name.find(".", dot + 1)
+            raw = name.encode("utf-8", "replace") if self._regexes else b""
             for index, rx in self._regexes:
                 if index >= best:
                     break
-                if rx.fullmatch(name) is not None:
+                if rx.fullmatch(raw) is not None:
                     best = index
                     break
             if best != _NONE:
