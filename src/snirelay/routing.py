@@ -1,10 +1,33 @@
-"""Route selection: a server name (SNI or HTTP Host) to one `[[endpoints.routes]]` entry.
+"""Routing: what a connection's first bytes were -> one `Decision` (a route, or a reason
+to close), and the route table that maps a server name (SNI or HTTP Host) to one
+`[[endpoints.routes]]` entry.
 
-Pure: no I/O, no clock, no logging. Built once per endpoint from the frozen config and
-consulted once per connection.
+Pure: no I/O, no clock, no logging. Tables are built once per endpoint from the frozen
+config; `decide` runs once per connection of an endpoint that has routes. The relay's
+sniff phase and `snirelay hello -c` both call `decide`, so the doctor cannot disagree
+with the relay.
 
-How it works
+The decision
 ------------
+`decide(table, seen, has_default=...)` takes what the sniff phase saw:
+
+- a `Sniffed` (a complete ClientHello or HTTP/1 request head): routed by name with
+  `RouteTable.pick`; no match falls to the endpoint's own upstream ("default") with the
+  `explain_miss` hint;
+- a `ProtocolError` (the parser refused the bytes): the ``when = "not_tls"`` route if
+  there is one; else kind "not-tls" falls to the default (hint: the parser's message)
+  and any other kind ("malformed", "too-large") closes with the kind as reason;
+- a `SniffTimeout` (the deadline passed with no complete message): nothing sent goes to
+  the ``not_tls`` route if there is one (server-speaks-first protocols share the port),
+  else closes "sniff-timeout"; part of a message sent closes "sniff-timeout".
+
+A decision that lands on an upstream with no remote (an endpoint with routes but no
+``remote``) closes "no-route", keeping the hint. `classify(data, max_size)` says what
+the sniff phase sees when a client sends exactly `data` and then waits: it is how
+`snirelay hello` turns a captured file into the relay's input.
+
+The table
+---------
 Routes are tried in configuration order and the first match wins; `None` means "no
 route matched" and the caller falls back to the endpoint's own upstream (or closes).
 
@@ -53,12 +76,18 @@ from typing import Protocol
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from snirelay.config.model import Route
+from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.sniff import Sniffed, sniff
 
 __all__ = [
+    "Decision",
     "NamePattern",
     "RouteTable",
+    "SniffTimeout",
+    "classify",
     "compile_pattern",
     "compile_regex",
+    "decide",
     "match_name",
     "normalize_name",
 ]
@@ -359,3 +388,98 @@ class RouteTable:
             f"server name {name!r} matched no route; closest configured: {', '.join(close)}; "
             "add it (or a '*.' wildcard for its parent domain) to a route's server_names"
         )
+
+
+# --- the decision ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SniffTimeout:
+    """The sniff deadline passed: `buffered` bytes had arrived (0 = the client sent nothing)."""
+
+    buffered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one connection of an endpoint that has routes.
+
+    `route`: the route taken; None = the endpoint's own upstream ("default").
+    `close`: not None = close instead of connecting, and the record's close reason.
+    `hint`: a one-line hint for the record (why no route matched / why closed), or None.
+    `kind`: what was seen: "tls" | "sslv2" | "http" | a ProtocolError kind
+    ("not-tls" | "malformed" | "too-large") | "timeout".
+    """
+
+    route: Route | None
+    close: str | None
+    hint: str | None
+    kind: str
+
+    @property
+    def place(self) -> str:
+        """The record's `route` field: the route's place, or "default"."""
+        return "default" if self.route is None else self.route.place
+
+
+NOTHING_SENT_HINT = "client sent nothing before network.sniff_timeout"
+INCOMPLETE_HINT = "client sent an incomplete first message"
+NO_REMOTE_HINT = "the endpoint has no remote for this connection"
+
+
+def _to(route: Route | None, kind: str, hint: str | None, has_default: bool) -> Decision:
+    """Connect to `route` (None: the default), or close "no-route" if it has no remote."""
+    remotes = has_default if route is None else bool(route.upstream.remotes)
+    if not remotes:
+        return Decision(route, "no-route", hint or NO_REMOTE_HINT, kind)
+    return Decision(route, None, hint, kind)
+
+
+def decide(
+    table: RouteTable, seen: Sniffed | ProtocolError | SniffTimeout, *, has_default: bool
+) -> Decision:
+    """The route for a connection, or the reason to close it (see the module docstring).
+
+    `has_default`: the endpoint's own upstream has at least one remote. Only for
+    endpoints with routes: an endpoint without routes is not sniffed and always goes to
+    its default. Never raises.
+    """
+    if isinstance(seen, Sniffed):
+        tls = seen.kind != "http"
+        route = table.pick(seen.name, tls=tls, name_is_ip=seen.name_is_ip)
+        hint = None
+        if route is None:
+            hint = table.explain_miss(seen.name, tls=tls, name_is_ip=seen.name_is_ip)
+        return _to(route, seen.kind, hint, has_default)
+    not_tls = table.pick(None, tls=False, name_is_ip=False)
+    if isinstance(seen, SniffTimeout):
+        if seen.buffered:
+            return Decision(None, "sniff-timeout", INCOMPLETE_HINT, "timeout")
+        if not_tls is not None:
+            return _to(not_tls, "timeout", None, has_default)
+        return Decision(None, "sniff-timeout", NOTHING_SENT_HINT, "timeout")
+    if not_tls is not None:
+        return _to(not_tls, seen.kind, None, has_default)
+    if seen.kind == "not-tls":
+        return _to(None, seen.kind, str(seen), has_default)
+    return Decision(None, seen.kind, str(seen), seen.kind)
+
+
+def classify(data: bytes, max_size: int) -> Sniffed | ProtocolError | SniffTimeout:
+    """What the sniff phase sees when a client sends exactly `data`, then waits.
+
+    A complete hello or request head is a `Sniffed`; bytes the parser refuses are its
+    `ProtocolError`; a proper prefix the parser still waits on is a `SniffTimeout` of its
+    length (the relay waits for more until its deadline), unless it already fills
+    `max_size` (the relay's `sniff_max_bytes`): that is a "too-large" ProtocolError, as
+    the relay stops buffering there. Empty input is `SniffTimeout(0)`. Never raises.
+    """
+    try:
+        res = sniff(data, max_size)
+    except ProtocolError as exc:
+        return exc
+    if isinstance(res, NeedData):
+        if len(data) >= max_size:
+            return ProtocolError("too-large", f"first bytes exceed {max_size}")
+        return SniffTimeout(len(data))
+    return res
