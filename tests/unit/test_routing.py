@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -348,3 +349,26 @@ def test_regex_re2_cannot_compile() -> None:
 def test_regex_semantics_on_re2(pattern: str, name: str, expected: bool) -> None:
     t = table((pattern,))
     assert (idx(t, name) == 0) is expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config/endpoints.py (the lead's file) still checks regexes with Python re; "
+    "it must call routing.compile_regex so RE2's refusal is a config error at load",
+)
+def test_backreference_refused_at_config_load(tmp_path: Path) -> None:
+    from snirelay.config.load import load_config
+    from snirelay.config.model import ConfigError
+
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(
+        '[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "127.0.0.1:2"\n'
+        "[[endpoints.routes]]\n"
+        'server_names = ["a.example.com", "~(a)\\\\1\\\\.example\\\\.com"]\n'
+        'remote = "127.0.0.1:3"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(str(cfg))
+    message = str(info.value)
+    assert "endpoints[0].routes[0].server_names[1]: regex " in message, message
+    assert "uses a backreference \\1: RE2 has no" in message and "\n" not in message
