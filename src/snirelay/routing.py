@@ -3,9 +3,10 @@ to close), and the route table that maps a server name (SNI or HTTP Host) to one
 `[[endpoints.routes]]` entry.
 
 Pure: no I/O, no clock, no logging. Tables are built once per endpoint from the frozen
-config; `decide` runs once per connection of an endpoint that has routes. The relay's
-sniff phase and `snirelay hello -c` both call `decide`, so the doctor cannot disagree
-with the relay.
+config; `decide` runs once per connection of an endpoint that has routes. `snirelay
+hello -c` calls `decide`, and the relay's sniff/decide phase is to call it too, so the
+doctor cannot disagree with the relay (issue 7: until then net/conn.py keeps its own
+copy of these rules, and tests/integration/test_decide_agrees.py holds the two equal).
 
 The decision
 ------------

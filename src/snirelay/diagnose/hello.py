@@ -12,8 +12,8 @@ each endpoint, "routes" says what the relay does with a client that sends exactl
 bytes and then waits: `snirelay.routing.classify` turns the bytes into what the relay's
 sniff phase sees (with that endpoint's `sniff_max_bytes`: a complete message, a parse
 error, or a sniff timeout for an incomplete or empty input), and
-`snirelay.routing.decide`, the function the relay calls, picks the route or the
-reason to close. Each entry has "endpoint", "listen", "route" (a route's place or
+`snirelay.routing.decide`, the relay's routing decision, picks the route or the reason
+to close. Each entry has "endpoint", "listen", "route" (a route's place or
 "default"), "remotes" (where the connection goes; empty when it is closed), "close"
 (the record's close reason, or null when the relay connects) and "hint" (or null). An
 endpoint without routes is not sniffed by the relay: it always goes to its default.
