@@ -1,10 +1,34 @@
-"""Route selection: a server name (SNI or HTTP Host) to one `[[endpoints.routes]]` entry.
+"""Routing: what a connection's first bytes were -> one `Decision` (a route, or a reason
+to close), and the route table that maps a server name (SNI or HTTP Host) to one
+`[[endpoints.routes]]` entry.
 
-Pure: no I/O, no clock, no logging. Built once per endpoint from the frozen config and
-consulted once per connection.
+Pure: no I/O, no clock, no logging. Tables are built once per endpoint from the frozen
+config; `decide` runs once per connection of an endpoint that has routes. `snirelay
+hello -c` calls `decide`, and the relay's sniff/decide phase is to call it too, so the
+doctor cannot disagree with the relay (issue 7: until then net/conn.py keeps its own
+copy of these rules, and tests/integration/test_decide_agrees.py holds the two equal).
 
-How it works
+The decision
 ------------
+`decide(table, seen, has_default=...)` takes what the sniff phase saw:
+
+- a `Sniffed` (a complete ClientHello or HTTP/1 request head): routed by name with
+  `RouteTable.pick`; no match falls to the endpoint's own upstream ("default") with the
+  `explain_miss` hint;
+- a `ProtocolError` (the parser refused the bytes): the ``when = "not_tls"`` route if
+  there is one; else kind "not-tls" falls to the default (hint: the parser's message)
+  and any other kind ("malformed", "too-large") closes with the kind as reason;
+- a `SniffTimeout` (the deadline passed with no complete message): nothing sent goes to
+  the ``not_tls`` route if there is one (server-speaks-first protocols share the port),
+  else closes "sniff-timeout"; part of a message sent closes "sniff-timeout".
+
+A decision that lands on an upstream with no remote (an endpoint with routes but no
+``remote``) closes "no-route", keeping the hint. `classify(data, max_size)` says what
+the sniff phase sees when a client sends exactly `data` and then waits: it is how
+`snirelay hello` turns a captured file into the relay's input.
+
+The table
+---------
 Routes are tried in configuration order and the first match wins; `None` means "no
 route matched" and the caller falls back to the endpoint's own upstream (or closes).
 
@@ -13,7 +37,13 @@ A route either lists `server_names` or has a `when` condition:
 - ``"emby.example.com"``: exact, case-insensitive, a trailing dot ignored;
 - ``"*.example.com"``: any name under example.com at any depth (``a.example.com``,
   ``a.b.example.com``), never ``example.com`` itself;
-- ``"~REGEX"``: matched with ``fullmatch`` (anchored at both ends), case-insensitive;
+- ``"~REGEX"``: the whole name must match (anchored at both ends), case-insensitive.
+  Regexes run on RE2 (the `google-re2` bindings), whose automaton matches in time
+  linear in the name: no pattern can make one name stall the event loop, as a nested
+  quantifier such as ``^(a+)+\\.example\\.com$`` does with a backtracking engine.
+  The price is RE2's syntax: backreferences, lookaround, atomic groups, possessive
+  quantifiers, conditionals and ``\\Z`` are refused when the table is built, with a
+  one-line error naming the construct (`compile_pattern`);
 - ``when = "no_sni"``: a TLS ClientHello without a server name;
   ``when = "ip_sni"``: a TLS ClientHello whose server name is an IP literal;
   ``when = "not_tls"``: anything that is not TLS. A plaintext HTTP request's ``Host``
@@ -42,12 +72,26 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from snirelay.config.model import Route
-from snirelay.wire.errors import ProtocolError
-from snirelay.wire.sniff import Sniffed
+from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.sniff import Sniffed, sniff
 
-__all__ = ["NamePattern", "RouteTable", "compile_pattern", "match_name", "normalize_name"]
+__all__ = [
+    "Decision",
+    "NamePattern",
+    "RouteTable",
+    "SniffTimeout",
+    "classify",
+    "compile_pattern",
+    "compile_regex",
+    "decide",
+    "match_name",
+    "normalize_name",
+]
 
 _NO_SNI_HINT = (
     "client sent no server name (connected by IP?): use the backend's name, e.g. "
@@ -67,6 +111,75 @@ def normalize_name(name: str) -> str:
     return name
 
 
+class Regex(Protocol):
+    """A compiled RE2 pattern (the part of google-re2's object used here)."""
+
+    def fullmatch(self, text: bytes) -> object | None: ...
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.case_sensitive = False
+_RE2_OPTIONS.never_capture = True  # groups only group: nothing reads a capture
+_RE2_OPTIONS.log_errors = False  # RE2 would print parse errors to stderr itself
+
+# What RE2's parse error starts with (after its "invalid ...: " prefix) -> the construct
+_LACKS = (
+    ("(?=", "a lookahead (?=...)"),
+    ("(?!", "a negative lookahead (?!...)"),
+    ("(?<=", "a lookbehind (?<=...)"),
+    ("(?<!", "a negative lookbehind (?<!...)"),
+    ("(?>", "an atomic group (?>...)"),
+    ("(?P=", "a named backreference (?P=name)"),
+    ("(?P>", "a recursive call (?P>name)"),
+    ("(?(", "a conditional group (?(1)...)"),
+    ("(?#", "a comment group (?#...)"),
+    ("\\Z", "\\Z (write \\z or $)"),
+)
+
+
+def _lacked(message: str, source: str) -> str | None:
+    """The construct an RE2 parse error is about (for a pattern Python accepts), or None."""
+    _, _, arg = message.partition(": ")
+    if message.startswith("invalid escape sequence: \\") and arg[1:2].isdigit():
+        return f"a backreference {arg}"
+    if message.startswith("bad repetition operator"):
+        return f"a possessive quantifier {arg}"
+    if arg == "(?P":  # RE2 has (?P<name>...) but not (?P=name) or (?P>name)
+        arg = "(?P>" if "(?P>" in source else "(?P="
+    for prefix, what in _LACKS:
+        if arg.startswith(prefix):
+            return what
+    return None
+
+
+def compile_regex(source: str) -> Regex:
+    """Compile a `~REGEX` body for case-insensitive full matches on RE2.
+
+    Error handling: raises ValueError with a one-line reason: Python's own message for
+    a pattern that is not a regex at all, or the construct RE2 lacks (backreferences,
+    lookaround, atomic groups, possessive quantifiers, conditionals, ``\\Z``...).
+    """
+    try:
+        rx: Regex = re2.compile(source, _RE2_OPTIONS)
+    except re2.error as exc:
+        raw = exc.args[0] if exc.args else ""
+        message = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    else:
+        return rx
+    try:
+        re.compile(source)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {source!r}: {exc}") from None
+    why = "regex routes run on RE2 so that no name costs more than its length"
+    what = _lacked(message, source)
+    if what is None:
+        raise ValueError(f"regex {source!r} is refused by RE2: {message} ({why})")
+    raise ValueError(
+        f"regex {source!r} uses {what}: RE2 has no backreferences, lookaround, atomic "
+        f"groups, possessive quantifiers or conditionals ({why})"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class NamePattern:
     """One compiled `server_names` entry.
@@ -78,7 +191,7 @@ class NamePattern:
 
     kind: str
     value: str
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
 
     def matches(self, name: str) -> bool:
         """Does the already-normalised `name` match this pattern?"""
@@ -92,7 +205,7 @@ class NamePattern:
                 and (name[-len(suffix) - 1] == ".")
             )
         assert self.regex is not None
-        return self.regex.fullmatch(name) is not None
+        return self.regex.fullmatch(name.encode("utf-8", "replace")) is not None
 
 
 def compile_pattern(pattern: str) -> NamePattern:
@@ -103,11 +216,7 @@ def compile_pattern(pattern: str) -> NamePattern:
         source = pattern[1:]
         if not source:
             raise ValueError("invalid regex '': empty pattern after '~'")
-        try:
-            rx = re.compile(source, re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {source!r}: {exc}") from None
-        return NamePattern("regex", source, rx)
+        return NamePattern("regex", source, compile_regex(source))
     name = normalize_name(pattern)
     if name.startswith("*."):
         suffix = name[2:]
@@ -149,7 +258,7 @@ class RouteTable:
         self._routes: tuple[Route, ...] = tuple(routes)
         self._exact: dict[str, int] = {}
         self._wild: dict[str, int] = {}
-        self._regexes: list[tuple[int, re.Pattern[str]]] = []
+        self._regexes: list[tuple[int, Regex]] = []
         self._no_sni = self._ip_sni = self._not_tls = _NONE
         for index, route in enumerate(self._routes):
             if route.when is not None:
@@ -196,10 +305,11 @@ class RouteTable:
                     if found is not None and found < best:
                         best = found
                     dot = name.find(".", dot + 1)
+            raw = name.encode("utf-8", "replace") if self._regexes else b""
             for index, rx in self._regexes:
                 if index >= best:
                     break
-                if rx.fullmatch(name) is not None:
+                if rx.fullmatch(raw) is not None:
                     best = index
                     break
             if best != _NONE:
@@ -281,46 +391,96 @@ class RouteTable:
         )
 
 
-# INTERIM (replaced by the `pure` branch): the one routing decision.
+# --- the decision ---------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class SniffTimeout:
+    """The sniff deadline passed: `buffered` bytes had arrived (0 = the client sent nothing)."""
+
     buffered: int
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """What to do with one connection of an endpoint that has routes.
+
+    `route`: the route taken; None = the endpoint's own upstream ("default").
+    `close`: not None = close instead of connecting, and the record's close reason.
+    `hint`: a one-line hint for the record (why no route matched / why closed), or None.
+    `kind`: what was seen: "tls" | "sslv2" | "http" | a ProtocolError kind
+    ("not-tls" | "malformed" | "too-large") | "timeout".
+    """
+
     route: Route | None
     close: str | None
     hint: str | None
     kind: str
 
+    @property
+    def place(self) -> str:
+        """The record's `route` field: the route's place, or "default"."""
+        return "default" if self.route is None else self.route.place
+
+
+NOTHING_SENT_HINT = "client sent nothing before network.sniff_timeout"
+INCOMPLETE_HINT = "client sent an incomplete first message"
+NO_REMOTE_HINT = "the endpoint has no remote for this connection"
+
+
+def _to(route: Route | None, kind: str, hint: str | None, has_default: bool) -> Decision:
+    """Connect to `route` (None: the default), or close "no-route" if it has no remote."""
+    remotes = has_default if route is None else bool(route.upstream.remotes)
+    if not remotes:
+        return Decision(route, "no-route", hint or NO_REMOTE_HINT, kind)
+    return Decision(route, None, hint, kind)
+
 
 def decide(
     table: RouteTable, seen: Sniffed | ProtocolError | SniffTimeout, *, has_default: bool
 ) -> Decision:
-    hint: str | None = None
+    """The route for a connection, or the reason to close it (see the module docstring).
+
+    `has_default`: the endpoint's own upstream has at least one remote. Only for
+    endpoints with routes: an endpoint without routes is not sniffed and always goes to
+    its default. Never raises.
+    """
     if isinstance(seen, Sniffed):
-        kind = seen.kind
-        tls = kind != "http"
+        tls = seen.kind != "http"
         route = table.pick(seen.name, tls=tls, name_is_ip=seen.name_is_ip)
+        hint = None
         if route is None:
             hint = table.explain_miss(seen.name, tls=tls, name_is_ip=seen.name_is_ip)
-    elif isinstance(seen, SniffTimeout):
-        kind = "timeout"
+        return _to(route, seen.kind, hint, has_default)
+    not_tls = table.pick(None, tls=False, name_is_ip=False)
+    if isinstance(seen, SniffTimeout):
         if seen.buffered:
-            return Decision(None, "sniff-timeout", "client sent an incomplete first message", kind)
-        route = table.pick(None, tls=False, name_is_ip=False)
-        if route is None:
-            return Decision(
-                None, "sniff-timeout", "client sent nothing before network.sniff_timeout", kind
-            )
-    else:
-        kind = seen.kind
-        route = table.pick(None, tls=False, name_is_ip=False)
-        if route is None:
-            hint = str(seen)
-            if seen.kind != "not-tls":
-                return Decision(None, seen.kind, hint, kind)
-    if route is None and not has_default:
-        return Decision(None, "no-route", hint or "the endpoint has no remote for this", kind)
-    return Decision(route, None, hint, kind)
+            return Decision(None, "sniff-timeout", INCOMPLETE_HINT, "timeout")
+        if not_tls is not None:
+            return _to(not_tls, "timeout", None, has_default)
+        return Decision(None, "sniff-timeout", NOTHING_SENT_HINT, "timeout")
+    if not_tls is not None:
+        return _to(not_tls, seen.kind, None, has_default)
+    if seen.kind == "not-tls":
+        return _to(None, seen.kind, str(seen), has_default)
+    return Decision(None, seen.kind, str(seen), seen.kind)
+
+
+def classify(data: bytes, max_size: int) -> Sniffed | ProtocolError | SniffTimeout:
+    """What the sniff phase sees when a client sends exactly `data`, then waits.
+
+    A complete hello or request head is a `Sniffed`; bytes the parser refuses are its
+    `ProtocolError`; a proper prefix the parser still waits on is a `SniffTimeout` of its
+    length (the relay waits for more until its deadline), unless it already fills
+    `max_size` (the relay's `sniff_max_bytes`): that is a "too-large" ProtocolError, as
+    the relay stops buffering there. Empty input is `SniffTimeout(0)`. Never raises.
+    """
+    try:
+        res = sniff(data, max_size)
+    except ProtocolError as exc:
+        return exc
+    if isinstance(res, NeedData):
+        if len(data) >= max_size:
+            return ProtocolError("too-large", f"first bytes exceed {max_size}")
+        return SniffTimeout(len(data))
+    return res

@@ -47,7 +47,6 @@ from snirelay.observe.log import LOG
 from snirelay.services import Service
 from snirelay.supervisor import Supervisor
 
-
 DEFER_ACCEPT = 1  # seconds: TCP_DEFER_ACCEPT on listeners that sniff
 
 

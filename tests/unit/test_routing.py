@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -244,3 +247,128 @@ def test_pick_equals_linear_scan(route_names: list[list[str]], name: str) -> Non
     )
     assert idx(t, name) == expected
     assert isinstance(t.explain_miss(name, True, False), str)
+
+
+# --- regex routes run on RE2 (linear time) ----------------------------------------------
+
+_NESTED = "~^(a+)+\\.example\\.com$"
+_CHILD = """
+import sys, time
+from snirelay.config.model import Addr, Route, Upstream
+from snirelay.routing import RouteTable
+route = Route("endpoints[0].routes[0]", Upstream((Addr("127.0.0.1", 1),)), (sys.argv[1],))
+table = RouteTable([route])
+worst = 0.0
+for n in (200, 400, 1000, 4000):
+    for name, want in (("a" * n + ".example.com", 0), ("a" * n + ".example.co", None)):
+        t0 = time.perf_counter()
+        got = table.pick_index(name, tls=True, name_is_ip=False)
+        worst = max(worst, time.perf_counter() - t0)
+        assert got == want, (n, name[-12:], got)
+print(worst)
+"""
+
+
+def test_nested_quantifier_regex_matches_in_linear_time() -> None:
+    """Issue 7 (hostile input): with Python's backtracking `re`, `^(a+)+\\.example\\.com$`
+    against 26 a's and a near miss took 6.2 s, doubling with every extra byte, so one
+    200-byte ClientHello stalled the event loop for good. On RE2 a name costs time in
+    proportion to its length: names of 200 to 4000 bytes, matching and missing, each
+    take microseconds. The matching runs in a child process with a deadline, so the
+    backtracking engine makes this test fail (TimeoutExpired) instead of hanging; the
+    1 s bound per name is generous for a shared CI machine (measured: ~20 us)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, _NESTED],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) < 1.0, proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("source", "construct"),
+    [
+        ("(a)\\1\\.example\\.com", "a backreference \\1"),
+        ("(?P<x>a)(?P=x)\\.com", "a named backreference (?P=name)"),
+        ("(?=media)\\w+\\.example\\.org", "a lookahead (?=...)"),
+        ("(?!www)\\w+\\.example\\.org", "a negative lookahead (?!...)"),
+        ("\\w+(?<=1)\\.example\\.org", "a lookbehind (?<=...)"),
+        ("\\w+(?<!1)\\.example\\.org", "a negative lookbehind (?<!...)"),
+        ("(?>a+)\\.com", "an atomic group (?>...)"),
+        ("a++\\.com", "a possessive quantifier ++"),
+        ("(a)?(?(1)b|c)\\.com", "a conditional group (?(1)...)"),
+        ("a\\.com\\Z", "\\Z (write \\z or $)"),
+    ],
+)
+def test_regex_constructs_re2_lacks_are_refused(source: str, construct: str) -> None:
+    with pytest.raises(ValueError) as info:
+        compile_pattern("~" + source)
+    message = str(info.value)
+    assert message.startswith(f"regex {source!r} uses {construct}: RE2 has no "), message
+    assert "\n" not in message
+
+
+def test_backreference_refused_when_the_table_is_built() -> None:
+    routes = [route(0, "a.com"), route(1, "b.com", "~(a)\\1\\.example\\.com")]
+    with pytest.raises(ValueError) as info:
+        RouteTable(routes)
+    assert str(info.value) == (
+        "endpoints[0].routes[1].server_names[1]: regex '(a)\\\\1\\\\.example\\\\.com' uses a "
+        "backreference \\1: RE2 has no backreferences, lookaround, atomic groups, possessive "
+        "quantifiers or conditionals (regex routes run on RE2 so that no name costs more "
+        "than its length)"
+    )
+
+
+def test_regex_python_rejects_keeps_pythons_message() -> None:
+    with pytest.raises(ValueError, match=r"^invalid regex '\(a': missing \), unterminated"):
+        compile_pattern("~(a")
+
+
+def test_regex_re2_cannot_compile() -> None:
+    """Valid in Python, too big for RE2's repetition limit: refused with RE2's reason."""
+    with pytest.raises(
+        ValueError, match=r"^regex 'a\{2000\}' is refused by RE2: invalid repetition"
+    ):
+        compile_pattern("~a{2000}")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "expected"),
+    [
+        ("~(?P<n>media)[0-9]+\\.example\\.org", "MEDIA1.example.org", True),  # named group
+        ("~[[:alpha:]]+\\.example\\.org", "media.example.org", True),  # POSIX class
+        ("~\\bmedia\\b.*", "media.example.org", True),
+        ("~media\\.example\\.org", "media.example.org\n", False),  # no "$ before newline"
+        ("~.*\\.org", "bücher.org", True),  # a non-ASCII name (never sent on the wire)
+    ],
+)
+def test_regex_semantics_on_re2(pattern: str, name: str, expected: bool) -> None:
+    t = table((pattern,))
+    assert (idx(t, name) == 0) is expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config/endpoints.py (the lead's file) still checks regexes with Python re; "
+    "it must call routing.compile_regex so RE2's refusal is a config error at load",
+)
+def test_backreference_refused_at_config_load(tmp_path: Path) -> None:
+    from snirelay.config.load import load_config
+    from snirelay.config.model import ConfigError
+
+    cfg = tmp_path / "relay.toml"
+    cfg.write_text(
+        '[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "127.0.0.1:2"\n'
+        "[[endpoints.routes]]\n"
+        'server_names = ["a.example.com", "~(a)\\\\1\\\\.example\\\\.com"]\n'
+        'remote = "127.0.0.1:3"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(str(cfg))
+    message = str(info.value)
+    assert "endpoints[0].routes[0].server_names[1]: regex " in message, message
+    assert "uses a backreference \\1: RE2 has no" in message and "\n" not in message

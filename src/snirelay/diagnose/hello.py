@@ -5,16 +5,31 @@ whitespace when `--hex` is given) goes through `snirelay.wire.sniff.sniff`, the 
 reader the relay runs on every new connection's first bytes, and the result is
 printed as JSON: for TLS the SNI exactly as sent and normalised, ALPN, offered
 versions, ECH / PSK / early-data flags, records and size; for plaintext HTTP/1 the
-Host. With `-c CONFIG` the configuration is loaded the way `snirelay -c` loads it and,
-for each endpoint, the route the relay would pick for these bytes is added under
-"routes" (with a hint when it falls to the endpoint's default).
+Host.
+
+With `-c CONFIG` the configuration is loaded the way `snirelay -c` loads it and, for
+each endpoint, "routes" says what the relay does with a client that sends exactly these
+bytes and then waits: `snirelay.routing.classify` turns the bytes into what the relay's
+sniff phase sees (with that endpoint's `sniff_max_bytes`: a complete message, a parse
+error, or a sniff timeout for an incomplete or empty input), and
+`snirelay.routing.decide`, the relay's routing decision, picks the route or the reason
+to close. Each entry has "endpoint", "listen", "route" (a route's place or
+"default"), "remotes" (where the connection goes; empty when it is closed), "close"
+(the record's close reason, or null when the relay connects) and "hint" (or null). An
+endpoint without routes is not sniffed by the relay: it always goes to its default.
+Input that is not a ClientHello or HTTP request is still printed with `-c`, as
+``{"kind": "not-tls" | "malformed" | "too-large", "error": MESSAGE, "bytes": N,
+"routes": [...]}``, or ``{"kind": "incomplete", "bytes": N, "at_least": M,
+"routes": [...]}`` for a proper prefix (or nothing).
 
 Capture the bytes with e.g. `tcpdump -w` / Wireshark "Copy as hex stream", or by
 pointing the client at `nc -l 127.0.0.1 PORT > hello.bin`.
 
-Error handling: input that is not a ClientHello or HTTP request, or is incomplete,
-exits 1 with one line on stderr; an unreadable file, bad hex or a bad config exit 2
-with one line. No tracebacks.
+Exit codes: 0 the JSON was printed (with `-c` also for input that is not TLS/HTTP or
+is incomplete: the routes say what the relay does with it); 1 without `-c`, input that
+is not a ClientHello or HTTP request, or is incomplete (one line on stderr); 2 an
+unreadable file, bad hex, a usage error or a bad config (one line on stderr). No
+tracebacks.
 """
 
 from __future__ import annotations
@@ -79,22 +94,25 @@ def main(argv: list[str]) -> int:
         if config.endpoints:
             max_size = max(ep.upstream.network.sniff_max_bytes for ep in config.endpoints)
 
+    res: Sniffed | NeedData | ProtocolError
     try:
         res = sniff(data, max_size)
     except ProtocolError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        res = e
+    if config is None and isinstance(res, ProtocolError):
+        print(f"{PROG}: {res}", file=sys.stderr)
         return 1
-    if isinstance(res, NeedData):
+    if config is None and isinstance(res, NeedData):
         print(
             f"{PROG}: incomplete: {len(data)} bytes read, at least {res.at_least} needed",
             file=sys.stderr,
         )
         return 1
 
-    out = describe(res)
+    out = describe(res) if isinstance(res, Sniffed) else _describe_other(data, res)
     if config is not None:
         try:
-            out["routes"] = _routes(config, res)
+            out["routes"] = _routes(config, data)
         except ValueError as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 2
@@ -151,24 +169,40 @@ def describe(res: Sniffed) -> dict[str, Any]:
     }
 
 
-def _routes(config: Config, res: Sniffed) -> list[dict[str, Any]]:
-    from snirelay.routing import RouteTable
+def _describe_other(data: bytes, res: NeedData | ProtocolError) -> dict[str, Any]:
+    """The JSON object printed (with -c) for bytes that are not a complete message."""
+    if isinstance(res, ProtocolError):
+        return {"kind": res.kind, "error": res.message, "bytes": len(data)}
+    return {"kind": "incomplete", "bytes": len(data), "at_least": res.at_least}
 
-    tls = res.kind != "http"
+
+def _routes(config: Config, data: bytes) -> list[dict[str, Any]]:
+    """Per endpoint: what the relay does with a client that sends `data` and waits.
+
+    Raises ValueError (one line, naming the place) for a route table that cannot be
+    built, e.g. a regex RE2 refuses.
+    """
+    from snirelay.routing import Decision, RouteTable, classify, decide
+
     out: list[dict[str, Any]] = []
     for ep in config.endpoints:
-        table = RouteTable(ep.routes)
-        route = table.pick(res.name, tls=tls, name_is_ip=res.name_is_ip)
-        upstream = ep.upstream if route is None else route.upstream
-        item: dict[str, Any] = {
-            "endpoint": ep.place,
-            "listen": str(ep.listen),
-            "route": "default" if route is None else route.place,
-            "remotes": [str(a) for a in upstream.remotes],
-        }
-        if route is None and ep.routes:
-            item["hint"] = table.explain_miss(res.name, tls, res.name_is_ip)
-        out.append(item)
+        if ep.routes:
+            table = RouteTable(ep.routes)
+            seen = classify(data, ep.upstream.network.sniff_max_bytes)
+            d = decide(table, seen, has_default=bool(ep.upstream.remotes))
+        else:  # the relay does not sniff it: straight to its remote (which it must have)
+            d = Decision(None, None, None, "unsniffed")
+        upstream = ep.upstream if d.route is None else d.route.upstream
+        out.append(
+            {
+                "endpoint": ep.place,
+                "listen": str(ep.listen),
+                "route": d.place,
+                "remotes": [] if d.close else [str(a) for a in upstream.remotes],
+                "close": d.close,
+                "hint": d.hint,
+            }
+        )
     return out
 
 
