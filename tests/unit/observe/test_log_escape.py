@@ -95,11 +95,11 @@ def _one_line(text: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("fmt", ["text", "json"])
 def _emit(field: str, value: Any) -> None:
     log.conn_record(record(**{field: value}))
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
 @pytest.mark.parametrize("field", STR_FIELDS + LIST_FIELDS)
 def test_every_byte_in_every_field_stays_one_line(
     fmt: str, field: str, logged: Callable[[str, Callable[[], None]], str]
