@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from snirelay.wire.clienthello import check_host_name
 from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.names import check_host_name
 
 __all__ = ["HttpRequest", "parse_http_request", "could_be_http", "METHODS"]
 
