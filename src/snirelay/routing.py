@@ -37,13 +37,13 @@ To keep `pick` cheap without changing first-match semantics, the table precomput
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from snirelay.config.model import Route
+from snirelay.wire.names import normalize_name
 
 __all__ = ["NamePattern", "RouteTable", "compile_pattern", "match_name", "normalize_name"]
 
@@ -51,18 +51,6 @@ _NO_SNI_HINT = (
     "client sent no server name (connected by IP?): use the backend's name, e.g. "
     "curl --resolve NAME:PORT:RELAY_IP https://NAME:PORT/, or terminate TLS at the relay"
 )
-
-
-def normalize_name(name: str) -> str:
-    """Lowercase, drop one trailing dot, and turn a Unicode (IDN) name into A-labels."""
-    name = name.strip().lower()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name.isascii():
-        # a name the idna codec rejects is left as is: it never equals a valid SNI
-        with contextlib.suppress(UnicodeError):
-            name = name.encode("idna").decode("ascii")
-    return name
 
 
 @dataclass(frozen=True, slots=True)
