@@ -23,7 +23,7 @@ def check_all(data: bytes, max_size: int = 65536) -> None:
         (sniff, Sniffed),
     ):
         try:
-            res = fn(data, max_size)  # type: ignore[operator]
+            res = fn(data, max_size)
         except ProtocolError as e:
             assert e.kind in ("not-tls", "malformed", "too-large")
             continue

@@ -26,7 +26,7 @@ make_variants = load_make_variants()
 
 
 def data_of(v: dict[str, Any]) -> bytes:
-    return (CLIENTHELLO / v["file"]).read_bytes()
+    return (CLIENTHELLO / str(v["file"])).read_bytes()
 
 
 def hello_end(v: dict[str, Any]) -> int:
