@@ -67,7 +67,6 @@ To keep `pick` cheap without changing first-match semantics, the table precomput
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import re
 from collections.abc import Sequence
@@ -78,6 +77,7 @@ import re2  # type: ignore[import-untyped]  # google-re2 ships no type informati
 
 from snirelay.config.model import Route
 from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.names import normalize_name
 from snirelay.wire.sniff import Sniffed, sniff
 
 __all__ = [
@@ -97,18 +97,6 @@ _NO_SNI_HINT = (
     "client sent no server name (connected by IP?): use the backend's name, e.g. "
     "curl --resolve NAME:PORT:RELAY_IP https://NAME:PORT/, or terminate TLS at the relay"
 )
-
-
-def normalize_name(name: str) -> str:
-    """Lowercase, drop one trailing dot, and turn a Unicode (IDN) name into A-labels."""
-    name = name.strip().lower()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name.isascii():
-        # a name the idna codec rejects is left as is: it never equals a valid SNI
-        with contextlib.suppress(UnicodeError):
-            name = name.encode("idna").decode("ascii")
-    return name
 
 
 class Regex(Protocol):

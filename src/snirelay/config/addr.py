@@ -4,57 +4,24 @@ How it works
 ------------
 `split_host_port` cuts the text at the last colon (or after the closing bracket of an
 IPv6 literal); the host is then an IPv4 literal, a bracketed IPv6 literal or a DNS name
-(`is_host_name`). The port part is one port or a range ``7000-7009``; `parse_addr_range`
-returns the host with the list of ports, `parse_addr` insists on a single port.
+(`is_ip` / `is_host_name` of `snirelay.wire.names`, the one grammar). The port part is
+one port or a range ``7000-7009``; `parse_addr_range` returns the host with the list of
+ports, `parse_addr` insists on a single port.
 
-`normalize_name` turns a server name into the form routing compares (lowercase, no
-trailing dot) or says it is not a valid host name. `parse_through` is the one parser
-of ``through`` (an IP, optionally with a port): the loader keeps the `Addr` it returns
-and the runtime binds to it as is.
+`parse_through` is the one parser of ``through`` (an IP, optionally with a port): the
+loader keeps the `Addr` it returns and the runtime binds to it as is.
 
 Error handling: every function raises `ConfigError(place, message)`; nothing else.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from snirelay.config.model import Addr, ConfigError
+from snirelay.wire.names import ip_version, is_host_name, is_ip
 
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
-
-
-def is_ip(text: str) -> bool:
-    """True when `text` is an IPv4 or IPv6 literal (no brackets, no port)."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def is_host_name(name: str) -> bool:
-    """A DNS host name: dot-separated labels of letters, digits, '-' and '_' (not at the
-    ends), each at most 63 bytes, at most 253 in all, the last label not all digits."""
-    name = name.lower()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name or len(name) > 253 or not name.isascii():
-        return False
-    labels = name.split(".")
-    if not all(_LABEL.match(label) for label in labels):
-        return False
-    return not labels[-1].isdigit()
-
-
-def normalize_name(name: str) -> str | None:
-    """The routing form of a host name (lowercase, trailing dot dropped), or None."""
-    if not is_host_name(name):
-        return None
-    name = name.lower()
-    return name[:-1] if name.endswith(".") else name
 
 
 def split_host_port(raw: str, place: str) -> tuple[str, str]:
@@ -65,7 +32,7 @@ def split_host_port(raw: str, place: str) -> tuple[str, str]:
         if end < 0 or not text[end + 1 :].startswith(":"):
             raise ConfigError(place, f"invalid address {raw!r} (expected [IPv6]:PORT)")
         host, port = text[1:end], text[end + 2 :]
-        if not _is_v6(host):
+        if ip_version(host) != 6:
             raise ConfigError(place, f"invalid address {raw!r}: {host!r} is not an IPv6 address")
         return host, port
     host, sep, port = text.rpartition(":")
@@ -76,13 +43,6 @@ def split_host_port(raw: str, place: str) -> tuple[str, str]:
     if not (is_ip(host) or is_host_name(host)):
         raise ConfigError(place, f"invalid address {raw!r}: {host!r} is not an IP or a host name")
     return host, port
-
-
-def _is_v6(text: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
-    except ValueError:
-        return False
 
 
 def parse_ports(text: str, raw: str, place: str, *, allow_zero: bool) -> list[int]:

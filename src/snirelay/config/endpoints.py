@@ -29,7 +29,7 @@ import dataclasses
 import re
 from typing import Any
 
-from snirelay.config.addr import is_ip, normalize_name, parse_addr_range, parse_through
+from snirelay.config.addr import parse_addr_range, parse_through
 from snirelay.config.model import (
     BALANCE_STRATEGIES,
     WHEN_CONDITIONS,
@@ -45,6 +45,7 @@ from snirelay.config.model import (
 from snirelay.config.network import NETWORK_KEYS, parse_network
 from snirelay.config.table import Table
 from snirelay.config.transport import parse_transport
+from snirelay.wire.names import host_name, is_ip
 
 _UPSTREAM_KEYS = (
     "remote",
@@ -278,7 +279,7 @@ def _server_names(tbl: Table, owners: dict[str, str]) -> tuple[str, ...]:
                 raise ConfigError(place, f"invalid regex {name[1:]!r}: {exc}") from None
             norm = name
         elif name.startswith("*."):
-            suffix = normalize_name(name[2:])
+            suffix = host_name(name[2:])
             if suffix is None:
                 raise ConfigError(place, f"invalid wildcard {name!r} (expected '*.example.com')")
             norm = "*." + suffix
@@ -287,7 +288,7 @@ def _server_names(tbl: Table, owners: dict[str, str]) -> tuple[str, ...]:
                 raise ConfigError(
                     place, f'{name!r} is an IP address, never a server name (use when = "ip_sni")'
                 )
-            exact = normalize_name(name)
+            exact = host_name(name)
             if exact is None:
                 raise ConfigError(place, f"{name!r} is not a valid host name")
             norm = exact

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import difflib
 
-from snirelay.config.addr import is_ip, normalize_name
 from snirelay.config.model import ConfigError, Transport
+from snirelay.wire.names import host_name, is_ip
 
 FLAGS = {"ws": "ws", "tls": "tls", "insecure": "insecure", "0rtt": "zero_rtt"}
 VALUES = (
@@ -88,7 +88,7 @@ def parse_transport(raw: str, place: str, side: str) -> Transport:
         tls="tls" in seen,
         insecure="insecure" in seen,
         zero_rtt="0rtt" in seen,
-        sni=sni if sni in (None, "$sni") else normalize_name(sni or ""),
+        sni=sni if sni in (None, "$sni") else host_name(sni or ""),
         alpn=tuple(p.strip() for p in alpn.split(",")) if alpn else (),
         host=seen.get("host"),
         path=seen.get("path"),
@@ -128,13 +128,13 @@ def _check(seen: dict[str, str | None], raw: str, place: str, side: str) -> None
             )
         if "cert" in seen and "servername" in seen:
             raise ConfigError(place, f"give either cert/key or servername, not both: {raw!r}")
-    if "servername" in seen and normalize_name(seen["servername"] or "") is None:
+    if "servername" in seen and host_name(seen["servername"] or "") is None:
         raise ConfigError(place, f"servername {seen['servername']!r} is not a valid host name")
     sni = seen.get("sni")
     if sni is not None and sni != "$sni":
         if is_ip(sni):
             raise ConfigError(place, f"sni={sni} is an IP address; TLS does not allow IPs in SNI")
-        if normalize_name(sni) is None:
+        if host_name(sni) is None:
             raise ConfigError(place, f"sni={sni!r} is not a valid host name (or $sni)")
     alpn = seen.get("alpn")
     if alpn is not None and not all(p.strip() for p in alpn.split(",")):

@@ -38,7 +38,6 @@ SERVER_TIMEOUT (twice that for the `_then_` modes).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from snirelay.config.model import DnsConfig
 from snirelay.net.dns_client import DnsError, query
 from snirelay.observe.log import LOG
 from snirelay.wire.dns import AAAA, NOERROR, NXDOMAIN, A, encode_name, rcode_name
+from snirelay.wire.names import ip_version
 
 SockTarget = tuple[int, tuple[str, int]]  # (family, (ip, port))
 Done = Callable[[list[SockTarget] | OSError], None]
@@ -68,13 +68,10 @@ _PLAN: dict[str, tuple[tuple[int, ...], ...]] = {
 
 def literal(host: str, port: int) -> list[SockTarget] | None:
     """The target list for an IP literal, or None for a name."""
-    if ":" not in host and not host.replace(".", "").isdigit():
-        return None  # a name: skip the parse (and its exception) on the lookup path
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    version = ip_version(host)  # a name costs no parse (and no exception) there
+    if version is None:
         return None
-    return [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, (host, port))]
+    return [(socket.AF_INET6 if version == 6 else socket.AF_INET, (host, port))]
 
 
 class _Found:

@@ -6,21 +6,18 @@ sockets it accepts, so they are set once on the listener rather than per connect
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 
 from snirelay.config.model import Addr, NetworkConfig
 from snirelay.net.sides import RawSide
+from snirelay.wire.names import ip_version
 
 IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def family_of(host: str) -> int:
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return socket.AF_INET
+    return socket.AF_INET6 if ip_version(host) == 6 else socket.AF_INET
 
 
 def set_keepalive(sock: socket.socket, net: NetworkConfig) -> None:

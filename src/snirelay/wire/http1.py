@@ -12,6 +12,16 @@ section 2.2 allows it), a bare CR is not. Until the empty line that ends the hea
 arrives, the result is `NeedData(len(data) + 1)`; a head longer than `max_size` is
 "too-large".
 
+Incremental at linear cost: `HeadReader` resumes where it stopped. It keeps the offset
+where the next line starts and how far the buffer has been searched for that line's
+LF, plus what the complete lines said (method, target, Host, line count). Each
+`step(data)`, with the buffer grown since the last call, searches only bytes not
+searched before and checks each complete line once, so a head fed in any chunking
+(6-byte header lines, one byte at a time) costs time linear in its size. It cannot
+know how far away the end of the head is, so its `at_least` is only
+`len(data) + 1`: the resumption, not the wait, is what keeps the cost linear.
+`parse_http_request(data)` is the one-shot form (a fresh reader).
+
 The routing name is the authority of an absolute-form target when there is one (RFC
 9112 section 3.2.2: Host is then ignored), else the Host field; its port is dropped
 and it is normalised like an SNI (lowercase, no trailing dot, no IPv6 brackets). A
@@ -23,10 +33,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from snirelay.wire.clienthello import check_host_name
 from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.names import check_host_name
 
-__all__ = ["HttpRequest", "parse_http_request", "could_be_http", "METHODS"]
+__all__ = ["HeadReader", "HttpRequest", "parse_http_request", "could_be_http", "METHODS"]
+
+Buffer = bytes | bytearray
 
 METHODS = frozenset(
     {
@@ -83,48 +95,73 @@ def _malformed(message: str) -> ProtocolError:
     return ProtocolError("malformed", message)
 
 
-def parse_http_request(data: bytes, max_size: int = 65536) -> HttpRequest | NeedData:
-    """Read an HTTP/1 request head from the start of `data`.
+def parse_http_request(data: Buffer, max_size: int = 65536) -> HttpRequest | NeedData:
+    """Read an HTTP/1 request head from the start of `data` (one shot; see `HeadReader`).
 
     Returns the `HttpRequest` once the empty line ending the head is in `data`, or
     `NeedData` before. Raises `ProtocolError`: "not-tls" (not an HTTP/1 request),
     "malformed", or "too-large" (no end of head within `max_size` bytes).
     """
-    if not data:
-        return NeedData(1)
-    if not could_be_http(data):
-        raise ProtocolError("not-tls", f"neither TLS nor an HTTP/1 request: starts {data[:16]!r}")
-    method = target = ""
-    host_field: bytes | None = None
-    seen_host = False
-    idx = 0
-    line_no = 0
-    while True:
-        nl = data.find(b"\n", idx)
-        if nl < 0:
-            break
-        line = data[idx : nl - 1] if nl > idx and data[nl - 1] == 0x0D else data[idx:nl]
-        if b"\r" in line:
-            raise _malformed(f"bare CR in line {line_no + 1} of the request head")
-        idx = nl + 1
-        if idx > max_size:
-            break
-        if line_no == 0:
-            method, target = _request_line(line)
-        elif not line:
-            host, is_ip = _routing_name(target, host_field)
-            return HttpRequest(method, target, host, is_ip, idx)
-        else:
-            name, value = _field(line, line_no)
-            if name.lower() == b"host":
-                if seen_host:
-                    raise _malformed("more than one Host field")
-                seen_host = True
-                host_field = value
-        line_no += 1
-    if len(data) >= max_size:
-        raise ProtocolError("too-large", f"no end of the HTTP request head within {max_size} bytes")
-    return NeedData(len(data) + 1)
+    return HeadReader().step(data, max_size)
+
+
+class HeadReader:
+    """The line-by-line read of one connection's request head, resumable.
+
+    `step(data, max_size)` takes everything buffered from the connection's first byte
+    (a buffer that only grows between calls) and returns the `HttpRequest`,
+    `NeedData`, or raises `ProtocolError`; see the module docstring for what it keeps.
+    """
+
+    __slots__ = ("idx", "scanned", "line_no", "method", "target", "host_field", "seen_host")
+
+    def __init__(self) -> None:
+        self.idx = 0  # where the next (not yet complete) line starts
+        self.scanned = 0  # data[idx:scanned] holds no LF
+        self.line_no = 0  # complete lines checked so far
+        self.method = self.target = ""
+        self.host_field: bytes | None = None
+        self.seen_host = False
+
+    def step(self, data: Buffer, max_size: int) -> HttpRequest | NeedData:
+        n = len(data)
+        if not n:
+            return NeedData(1)
+        if self.line_no == 0 and not could_be_http(bytes(data[: _LONGEST + 1])):
+            raise ProtocolError(
+                "not-tls", f"neither TLS nor an HTTP/1 request: starts {bytes(data[:16])!r}"
+            )
+        idx = self.idx
+        while True:
+            nl = data.find(b"\n", self.scanned)
+            if nl < 0:
+                self.scanned = n
+                break
+            line = data[idx : nl - 1] if nl > idx and data[nl - 1] == 0x0D else data[idx:nl]
+            if b"\r" in line:
+                raise _malformed(f"bare CR in line {self.line_no + 1} of the request head")
+            if nl + 1 > max_size:
+                break
+            idx = self.idx = self.scanned = nl + 1
+            line_no = self.line_no
+            if line_no == 0:
+                self.method, self.target = _request_line(bytes(line))
+            elif not line:
+                host, is_ip = _routing_name(self.target, self.host_field)
+                return HttpRequest(self.method, self.target, host, is_ip, idx)
+            else:
+                name, value = _field(bytes(line), line_no)
+                if name.lower() == b"host":
+                    if self.seen_host:
+                        raise _malformed("more than one Host field")
+                    self.seen_host = True
+                    self.host_field = value
+            self.line_no = line_no + 1
+        if n >= max_size:
+            raise ProtocolError(
+                "too-large", f"no end of the HTTP request head within {max_size} bytes"
+            )
+        return NeedData(n + 1)
 
 
 def _request_line(line: bytes) -> tuple[str, str]:

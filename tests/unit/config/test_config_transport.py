@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from snirelay.config.addr import (
-    is_host_name,
-    normalize_name,
-    parse_addr,
-    parse_addr_range,
-    parse_through,
-)
+from snirelay.config.addr import parse_addr, parse_addr_range, parse_through
 from snirelay.config.model import Addr, ConfigError, Transport
 from snirelay.config.transport import parse_transport
 from snirelay.net.sockopt import bind_address
+from snirelay.wire.names import host_name, is_host_name
 
 P = "endpoints[0].remote_transport"
 
@@ -144,8 +139,8 @@ def test_host_names() -> None:
     assert is_host_name("a-b.example.com") and is_host_name("x_y.example") and is_host_name("a.")
     assert not is_host_name("-a.example") and not is_host_name("a..b") and not is_host_name("1.2.3")
     assert not is_host_name("a" * 64 + ".x") and not is_host_name("ü.example")
-    assert normalize_name("Emby.Example.COM.") == "emby.example.com"
-    assert normalize_name("bad name") is None
+    assert host_name("Emby.Example.COM.") == "emby.example.com"
+    assert host_name("bad name") is None
 
 
 def test_through() -> None:

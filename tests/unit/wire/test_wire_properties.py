@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from snirelay.wire.clienthello import ClientHello, parse_client_hello
 from snirelay.wire.errors import NeedData, ProtocolError
 from snirelay.wire.http1 import HttpRequest, parse_http_request
-from snirelay.wire.sniff import Sniffed, sniff
+from snirelay.wire.sniff import Sniffed, Sniffer, sniff
 from unit.wire.wire_vectors import MANIFEST, data_of
 
 SEEDS = [data_of(v) for v in MANIFEST if v["size"] and v["size"] < 4096]
@@ -89,3 +89,53 @@ def test_mutated_vectors_small_cap(data: bytes, cap: int) -> None:
 )
 def test_http_like_bytes(lines: list[bytes], start: bytes) -> None:
     check_all(start + b"\r\n".join(lines) + b"\r\n\r\n")
+
+
+def decision(fn: object) -> tuple[str, object, object, object]:
+    """The comparable part of a sniff outcome."""
+    try:
+        res = fn()  # type: ignore[operator]
+    except ProtocolError as e:
+        return ("error", e.kind, None, None)
+    if isinstance(res, NeedData):
+        return ("need", None, None, None)
+    assert isinstance(res, Sniffed)
+    return (res.kind, res.name, res.name_is_ip, res.size)
+
+
+def feed_chunks(data: bytes, cuts: list[int], max_size: int) -> Sniffed | NeedData:
+    sn = Sniffer(max_size)
+    res: Sniffed | NeedData = NeedData(1)
+    edges = [0, *sorted(set(cuts)), len(data)]
+    for a, b in zip(edges, edges[1:], strict=False):
+        res = sn.feed(data[a:b])
+        if isinstance(res, Sniffed):
+            break
+        assert res.at_least > len(sn.data)
+    assert bytes(sn.data) == data[: len(sn.data)]
+    return res
+
+
+@SETTINGS
+@given(
+    st.one_of(mutated(), st.binary(max_size=300)),
+    st.lists(st.integers(0, 4096), max_size=12),
+    st.sampled_from([65536, 300, 64]),
+)
+def test_sniffer_in_any_chunks_decides_like_one_shot(
+    data: bytes, cuts: list[int], max_size: int
+) -> None:
+    """Incremental = one shot: the same decision whatever the chunking (a Sniffed with
+    the same name and size, the same error kind, or still undecided). Two differences
+    are allowed, both about bytes not yet looked at: a sniffer waiting for at_least
+    may still say "need" where the one-shot read already refuses the bytes; and a
+    prefix whose lengths already exceed max_size is "too-large" where the whole input
+    shows a "malformed" length first."""
+    cuts = [c for c in cuts if c < len(data)]
+    whole = decision(lambda: sniff(data, max_size))
+    chunked = decision(lambda: feed_chunks(data, cuts, max_size))
+    if chunked != whole:
+        assert whole[0] == "error", (chunked, whole)
+        assert chunked[0] == "need" or (
+            chunked[0] == "error" and "too-large" in (chunked[1], whole[1])
+        ), (chunked, whole)
