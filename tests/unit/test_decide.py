@@ -136,7 +136,9 @@ def test_route_without_remote_closes_no_route() -> None:
 
 def test_classify() -> None:
     raw = (VEC / "curl_sni_http2.bin").read_bytes()
-    assert classify(raw, 65536) == HELLO
+    seen = classify(raw, 65536)
+    assert isinstance(seen, Sniffed) and seen.hello is not None and HELLO.hello is not None
+    assert (seen.kind, seen.name, seen.hello.size) == (HELLO.kind, HELLO.name, HELLO.hello.size)
     assert classify(b"", 65536) == SniffTimeout(0)
     assert classify(raw[:100], 65536) == SniffTimeout(100)
     assert classify(raw[:3], 65536) == SniffTimeout(3)

@@ -351,11 +351,6 @@ def test_regex_semantics_on_re2(pattern: str, name: str, expected: bool) -> None
     assert (idx(t, name) == 0) is expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config/endpoints.py (the lead's file) still checks regexes with Python re; "
-    "it must call routing.compile_regex so RE2's refusal is a config error at load",
-)
 def test_backreference_refused_at_config_load(tmp_path: Path) -> None:
     from snirelay.config.load import load_config
     from snirelay.config.model import ConfigError

@@ -19,7 +19,7 @@ Balance strings: ``"roundrobin"``, ``"iphash"``, ``"roundrobin: 4, 2, 1"``; weig
 in order remote, extra_remotes, missing weights are 1, extra weights are an error.
 
 Server names: exact host names (normalised), ``*.suffix`` wildcards, ``~regex``
-(compiled case-insensitively to check it). The same exact name (or wildcard) in two
+(compiled with RE2, as routing matches it, to check it). The same exact name (or wildcard) in two
 routes of one endpoint, or the same `when` twice, is an error naming both.
 """
 
@@ -45,6 +45,7 @@ from snirelay.config.model import (
 from snirelay.config.network import NETWORK_KEYS, parse_network
 from snirelay.config.table import Table
 from snirelay.config.transport import parse_transport
+from snirelay.routing import compile_regex
 from snirelay.wire.names import host_name, is_ip
 
 _UPSTREAM_KEYS = (
@@ -274,9 +275,9 @@ def _server_names(tbl: Table, owners: dict[str, str]) -> tuple[str, ...]:
         place = f"{tbl.place_of('server_names')}[{j}]"
         if name.startswith("~"):
             try:
-                re.compile(name[1:], re.IGNORECASE)
-            except re.error as exc:
-                raise ConfigError(place, f"invalid regex {name[1:]!r}: {exc}") from None
+                compile_regex(name[1:])  # RE2, as routing matches it
+            except ValueError as exc:
+                raise ConfigError(place, str(exc)) from None
             norm = name
         elif name.startswith("*."):
             suffix = host_name(name[2:])

@@ -53,7 +53,7 @@ from snirelay.config.options import (
     cli_endpoint,
     cli_log_dns,
 )
-from snirelay.config.table import Table, check_range
+from snirelay.config.table import Table, check_range, type_name
 
 TOP_KEYS = ("log", "dns", "network", "endpoints", "api", "workers", "drain_timeout")
 LOG_KEYS = tuple(f.name for f in dataclasses.fields(LogConfig))
@@ -65,8 +65,18 @@ API_KEYS = ("listen", "token")
 
 
 def parse_text(text: str, name: str) -> dict[str, Any]:
-    """Parse one document; JSON when it starts with '{', TOML otherwise."""
-    if text.lstrip().startswith("{"):
+    """Parse one document, JSON or TOML by its content (not its file name): JSON when
+    it starts with '{', or with '[' and is valid JSON (a TOML document may start with
+    '[', a table header, which is not JSON); TOML otherwise."""
+    head = text.lstrip()[:1]
+    if head == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            pass  # TOML: a table header
+        else:
+            raise ConfigError(name, f"expected a JSON object at the top, not {type_name(data)}")
+    if head == "{":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
