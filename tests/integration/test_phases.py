@@ -71,7 +71,7 @@ remote = "127.0.0.1:{backend.port}"
             c = socket.create_connection(("127.0.0.1", port), timeout=20)
             # an HTTP request head that never ends: the relay buffers it up to
             # sniff_max_bytes, then hands it to the not_tls route ("too-large")
-            head = b"GET / HTTP/1.1\r\n" + b"X-Filler: " + b"a" * (size - 64) + b"\r\n"
+            head = b"GET / HTTP/1.1\r\nX-Filler: " + b"a" * size
             t0 = time.monotonic()
             sender = threading.Thread(target=_send_quietly, args=(c, head), daemon=True)
             sender.start()
