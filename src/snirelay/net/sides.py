@@ -29,6 +29,7 @@ both sides closes them when it ends, whatever phase it is in.
 
 from __future__ import annotations
 
+import _socket
 import socket
 import struct
 from typing import Protocol
@@ -43,8 +44,10 @@ class Handshake(Protocol):
 
 
 class Side(Protocol):
-    fd: int
     raw: bool
+
+    @property
+    def fd(self) -> int: ...
 
     def recv(self, n: int, /) -> bytes: ...  # for phases that look at bytes (sniff)
     def recv_into(self, buf: memoryview, /) -> int: ...
@@ -55,23 +58,22 @@ class Side(Protocol):
     def handshake(self) -> Handshake | None: ...
 
 
-class RawSide(socket.socket):
+class RawSide(_socket.socket):
     """A plain TCP socket that is its own side: `recv_into`/`send` are the socket's C
-    methods, and an idle connection carries no extra object per end."""
+    methods, and an idle connection carries no extra object per end.
 
-    __slots__ = ("fd",)
+    It derives from the C socket type (`_socket.socket`), not from `socket.socket`,
+    whose Python-level `__init__` and `close` cost two calls per socket and keep
+    `makefile` state a side never uses. Construct it as the C type:
+    `RawSide(family, type, proto, fileno)`."""
+
+    __slots__ = ()
 
     raw = True
 
-    def __init__(
-        self,
-        family: int,
-        type: int = socket.SOCK_STREAM,
-        proto: int = 0,
-        fileno: int | None = None,
-    ) -> None:
-        super().__init__(family, type, proto, fileno)
-        self.fd = self.fileno()
+    @property
+    def fd(self) -> int:
+        return self.fileno()
 
     def buffered(self) -> int:
         return 0
@@ -91,4 +93,4 @@ class RawSide(socket.socket):
                 self.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
             except OSError:
                 pass  # already reset or closed by the peer: nothing left to signal
-        super().close()
+        _socket.socket.close(self)

@@ -6,6 +6,7 @@ sockets it accepts, so they are set once on the listener rather than per connect
 
 from __future__ import annotations
 
+import _socket
 import socket
 
 from snirelay.config.model import Addr, NetworkConfig
@@ -20,7 +21,7 @@ def family_of(host: str) -> int:
     return socket.AF_INET6 if ip_version(host) == 6 else socket.AF_INET
 
 
-def set_keepalive(sock: socket.socket, net: NetworkConfig) -> None:
+def set_keepalive(sock: _socket.socket, net: NetworkConfig) -> None:
     if net.tcp_keepalive <= 0:
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -31,7 +32,7 @@ def set_keepalive(sock: socket.socket, net: NetworkConfig) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, net.tcp_keepalive_probe)
 
 
-def bind_device(sock: socket.socket, interface: str | None) -> None:
+def bind_device(sock: _socket.socket, interface: str | None) -> None:
     if interface:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
 
