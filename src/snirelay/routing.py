@@ -229,6 +229,7 @@ def match_name(pattern: str, name: str) -> bool:
     return compile_pattern(pattern).matches(normalize_name(name))
 
 
+NEAR_MAX = 32  # configured names compared with a missed name, at most, for its hint
 _NONE = 1 << 62  # "no route" sentinel index, larger than any real index
 
 
@@ -240,10 +241,20 @@ class RouteTable:
     and for a route with an unknown `when`. `pick` and `explain_miss` never raise.
     """
 
-    __slots__ = ("_exact", "_no_sni", "_not_tls", "_ip_sni", "_regexes", "_routes", "_wild")
+    __slots__ = (
+        "_exact",
+        "_no_sni",
+        "_not_tls",
+        "_ip_sni",
+        "_regexes",
+        "_routes",
+        "_wild",
+        "_near",
+    )
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self._routes: tuple[Route, ...] = tuple(routes)
+        self._near: dict[str, list[tuple[str, str, list[str]]]] | None = None  # for hints
         self._exact: dict[str, int] = {}
         self._wild: dict[str, int] = {}
         self._regexes: list[tuple[int, Regex]] = []
@@ -326,15 +337,38 @@ class RouteTable:
         """Every `server_names` entry, in route order (for diagnostics)."""
         return [raw for route in self._routes for raw in route.server_names]
 
+    def _candidates(self, labels: list[str]) -> list[tuple[str, str, list[str]]]:
+        """At most `NEAR_MAX` configured names to compare a missed name with: those that
+        share its last two labels, else its last label, else the first ones configured.
+        The index is built on the first miss."""
+        if self._near is None:
+            near: dict[str, list[tuple[str, str, list[str]]]] = {}
+            for raw in dict.fromkeys(self.configured_names()):
+                shown = raw if raw.startswith("~") else normalize_name(raw)
+                plain = shown.lstrip("~*.")
+                other = plain.split(".")
+                entry = (shown, plain, other)
+                near.setdefault("", []).append(entry)
+                near.setdefault("." + ".".join(other[-1:]), []).append(entry)
+                if len(other) > 1:
+                    near.setdefault("." + ".".join(other[-2:]), []).append(entry)
+            self._near = near
+        keys = ["." + ".".join(labels[-2:])] if len(labels) > 1 else []
+        for key in (*keys, "." + labels[-1], ""):
+            found = self._near.get(key)
+            if found:
+                return found[:NEAR_MAX]
+        return []
+
     def closest_names(self, name: str, limit: int = 3) -> list[str]:
-        """Configured names most like `name`: most shared trailing labels, then similarity."""
-        name = normalize_name(name)
+        """Configured names most like `name`: most shared trailing labels, then similarity.
+
+        Bounded work per call (a miss is a client's doing): only `NEAR_MAX` candidates
+        (`_candidates`) are compared, whatever the size of the table."""
+        name = normalize_name(name)[:253]
         labels = name.split(".")
         scored: list[tuple[int, float, str]] = []
-        for raw in dict.fromkeys(self.configured_names()):
-            shown = raw if raw.startswith("~") else normalize_name(raw)
-            plain = shown.lstrip("~*.")
-            other = plain.split(".")
+        for shown, plain, other in self._candidates(labels):
             shared = 0
             while (
                 shared < min(len(labels), len(other)) and labels[-1 - shared] == other[-1 - shared]
@@ -447,8 +481,8 @@ def decide(
         if not_tls is not None:
             return _to(not_tls, "timeout", None, has_default)
         return Decision(None, "sniff-timeout", NOTHING_SENT_HINT, "timeout")
-    if not_tls is not None:
-        return _to(not_tls, seen.kind, None, has_default)
+    if not_tls is not None:  # the record keeps why it was not TLS (malformed, too large...)
+        return _to(not_tls, seen.kind, str(seen), has_default)
     if seen.kind == "not-tls":
         return _to(None, seen.kind, str(seen), has_default)
     return Decision(None, seen.kind, str(seen), seen.kind)

@@ -201,7 +201,8 @@ def test_ssh_banner_with_config_is_routed_like_the_relay(
     """Issue 7: `hello` said "not TLS" and exited 1 where the relay used the not_tls route."""
     out, routes = routes_for((VEC / "ssh_client_banner.bin").read_bytes(), capsys, tmp_path)
     assert out["kind"] == "not-tls" and out["bytes"] > 0 and out["error"]
-    assert routes[0] == ("endpoints[0].routes[1]", None, None)
+    assert routes[0][:2] == ("endpoints[0].routes[1]", None)
+    assert routes[0][2] and routes[0][2].startswith("not-tls: ")  # the record keeps why
     route, close, hint = routes[1]  # falls to the default, which has no remote
     assert (route, close) == ("default", "no-route") and hint and hint.startswith("not-tls: ")
     assert routes[2] == ("default", None, None)  # not sniffed at all
@@ -211,7 +212,8 @@ def test_malformed_hello_with_config(capsys: pytest.CaptureFixture[str], tmp_pat
     data = (VEC / "variant_bad_sni_list_overflow__curl_sni_http2.bin").read_bytes()
     out, routes = routes_for(data, capsys, tmp_path)
     assert out["kind"] == "malformed"
-    assert routes[0] == ("endpoints[0].routes[1]", None, None)
+    assert routes[0][:2] == ("endpoints[0].routes[1]", None)
+    assert routes[0][2] and routes[0][2].startswith("malformed: ")
     route, close, hint = routes[1]
     assert (route, close) == ("default", "malformed") and hint and hint.startswith("malformed: ")
 
