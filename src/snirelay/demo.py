@@ -46,7 +46,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NAMES = ("emby.example.com", "jellyfin.example.com")
 DEFAULT_NAME = "default.example.com"
-REQUEST_HEAD_MAX = 16384
 REQUEST_TIMEOUT = 5.0
 
 

@@ -10,7 +10,7 @@ per cache lifetime, in one of two ways:
   (`ipv4_and_ipv6`, A addresses first), or one family and the other only when the
   first gave no address (`ipv4_then_ipv6`, `ipv6_then_ipv4`, as realm's resolver
   does). The name servers are tried in turn, each with its own deadline
-  (`SERVER_TIMEOUT`); an answer with addresses, or an authoritative "no such name"
+  (`SERVER_TIMEOUT`); an answer with addresses, or a "no such name" answer
   (NXDOMAIN), ends the round. The answer is kept for its TTL (the lowest over the
   CNAME chain and the addresses) clamped to [dns.min_ttl, dns.max_ttl]. Failures are
   not cached.

@@ -8,7 +8,7 @@ How it works:
 - `build_query(qid, name, qtype)` encodes one question (class IN, recursion desired)
   and an EDNS0 OPT record advertising `EDNS_SIZE` bytes, so most answers fit one UDP
   datagram. A name that cannot be put on the wire raises ValueError (a caller's error,
-  like the PROXY writers).
+  not the network's).
 - `frame(msg)` / `parse_tcp_frame(data)`: the TCP length prefix. The reader returns
   `(message, size)`, `NeedData`, or raises ProtocolError for a frame too short to be
   a DNS message.
