@@ -388,3 +388,14 @@ class HeldServer(StreamServer):
         assert self.hold is not None
         self.hold.release()  # the held sender finds its connection gone and ends
         super().close()
+
+
+def read_http_head(sock: socket.socket) -> bytes | None:
+    """Read an HTTP request head (up to the blank line); None if the peer closes first."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return None
+        head += chunk
+    return head

@@ -41,6 +41,7 @@ from helpers.peers import (
     TcpServer,
     connect,
     duplex,
+    read_http_head,
     recv_all,
 )
 from helpers.relay import RelayProcess, free_port
@@ -298,12 +299,8 @@ class SlowHttp10Server(TcpServer):
     0.05 s until the peer goes away."""
 
     def handle(self, sock: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            head += chunk
+        if read_http_head(sock) is None:
+            return
         sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
         with contextlib.suppress(OSError):
             while not self._stop.wait(0.05):

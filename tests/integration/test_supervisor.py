@@ -41,16 +41,24 @@ def echo_once(port: int, msg: bytes) -> None:
         assert recv_all(s) == msg
 
 
+def two_workers(tmp_path: Path, port: int, remote: str) -> RelayProcess:
+    """A relay with two workers, started (both listening), forwarding `port` to `remote`."""
+    relay = RelayProcess(["-l", f"127.0.0.1:{port}", "-r", remote, "-w", "2"], tmp_path=tmp_path)
+    try:
+        relay.start(wait_listen=2)
+        assert len(children_of(relay.pid)) == 2, relay.log
+    except BaseException:
+        relay.stop(signal.SIGKILL, timeout=5)
+        raise
+    return relay
+
+
 def test_sighup_reaches_every_worker_and_kills_none(tmp_path: Path) -> None:
     with EchoServer() as srv:
         port = free_port()
-        relay = RelayProcess(
-            ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-w", "2"], tmp_path=tmp_path
-        )
+        relay = two_workers(tmp_path, port, srv.addr)
         with relay:
-            relay.start(wait_listen=2)
             workers = children_of(relay.pid)
-            assert len(workers) == 2, workers
             os.kill(relay.pid, signal.SIGHUP)
             relay.wait_log("SIGHUP: reloading is not supported yet", count=2, timeout=10)
             assert "SIGHUP: passed on to 2 worker(s)" in relay.log
@@ -99,13 +107,9 @@ remote = "{srv.addr}"
 def test_workers_stop_when_the_supervisor_dies(tmp_path: Path) -> None:
     with EchoServer() as srv:
         port = free_port()
-        relay = RelayProcess(
-            ["-l", f"127.0.0.1:{port}", "-r", srv.addr, "-w", "2"], tmp_path=tmp_path
-        )
+        relay = two_workers(tmp_path, port, srv.addr)
         with relay:
-            relay.start(wait_listen=2)
             workers = children_of(relay.pid)
-            assert len(workers) == 2, workers
             os.kill(relay.pid, signal.SIGKILL)
             try:
                 wait_until(lambda: not any(alive(p) for p in workers), 10, "workers exited")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.peers import TcpServer
+from helpers.peers import TcpServer, read_http_head
 from helpers.relay import RelayProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -27,12 +27,8 @@ BODY_PART = b"x" * 200_000
 
 class ResettingHttp(TcpServer):
     def handle(self, sock: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(4096)
-            if not chunk:
-                return
-            head += chunk
+        if read_http_head(sock) is None:
+            return
         sock.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + BODY_PART)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
