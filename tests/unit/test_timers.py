@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from snirelay.net.timers import Wheel
+from snirelay.net.timers import Timed, Wheel
 
 
 class FakeLoop:
@@ -75,13 +75,14 @@ def test_fires_within_one_tick_never_early() -> None:
     assert 1000.55 <= log[1][1] <= 1000.65
 
 
-def test_cancel_and_rearm_leave_stale_entries_that_never_fire() -> None:
+def test_cancel_and_rearm_remove_the_old_entry_at_once() -> None:
     loop, wheel, log = make()
     a, b = Item(log, "a", loop), Item(log, "b", loop)
     wheel.after(a, 0.3)
     wheel.after(b, 0.3)
     wheel.after(a, 0)  # cancel
     wheel.after(b, 5.0)  # re-arm later
+    assert wheel.pending() == 1  # nothing stale kept (a closed connection is not held)
     loop.advance(1001.0)
     assert log == []
     loop.advance(1006.0)
@@ -109,7 +110,7 @@ def test_work_per_firing_is_the_due_entries() -> None:
     wheel.after(near, 1)
     touched: list[int] = []
 
-    class CountingBuckets(dict[int, list[Any]]):
+    class CountingBuckets(dict[int, dict[Timed, None]]):
         def pop(self, tick: int, *default: Any) -> Any:
             bucket = super().pop(tick, *default)
             touched.append(len(bucket))
@@ -132,3 +133,19 @@ def test_a_raising_item_is_aborted_and_the_others_still_run() -> None:
     wheel.after(good, 0.1)
     loop.advance(1001.0)
     assert bad.aborted and [n for n, _ in log] == ["good"]
+
+
+def test_cancelling_a_due_item_from_another_items_deadline() -> None:
+    loop, wheel, log = make()
+    b = Item(log, "b", loop)
+
+    class Closer(Item):
+        def on_deadline(self) -> None:
+            super().on_deadline()
+            wheel.cancel(b)  # e.g. one connection's end closes another
+
+    a = Closer(log, "a", loop)
+    wheel.after(a, 0.1)
+    wheel.after(b, 0.1)
+    loop.advance(1001.0)
+    assert [n for n, _ in log] == ["a"]

@@ -222,7 +222,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        self.due = 0
+        self.ctx.wheel.cancel(self)
         if hint is not None:
             self.hint = hint
         ctx = self.ctx

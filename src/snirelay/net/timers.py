@@ -2,18 +2,19 @@
 
 How it works
 ------------
-A hashed timing wheel with lazy cancellation. Time is cut into ticks of `resolution`
-seconds; `arm(item, when)` appends the item to the bucket of the tick that contains
-`when` (rounded up) and stores that tick in `item.due`. Cancelling is `item.due = 0`:
-nothing is searched or removed; when the bucket comes due, items whose `due` no longer
-names that tick are skipped. Re-arming is another `arm` (the old bucket entry goes stale
-the same way).
+A hashed timing wheel. Time is cut into ticks of `resolution` seconds; `arm(item,
+when)` puts the item into the bucket of the tick that contains `when` (rounded up) and
+stores that tick in `item.due`. A bucket is a dict used as an ordered set, so
+`cancel(item)` (and re-arming, which cancels first) removes the entry at once: a bucket
+only ever holds live, armed items, and a closed connection is never kept alive by the
+wheel until its old deadline comes round.
 
 One loop timer serves the whole wheel: it is set for the earliest bucket that exists
-(a heap of bucket ticks, pushed when a bucket is created) and fires only when a bucket
-is due. Work per firing is the number of entries in the due buckets, current or stale,
-never a walk over every connection: 50,000 idle connections whose next deadline is
-minutes away cost nothing until then.
+(a heap of bucket ticks, one entry per bucket, pushed when the bucket is created; a
+bucket that cancellations emptied stays until it reaches the head of the heap, where it
+is dropped without a wake) and fires only when a bucket is due. Work per firing is
+the number of items due, never a walk over every connection: 50,000 idle connections
+whose next deadline is minutes away cost nothing until then.
 
 Deadlines fire at most `resolution` late (and at most 5% of a tick early, where the
 loop's millisecond timer rounding would otherwise make the wheel spin).
@@ -56,20 +57,25 @@ class Wheel:
         self.clock = clock or loop.time
         self.call_at = loop.call_at
         self.res = resolution
-        self.buckets: dict[int, list[Timed]] = {}
-        self.ticks: list[int] = []  # heap of the ticks that have a bucket
+        self.buckets: dict[int, dict[Timed, None]] = {}
+        self.ticks: list[int] = []  # heap of the buckets' ticks, one entry per bucket
         self.handle: asyncio.TimerHandle | None = None
         self.handle_tick = 0  # the tick the loop timer is set for (0 = none)
 
     def arm(self, item: Timed, when: float) -> None:
-        """Call `item.on_deadline()` at `when` (loop time), at most one tick late."""
+        """Call `item.on_deadline()` at `when` (loop time), at most one tick late; an
+        earlier deadline of the item is replaced."""
         tick = math.ceil(when / self.res)
+        if item.due:
+            if item.due == tick:
+                return
+            self.cancel(item)
         item.due = tick
         bucket = self.buckets.get(tick)
         if bucket is not None:
-            bucket.append(item)
+            bucket[item] = None
             return
-        self.buckets[tick] = [item]
+        self.buckets[tick] = {item: None}
         heapq.heappush(self.ticks, tick)
         if not self.handle_tick or tick < self.handle_tick:
             self._schedule(tick)
@@ -78,8 +84,18 @@ class Wheel:
         """`arm` at `delay` seconds from now; a delay <= 0 means no deadline."""
         if delay > 0:
             self.arm(item, self.clock() + delay)
-        else:
-            item.due = 0
+        elif item.due:
+            self.cancel(item)
+
+    def cancel(self, item: Timed) -> None:
+        """Forget the item's deadline (nothing if it has none)."""
+        due = item.due
+        if not due:
+            return
+        item.due = 0
+        bucket = self.buckets.get(due)
+        if bucket is not None:
+            bucket.pop(item, None)  # an emptied bucket stays until its tick (no re-push)
 
     def _schedule(self, tick: int) -> None:
         if self.handle is not None:
@@ -88,7 +104,7 @@ class Wheel:
         self.handle = self.call_at(tick * self.res, self._fire)
 
     def pending(self) -> int:
-        """Entries held, stale ones included (for tests and diagnostics)."""
+        """Items armed (for tests and diagnostics)."""
         return sum(len(b) for b in self.buckets.values())
 
     def _fire(self) -> None:
@@ -101,13 +117,15 @@ class Wheel:
             tick = heapq.heappop(ticks)
             for item in buckets.pop(tick):
                 if item.due != tick:
-                    continue  # cancelled or re-armed since
+                    continue  # cancelled by an earlier item's deadline in this run
                 item.due = 0
                 try:
                     item.on_deadline()
                 except Exception:
                     LOG.exception("internal error at a deadline; closing its connection")
                     item.abort()
+        while ticks and not buckets[ticks[0]]:
+            del buckets[heapq.heappop(ticks)]  # emptied by cancellations: no wake for it
         if ticks:
             self._schedule(ticks[0])
 
