@@ -243,6 +243,11 @@ class Connection:
             record = self.record(reason)
             for cb in ctx.on_closed:
                 cb(self, record)
+        # Break the reference cycles (directions and phases point back at the
+        # connection) so a closed connection is freed by reference counting, without
+        # waiting for the cycle collector.
+        self.up = self.down = None
+        self.phase = _CLOSED
 
     def record(self, reason: str) -> dict[str, Any]:
         """The connection's one record (observers get it at close)."""
@@ -291,3 +296,4 @@ class _Marker(Phase):
 _ACCEPTED = _Marker("accept")
 _DECIDING = _Marker("decide")
 _PUMPING = _Marker("pump")
+_CLOSED = _Marker("closed")
