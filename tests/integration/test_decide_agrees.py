@@ -19,7 +19,7 @@ For each input and endpoint, `snirelay hello -c` (its `main`, in this process) s
 what the relay does; then a client connects to the relay, sends the bytes and waits.
 Each backend greets with its tag, so the client learns where it was routed; it then
 half-closes and reads to EOF. A client the relay closes instead reads EOF (or a reset)
-and no greeting. The relay's record for that client (found by its address) must have
+and no greeting. The relay's record for that client (found by listener and address) must have
 hello's `route`, and hello's `close`; hello's close null ("connects") means the record
 ends "eof" at the backend of that route, which received the bytes exactly. All clients
 run in parallel against the one relay, with `network.sniff_timeout = 0.5` so the
@@ -214,12 +214,15 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> Any:
             with ThreadPoolExecutor(max_workers=32) as pool:
                 seen = list(pool.map(lambda j: exchange(ports[j[1]], INPUTS[j[0]]), jobs))
             records = relay.wait_records(len(jobs), timeout=DEADLINE)
-        by_client = {r["client"]: r for r in records}
+        # one source port may serve two connections at once, one to each listener
+        by_client = {(r["listener"], r["client"]): r for r in records}
         out: dict[tuple[str, str], Case] = {}
         for (name, ep), s in zip(jobs, seen, strict=True):
             entry = answers[name]["routes"][ep]
             assert entry["endpoint"] == ENDPOINTS[ep]
-            out[(name, ENDPOINTS[ep])] = Case(entry, s, by_client[s.client], INPUTS[name])
+            out[(name, ENDPOINTS[ep])] = Case(
+                entry, s, by_client[ENDPOINTS[ep], s.client], INPUTS[name]
+            )
         yield out, backends
     finally:
         for b in backends.values():
