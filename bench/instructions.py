@@ -8,7 +8,10 @@ ref's src/ unpacked from `git archive`), the relay runs under `valgrind
 --tool=callgrind` in two modes: `plain` (an endpoint without routes) and `routed`
 (SNI routing: every connection sniffed, decided, connected and replayed). A client
 opens N connections one after the other; each sends a captured ClientHello (curl's,
-tests/vectors), the backend answers 1,500 bytes and closes. The relay's instruction
+tests/vectors), the backend answers 1,500 bytes, the client 100, and the connection
+closes; `routed-5rt` does five such round trips, so its difference from `routed`, over
+four, is the cost of one round trip (two readiness events through the pump), the part
+that dominates a TLS handshake relayed in passthrough. The relay's instruction
 count with N connections minus its count with none (start-up and shutdown) divided by
 N is the figure. Callgrind counts instructions, not time, so the same build, load and
 machine give the same count (a few hundred instructions apart), whatever else runs.
@@ -35,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HELLO = (REPO / "tests" / "vectors" / "clienthello" / "curl_sni_http2.bin").read_bytes()
 ANSWER = b"x" * 1500
+ROUND_TRIPS = {"plain": 1, "routed": 1, "routed-5rt": 5}  # answers per connection
 
 CONFIGS = {
     "plain": """
@@ -42,6 +46,16 @@ CONFIGS = {
 level = "off"
 [[endpoints]]
 listen = "127.0.0.1:{port}"
+remote = "127.0.0.1:{backend}"
+""",
+    "routed-5rt": """
+[log]
+level = "off"
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "127.0.0.1:{backend}"
+[[endpoints.routes]]
+server_names = ["emby.example.com"]
 remote = "127.0.0.1:{backend}"
 """,
     "routed": """
@@ -57,8 +71,9 @@ remote = "127.0.0.1:{backend}"
 }
 
 
-def backend() -> tuple[socket.socket, int]:
-    """Reads the hello, answers 1,500 bytes, waits for the client's close."""
+def backend(rounds: int) -> tuple[socket.socket, int]:
+    """Reads the hello, answers 1,500 bytes and reads 100, `rounds` times, then waits
+    for the client's close."""
     lsock = socket.create_server(("127.0.0.1", 0), backlog=1024)
 
     def serve(c: socket.socket) -> None:
@@ -66,7 +81,9 @@ def backend() -> tuple[socket.socket, int]:
             c.settimeout(30)
             try:
                 c.recv(65536)
-                c.sendall(ANSWER)
+                for _ in range(rounds):
+                    c.sendall(ANSWER)
+                    c.recv(100)
                 c.recv(100)
             except OSError:
                 pass
@@ -100,21 +117,23 @@ def wait_port(port: int, timeout: float) -> None:
     raise SystemExit(f"relay did not listen on {port} within {timeout}s")
 
 
-def load(port: int, n: int) -> None:
+def load(port: int, n: int, rounds: int) -> None:
     for _ in range(n):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
             c.sendall(HELLO)
-            got = 0
-            while got < len(ANSWER):
-                chunk = c.recv(4096)
-                if not chunk:
-                    break
-                got += len(chunk)
+            for _ in range(rounds):
+                got = 0
+                while got < len(ANSWER):
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                c.sendall(b"y" * 100)
 
 
 def count(src: Path, mode: str, n: int, work: Path) -> int:
     """Instructions of one relay run with `n` connections (plus the readiness probe)."""
-    lsock, bport = backend()
+    lsock, bport = backend(ROUND_TRIPS[mode])
     port = free_port()
     cfg = work / f"{mode}.toml"
     cfg.write_text(CONFIGS[mode].format(port=port, backend=bport))
@@ -129,7 +148,7 @@ def count(src: Path, mode: str, n: int, work: Path) -> int:
     )
     try:
         wait_port(port, 120)
-        load(port, n)
+        load(port, n, ROUND_TRIPS[mode])
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:

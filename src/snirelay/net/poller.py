@@ -141,14 +141,15 @@ class Poller:
 
     def _dispatch(self) -> None:
         readers, writers = self.readers, self.writers
+        read_events, write_events = _READ_EVENTS, _WRITE_EVENTS
         for fd, ev in self.ep.poll(0, MAX_EVENTS):
             w: Watcher | None = None
             try:
-                if ev & _READ_EVENTS:
+                if ev & read_events:
                     w = readers.get(fd)
                     if w is not None:
                         w.on_readable()
-                if ev & _WRITE_EVENTS:
+                if ev & write_events:
                     w = writers.get(fd)
                     if w is not None:
                         w.on_writable()

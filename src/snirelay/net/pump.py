@@ -54,16 +54,17 @@ class PumpOwner(Protocol):
 class PipePool:
     """Reusable non-blocking pipe pairs of one size. Bounded: extras are closed."""
 
-    __slots__ = ("size", "_free", "_limit")
+    __slots__ = ("size", "free", "limit")
 
     def __init__(self, pages: int = 16, limit: int = 512) -> None:
         self.size = pages * 4096
-        self._free: list[tuple[int, int]] = []
-        self._limit = limit
+        # `free` is read directly by SpliceDir on its hot path (a pop, an append)
+        self.free: list[tuple[int, int]] = []
+        self.limit = limit
 
     def get(self) -> tuple[int, int]:
-        if self._free:
-            return self._free.pop()
+        if self.free:
+            return self.free.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.size != 65536:
             try:
@@ -73,17 +74,17 @@ class PipePool:
         return r, w
 
     def put(self, pipe: tuple[int, int], clean: bool) -> None:
-        if clean and len(self._free) < self._limit:
-            self._free.append(pipe)
+        if clean and len(self.free) < self.limit:
+            self.free.append(pipe)
         else:
             os.close(pipe[0])
             os.close(pipe[1])
 
     def close(self) -> None:
-        for r, w in self._free:
+        for r, w in self.free:
             os.close(r)
             os.close(w)
-        self._free.clear()
+        self.free.clear()
 
 
 class _Dir:
@@ -163,24 +164,32 @@ class SpliceDir(_Dir):
     so it costs two descriptors (its sockets), not six.
     """
 
-    __slots__ = ("pool", "pr", "pw")
+    __slots__ = ("pool", "pipe")
 
     def __init__(
         self, poller: Poller, owner: PumpOwner, src: Side, dst: Side, pool: PipePool
     ) -> None:
         super().__init__(poller, owner, src, dst)
         self.pool = pool
-        self.pr = self.pw = -1
+        self.pipe: tuple[int, int] | None = None  # (read end, write end) while borrowed
 
     def on_readable(self) -> None:
-        if self.pr < 0:
-            try:
-                self.pr, self.pw = self.pool.get()
-            except OSError as exc:
-                self.owner.pump_failed(exc)
-                return
+        pool = self.pool
+        pipe = self.pipe
+        if pipe is None:
+            free = pool.free
+            if free:
+                pipe = free.pop()
+            else:
+                try:
+                    pipe = pool.get()
+                except OSError as exc:
+                    self.owner.pump_failed(exc)
+                    return
+            self.pipe = pipe
+        pr, pw = pipe
         splice = os.splice
-        sfd, dfd, pr, pw, chunk = self.sfd, self.dfd, self.pr, self.pw, self.pool.size
+        sfd, dfd, chunk = self.sfd, self.dfd, pool.size
         try:
             for _ in range(MAX_ROUNDS):
                 n = splice(sfd, pw, chunk, None, None, SPLICE_FLAGS)
@@ -205,13 +214,19 @@ class SpliceDir(_Dir):
         except OSError as exc:
             self.owner.pump_failed(exc)
             return
-        self.pool.put((pr, pw), True)
-        self.pr = self.pw = -1
-        self._wait_read()
+        free = pool.free
+        if len(free) < pool.limit:
+            free.append(pipe)  # empty again: back to the pool (PipePool.put, inlined)
+        else:
+            pool.put(pipe, True)
+        self.pipe = None
+        if not self.reading:
+            self._wait_read()
 
     def on_writable(self) -> None:
+        assert self.pipe is not None
         try:
-            m = os.splice(self.pr, self.dfd, self.pending, None, None, SPLICE_FLAGS)
+            m = os.splice(self.pipe[0], self.dfd, self.pending, None, None, SPLICE_FLAGS)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -223,9 +238,9 @@ class SpliceDir(_Dir):
             self._unblocked()
 
     def release(self) -> None:
-        if self.pr >= 0:
-            self.pool.put((self.pr, self.pw), clean=self.pending == 0)
-            self.pr = self.pw = -1
+        if self.pipe is not None:
+            self.pool.put(self.pipe, clean=self.pending == 0)
+            self.pipe = None
 
 
 class CopyDir(_Dir):
