@@ -192,7 +192,10 @@ def main() -> int:
                 busy = count(src, mode, args.connections, work)
                 per = (busy - idle) / args.connections
                 results[(name, mode)] = per
-                print(f"{name:24} {mode:7} {per:10,.0f} instructions per connection")
+                print(f"{name:24} {mode:10} {per:10,.0f} instructions per connection")
+        for name, _ in builds:
+            trip = (results[(name, "routed-5rt")] - results[(name, "routed")]) / 4
+            print(f"{name:24} one round trip through the pump: {trip:,.0f} instructions")
         if args.baseline:
             base = builds[0][0]
             for mode in CONFIGS:
