@@ -71,10 +71,10 @@ class Clock:
 class NewConn:
     """net.conn's idle check, on the wheel."""
 
-    __slots__ = ("due", "wheel", "clock", "nbytes", "idle_bytes", "idle_since", "busy")
+    __slots__ = ("due", "slot", "wheel", "clock", "nbytes", "idle_bytes", "idle_since", "busy")
 
     def __init__(self, wheel: Wheel, clock: Clock, busy: bool) -> None:
-        self.due = 0
+        self.due = self.slot = 0
         self.wheel, self.clock, self.busy = wheel, clock, busy
         self.nbytes = self.idle_bytes = 0
         self.idle_since = clock.now

@@ -47,6 +47,7 @@ class FakeLoop:
 class Item:
     def __init__(self, log: list[tuple[str, float]], name: str, loop: FakeLoop) -> None:
         self.due = 0
+        self.slot = 0
         self.log, self.name, self.loop = log, name, loop
         self.aborted = False
 
@@ -110,7 +111,7 @@ def test_work_per_firing_is_the_due_entries() -> None:
     wheel.after(near, 1)
     touched: list[int] = []
 
-    class CountingBuckets(dict[int, dict[Timed, None]]):
+    class CountingBuckets(dict[int, list[Timed | None]]):
         def pop(self, tick: int, *default: Any) -> Any:
             bucket = super().pop(tick, *default)
             touched.append(len(bucket))

@@ -57,6 +57,7 @@ class Connection:
         "route",
         "phase",
         "due",
+        "slot",
         "up",
         "down",
         "t0",
@@ -85,6 +86,7 @@ class Connection:
         self.route = "default"
         self.phase: Phase = _ACCEPTED
         self.due = 0  # the timing wheel's tick for the current deadline (0 = none)
+        self.slot = 0  # and the connection's place in that tick's bucket
         self.up: SpliceDir | CopyDir | None = None
         self.down: SpliceDir | CopyDir | None = None
         self.t0 = ctx.loop.time()
