@@ -49,7 +49,7 @@ class Timed(Protocol):
 
 
 class Wheel:
-    __slots__ = ("clock", "call_at", "res", "buckets", "ticks", "handle", "handle_tick")
+    __slots__ = ("clock", "call_at", "res", "buckets", "ticks", "handle", "handle_tick", "last")
 
     def __init__(
         self,
@@ -64,11 +64,16 @@ class Wheel:
         self.ticks: list[int] = []  # heap of the buckets' ticks, one entry per bucket
         self.handle: asyncio.TimerHandle | None = None
         self.handle_tick = 0  # the tick the loop timer is set for (0 = none)
+        self.last = 0  # the tick last armed: its int object is shared by the items armed for it
 
     def arm(self, item: Timed, when: float) -> None:
         """Call `item.on_deadline()` at `when` (loop time), at most one tick late; an
         earlier deadline of the item is replaced."""
         tick = math.ceil(when / self.res)
+        if tick == self.last:
+            tick = self.last  # one int object per tick, not one per armed connection
+        else:
+            self.last = tick
         if item.due:
             if item.due == tick:
                 return
