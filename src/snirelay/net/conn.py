@@ -122,14 +122,19 @@ class Connection:
         """The sniff phase is over: route (or close) by the one routing decision."""
         ep = self.ep
         assert ep.table is not None
+        self.prefix = data
+        if isinstance(seen, Sniffed):
+            self.seen = seen
+            self.kind = seen.kind
+        else:
+            self.kind = "timeout" if isinstance(seen, SniffTimeout) else seen.kind
+        for cb in self.ctx.on_sniffed:
+            cb(self)
         d: Decision = decide(ep.table, seen, has_default=bool(ep.default.cfg.remotes))
         if not isinstance(seen, SniffTimeout):
             self.phase = _DECIDING  # a timeout is the sniff phase's end, not the decision's
         self.kind = d.kind
         self.hint = d.hint
-        if isinstance(seen, Sniffed):
-            self.seen = seen
-        self.prefix = data
         if d.route is not None:
             self.route = d.route.place
             self.upstream = ep.routes[d.route.place]

@@ -5,6 +5,8 @@ How it works
 An observer is any object with some of these methods (each optional):
 
 - `accepted(conn)`: a client was accepted (before any byte is read);
+- `sniffed(conn)`: the sniff phase ended (`conn.seen`: what was parsed, if anything;
+  `conn.kind`: what it was) - only on endpoints with routes;
 - `routed(conn)`: the routing decision was taken (route, or a close reason);
 - `connected(conn)`: the backend side is up;
 - `closed(conn, record)`: the connection ended; `record` is its one record (a dict of
@@ -36,17 +38,18 @@ CloseEvent = Callable[["Connection", dict[str, Any]], None]
 
 
 class Observers:
-    __slots__ = ("on_accepted", "on_routed", "on_connected", "on_closed")
+    __slots__ = ("on_accepted", "on_sniffed", "on_routed", "on_connected", "on_closed")
 
     def __init__(self) -> None:
         self.on_accepted: list[ConnEvent] = []
+        self.on_sniffed: list[ConnEvent] = []
         self.on_routed: list[ConnEvent] = []
         self.on_connected: list[ConnEvent] = []
         self.on_closed: list[CloseEvent] = []
 
     def add(self, obs: object) -> None:
         """File each event method `obs` has into that event's list."""
-        for event in ("accepted", "routed", "connected", "closed"):
+        for event in ("accepted", "sniffed", "routed", "connected", "closed"):
             method = getattr(obs, event, None)
             if method is not None:
                 getattr(self, "on_" + event).append(method)
