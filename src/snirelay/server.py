@@ -177,7 +177,6 @@ class Server:
             self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         for svc in self.services:
             svc.start()
-        self.ctx.start()
         if self.control is not None:
             self._tell_ready(self.control)
         await self.stopping.wait()

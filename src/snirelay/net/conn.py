@@ -57,7 +57,6 @@ class Connection:
         "backend",
         "baddr",
         "upstream",
-        "route",
         "phase",
         "due",
         "slot",
@@ -70,7 +69,6 @@ class Connection:
         "kind",
         "hint",
         "ndone",
-        "closed",
         "idle_bytes",
         "quiet",
         "failed_remotes",
@@ -86,23 +84,30 @@ class Connection:
         self.backend: Side | None = None
         self.baddr: Any = None  # the backend's socket address (formatted only for records)
         self.upstream: UpstreamRT = ep.default
-        self.route = "default"
         self.phase: Phase = _ACCEPTED
         self.due = 0  # the timing wheel's tick for the current deadline (0 = none)
         self.slot = 0  # and the connection's place in that tick's bucket
         self.up: SpliceDir | CopyDir | None = None
         self.down: SpliceDir | CopyDir | None = None
         self.t0 = ctx.loop.time()
-        self.prefix = b""  # sniffed bytes, replayed to the backend
+        self.prefix: bytes | bytearray = b""  # sniffed bytes, replayed to the backend
         self.sent = 0  # how many of them the backend took
         self.seen: Sniffed | None = None
         self.kind: str | None = None
         self.hint: str | None = None
         self.ndone = 0
-        self.closed = False
         self.idle_bytes = 0
         self.quiet = 0  # idle checks in a row that saw no byte move
         self.failed_remotes: list[str] | None = None
+
+    @property
+    def route(self) -> str:
+        """The record's `route`: the place of the route taken, or "default"."""
+        return self.upstream.place
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is _CLOSED
 
     # ---- the phases, in order ----------------------------------------------------------
     def start(self) -> None:
@@ -118,25 +123,23 @@ class Connection:
         else:
             self._connect()
 
-    def decided(self, seen: Sniffed | ProtocolError | SniffTimeout, data: bytes) -> None:
+    def decided(
+        self, seen: Sniffed | ProtocolError | SniffTimeout, data: bytes | bytearray
+    ) -> None:
         """The sniff phase is over: route (or close) by the one routing decision."""
         ep = self.ep
         assert ep.table is not None
         self.prefix = data
         if isinstance(seen, Sniffed):
             self.seen = seen
-            self.kind = seen.kind
-        else:
-            self.kind = "timeout" if isinstance(seen, SniffTimeout) else seen.kind
+        d: Decision = decide(ep.table, seen, has_default=bool(ep.default.cfg.remotes))
+        self.kind = d.kind  # what was seen, as the decision names it
         for cb in self.ctx.on_sniffed:
             cb(self)
-        d: Decision = decide(ep.table, seen, has_default=bool(ep.default.cfg.remotes))
         if not isinstance(seen, SniffTimeout):
             self.phase = _DECIDING  # a timeout is the sniff phase's end, not the decision's
-        self.kind = d.kind
         self.hint = d.hint
         if d.route is not None:
-            self.route = d.route.place
             self.upstream = ep.routes[d.route.place]
         for cb in self.ctx.on_routed:
             cb(self)
@@ -169,6 +172,7 @@ class Connection:
         """Every sniffed byte reached the backend: pump both ways."""
         b = self.backend
         assert b is not None
+        self.prefix = b""  # replayed: an idle routed connection does not keep its hello
         ctx = self.ctx
         client = self.client
         if ctx.splice and client.raw and b.raw:
@@ -227,20 +231,19 @@ class Connection:
     def close(self, reason: str, hint: str | None = None, *, reset: bool = False) -> None:
         """Close both sides and write the record. `reset`: end with an RST instead of a
         FIN, so a peer can tell a cut transfer from a complete one."""
-        if self.closed:
+        phase = self.phase
+        if phase is _CLOSED:
             return
-        self.closed = True
-        self.ctx.wheel.cancel(self)
+        self.phase = _CLOSED
+        ctx = self.ctx
+        ctx.wheel.cancel(self)
         if hint is not None:
             self.hint = hint
-        ctx = self.ctx
         forget = ctx.poller.forget
         for d in (self.up, self.down):
             if d is not None:
                 d.release()
-        phase = self.phase
-        if isinstance(phase, Connect):
-            phase.release()
+        phase.release()
         forget(self.client.fd)
         self.client.close(reset)
         if self.backend is not None:
@@ -248,17 +251,17 @@ class Connection:
             self.backend.close(reset)
         ctx.conns.discard(self)
         if ctx.on_closed:
-            record = self.record(reason)
+            record = self.record(reason, phase.name)
             for cb in ctx.on_closed:
                 cb(self, record)
-        # Break the reference cycles (directions and phases point back at the
+        # Break the reference cycles (directions and the phase point back at the
         # connection) so a closed connection is freed by reference counting, without
         # waiting for the cycle collector.
         self.up = self.down = None
-        self.phase = _CLOSED
 
-    def record(self, reason: str) -> dict[str, Any]:
-        """The connection's one record (observers get it at close)."""
+    def record(self, reason: str, phase: str) -> dict[str, Any]:
+        """The connection's one record (observers get it at close); `phase`: the one it
+        ended in."""
         up, down = self.up, self.down
         seen = self.seen
         hello = seen.hello if seen is not None else None
@@ -278,7 +281,7 @@ class Connection:
             "bytes_down": down.nbytes if down else 0,
             "duration": round(self.ctx.loop.time() - self.t0, 6),
             "path": ("splice" if isinstance(up, SpliceDir) else "copy") if up else None,
-            "phase": self.phase.name,
+            "phase": phase,
             "close": reason,
         }
         if self.ctx.worker:

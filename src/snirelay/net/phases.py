@@ -91,6 +91,9 @@ class Phase:
     def on_deadline(self) -> None:
         pass
 
+    def release(self) -> None:
+        """The connection closes while this phase runs: free what only it holds."""
+
     def abort(self) -> None:
         """A callback of this phase raised (a bug): close the connection, keep serving."""
         self.conn.close("internal-error", reset=True)
@@ -108,10 +111,11 @@ class Sniff(Phase):
         self.watching = False
 
     def start(self, timeout: float) -> None:
-        self.conn.ctx.wheel.after(self.conn, timeout)
+        conn = self.conn
         self.on_readable()  # the hello is often there already (TCP_DEFER_ACCEPT)
-        if not self.conn.closed and self.conn.phase is self and not self.watching:
-            self.conn.ctx.poller.add_reader(self.conn.client.fd, self)
+        if conn.phase is self:  # not decided yet (nor closed): wait, with a deadline
+            conn.ctx.wheel.after(conn, timeout)
+            conn.ctx.poller.add_reader(conn.client.fd, self)
             self.watching = True
 
     def on_readable(self) -> None:
@@ -141,7 +145,7 @@ class Sniff(Phase):
         conn = self.conn
         if self.watching:
             conn.ctx.poller.remove_reader(conn.client.fd)
-        conn.decided(seen, bytes(self.sniffer.data))
+        conn.decided(seen, self.sniffer.data)  # the sniffer is done with its buffer
 
 
 class Connect(Phase):
@@ -189,8 +193,8 @@ class Connect(Phase):
         conn.ctx.resolver.resolve(addr.host, addr.port, lambda res: self._resolved(gen, res))
 
     def _resolved(self, gen: int, res: list[SockTarget] | OSError) -> None:
-        if self.conn.closed or gen != self.gen or self.conn.phase is not self:
-            return  # the connection ended, or this lookup timed out already
+        if gen != self.gen or self.conn.phase is not self:
+            return  # this lookup timed out already, or the connection moved on or closed
         if isinstance(res, OSError):
             self.last_error = str(res)
             self._remote_failed()
@@ -236,8 +240,6 @@ class Connect(Phase):
                     continue
                 if up_now:
                     self._up(s, sa)
-                    return
-                if conn.closed:
                     return
                 self.sock, self.sa = s, sa
                 conn.ctx.poller.add_writer(s.fd, self)
@@ -305,24 +307,23 @@ class Connect(Phase):
         up = conn.upstream
         if len(up.cfg.remotes) > 1:
             up.balancer.succeeded(self.cur)
-        conn.ctx.wheel.after(conn, 0)
+        conn.ctx.wheel.cancel(conn)
         conn.connected(s, sa)
 
 
 class Replay(Phase):
     """Write the sniffed bytes to the backend, byte-exact, before the pump starts."""
 
-    __slots__ = ("data", "watching")
+    __slots__ = ("data",)
     name = "replay"
 
     def __init__(self, conn: Connection) -> None:
         super().__init__(conn)
         self.data = memoryview(conn.prefix)
-        self.watching = False
 
     def start(self) -> None:
         self.on_writable()
-        if self.conn.phase is self and not self.conn.closed:
+        if self.conn.phase is self:  # bytes left (and not closed): wait, with a deadline
             backend = self.conn.backend
             assert backend is not None
             self.conn.ctx.poller.add_writer(backend.fd, self)
@@ -342,7 +343,7 @@ class Replay(Phase):
         conn.sent += n
         if conn.sent >= len(self.data):
             self.data.release()
-            conn.ctx.wheel.after(conn, 0)
+            conn.ctx.wheel.cancel(conn)
             conn.replayed()
 
     def on_deadline(self) -> None:

@@ -1,8 +1,9 @@
 """Runtime objects built from the frozen config, in one place.
 
 `Context` is what every connection shares (loop, poller, timing wheel, resolver, pipe
-pool, observers, live connection set). `EndpointRT` / `UpstreamRT` pair each config object with the state it needs at run
-time (balancer, compiled route table, `through` as socket.bind takes it).
+pool, observers, live connection set). `EndpointRT` / `UpstreamRT` pair each config
+object with the state it needs at run time (balancer, compiled route table, `through`
+as socket.bind takes it).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ if TYPE_CHECKING:
 
 
 class UpstreamRT:
-    __slots__ = ("cfg", "balancer", "through", "targets")
+    __slots__ = ("cfg", "place", "balancer", "through", "targets")
 
-    def __init__(self, cfg: Upstream) -> None:
+    def __init__(self, cfg: Upstream, place: str = "default") -> None:
         self.cfg = cfg
+        self.place = place  # the record's `route`: the route's place, or "default"
         self.balancer = Balancer(
             cfg.balance,
             max(1, len(cfg.remotes)),
@@ -49,7 +51,7 @@ class EndpointRT:
     def __init__(self, cfg: Endpoint) -> None:
         self.cfg = cfg
         self.default = UpstreamRT(cfg.upstream)
-        self.routes = {r.place: UpstreamRT(r.upstream) for r in cfg.routes}
+        self.routes = {r.place: UpstreamRT(r.upstream, r.place) for r in cfg.routes}
         self.table = RouteTable(cfg.routes) if cfg.routes else None
 
 
@@ -89,10 +91,6 @@ class Context(Observers):
         )
         if RecordLog.wanted():
             self.add(RecordLog())
-
-    def start(self) -> None:
-        """Called once the server serves (nothing to start today: the wheel sets its
-        loop timer when a deadline is armed)."""
 
     def close(self) -> None:
         """Release what the connections shared (after every connection is closed):
