@@ -155,18 +155,20 @@ class Server:
         self.ctx = Context(loop, config)
         self.endpoints = [EndpointRT(ep) for ep in config.endpoints]
         self.services: list[Service] = []
-        self.listeners: list[Listener] = []  # the TCP ones among the services
         self.stopping: asyncio.Event | None = None  # set: stop and drain
         self.hurry: asyncio.Event | None = None  # set: cut what is left now
         self.control = control_sock  # a worker's end of its supervisor's channel
         self._framer = control.Framer("supervisor")
 
+    @property
+    def listeners(self) -> list[Listener]:
+        """The TCP listeners among the services."""
+        return [s for s in self.services if isinstance(s, Listener)]
+
     def bind(self, reuse_port: bool = False) -> None:
         rt = {id(ep.cfg): ep for ep in self.endpoints}
         for cfg, sock in bind_all(self.config, reuse_port=reuse_port):
-            lst = Listener(self.ctx, rt[id(cfg)], sock)
-            self.listeners.append(lst)
-            self.services.append(lst)
+            self.services.append(Listener(self.ctx, rt[id(cfg)], sock))
 
     async def serve(self) -> None:
         self.stopping = asyncio.Event()

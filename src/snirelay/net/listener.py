@@ -47,7 +47,9 @@ def bound_address(sock: socket.socket) -> str:
 class Listener:
     """The TCP listener of one endpoint; `sock` is bound and listening already."""
 
-    __slots__ = ("ctx", "ep", "sock", "fd", "backoff", "paused", "name", "address", "place", "kind")
+    __slots__ = ("ctx", "ep", "sock", "fd", "backoff", "paused", "address", "place")
+
+    kind = "tcp"
 
     def __init__(self, ctx: Context, ep: EndpointRT, sock: socket.socket) -> None:
         self.ctx = ctx
@@ -57,9 +59,7 @@ class Listener:
         self.backoff = 0.0
         self.paused = False
         self.address = bound_address(sock)
-        self.place = ep.cfg.place
-        self.kind = "tcp"
-        self.name = self.address  # how log lines name this listener
+        self.place = ep.cfg.place  # log lines name the listener by its bound address
 
     def start(self) -> None:
         self.ctx.loop.add_reader(self.fd, self._on_accept)
@@ -89,7 +89,9 @@ class Listener:
         left = self._left()
         if not left:
             return
-        LOG.warning("%s: cutting %d connection(s) with a reset (%s)", self.name, len(left), reason)
+        LOG.warning(
+            "%s: cutting %d connection(s) with a reset (%s)", self.address, len(left), reason
+        )
         for conn in left:
             conn.close(reason, reset=True)
 
@@ -111,10 +113,10 @@ class Listener:
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
                     continue
-                LOG.error("%s: accept failed: %s", self.name, exc)
+                LOG.error("%s: accept failed: %s", self.address, exc)
                 return
             if self.backoff:
-                LOG.warning("%s: accepting again", self.name)
+                LOG.warning("%s: accepting again", self.address)
                 self.backoff = 0.0
             side = RawSide(family, socket.SOCK_STREAM, 0, fd)
             side.setblocking(False)
@@ -124,14 +126,16 @@ class Listener:
             try:
                 conn.start()
             except Exception:  # one connection never takes the listener down
-                LOG.exception("%s: connection %d failed to start; closing it", self.name, conn.id)
+                LOG.exception(
+                    "%s: connection %d failed to start; closing it", self.address, conn.id
+                )
                 conn.close("internal-error", reset=True)
 
     def _pause(self, exc: OSError) -> None:
         self.backoff = min(MAX_BACKOFF, self.backoff * 2 or 0.05)
         LOG.warning(
             "%s: cannot accept: %s; pausing %.2fs (raise -n/--nofile or the hard limit)",
-            self.name,
+            self.address,
             exc.strerror,
             self.backoff,
         )
