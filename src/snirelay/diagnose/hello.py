@@ -180,7 +180,7 @@ def _routes(config: Config, data: bytes) -> list[dict[str, Any]]:
     """Per endpoint: what the relay does with a client that sends `data` and waits.
 
     Raises ValueError (one line, naming the place) for a route table that cannot be
-    built, e.g. a regex RE2 refuses.
+    built (a guard: loading the config already checks what the table needs).
     """
     from snirelay.routing import Decision, RouteTable, classify, decide
 

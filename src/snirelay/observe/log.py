@@ -123,7 +123,7 @@ def text_value(v: Any) -> str:
     every record."""
     t = type(v)
     if t is str:
-        return v if _bare(v) and v != "-" else _json(v)
+        return esc(v)
     if t is int:
         return str(v)
     if v is None:
