@@ -40,6 +40,7 @@ from typing import Any
 from snirelay import control
 from snirelay.config.model import Addr, Config, Endpoint
 from snirelay.net.listener import Listener
+from snirelay.net.loop import Loop, new_loop
 from snirelay.net.runtime import Context, EndpointRT
 from snirelay.net.sockopt import make_listener
 from snirelay.observe import log as logsetup
@@ -56,15 +57,6 @@ class StartupError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when importable (Linux), else the stock asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def unsupported(config: Config) -> str | None:
@@ -147,7 +139,7 @@ class Server:
     def __init__(
         self,
         config: Config,
-        loop: asyncio.AbstractEventLoop,
+        loop: Loop,
         control_sock: socket.socket | None = None,
     ) -> None:
         self.config = config

@@ -13,7 +13,8 @@ import pytest
 
 from snirelay.config.model import Addr, Config, Endpoint, Route, Upstream
 from snirelay.net.conn import Connection
-from snirelay.server import Server, new_loop
+from snirelay.net.loop import new_loop
+from snirelay.server import Server
 
 pytestmark = pytest.mark.integration
 

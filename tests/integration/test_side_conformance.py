@@ -28,8 +28,9 @@ import pytest
 
 from snirelay.config.model import Addr, Config, Endpoint, NetworkConfig, Upstream
 from snirelay.net.conn import Connection
+from snirelay.net.loop import new_loop
 from snirelay.net.pump import HAVE_SPLICE
-from snirelay.server import Server, new_loop
+from snirelay.server import Server
 
 pytestmark = pytest.mark.integration
 

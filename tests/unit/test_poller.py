@@ -1,4 +1,5 @@
-"""net.poller: readiness dispatch from the nested epoll set, on a real loop and sockets."""
+"""net.poller and net.loop: the relay's core (readiness, timers, deferred calls) run inside
+asyncio's selector, on a real loop and sockets."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from helpers.wait import wait_until_async
-from snirelay.net.poller import Poller
-from snirelay.server import new_loop
+from snirelay.net.loop import Loop, new_loop
 
 
 class Recorder:
@@ -37,23 +37,23 @@ class Recorder:
         self.aborted = True
 
 
-def run_until(loop: asyncio.AbstractEventLoop, predicate: Callable[[], object]) -> None:
+def run_until(loop: Loop, predicate: Callable[[], object]) -> None:
     """Run the loop until `predicate()` holds (AssertionError after 5 s)."""
     loop.run_until_complete(wait_until_async(predicate, 5))
 
 
 @pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
+def loop() -> Iterator[Loop]:
     lp = new_loop()
     yield lp
     lp.close()
 
 
-def test_reader_writer_and_set(loop: asyncio.AbstractEventLoop) -> None:
+def test_reader_writer_and_set(loop: Loop) -> None:
     a, b = socket.socketpair()
     with a, b:
         a.setblocking(False)
-        poller = Poller(loop)
+        poller = loop.poller
         rec = Recorder(a)
         poller.add_writer(a.fileno(), rec)
         run_until(loop, lambda: "w" in rec.events)  # an idle socket is writable
@@ -63,11 +63,10 @@ def test_reader_writer_and_set(loop: asyncio.AbstractEventLoop) -> None:
         run_until(loop, lambda: rec.events)
         assert rec.events == ["r"]  # no writer any more (it would fire at once)
         poller.remove_reader(a.fileno())
-        assert poller.registered() == 0
-        poller.close()
+        assert a.fileno() not in poller.readers and a.fileno() not in poller.writers
 
 
-def test_reset_runs_the_reader_even_with_data_pending(loop: asyncio.AbstractEventLoop) -> None:
+def test_reset_runs_the_reader_even_with_data_pending(loop: Loop) -> None:
     """The uvloop trap: data then RST must reach the callback, which sees the error."""
     lst = socket.create_server(("127.0.0.1", 0))
     with lst:
@@ -78,20 +77,19 @@ def test_reset_runs_the_reader_even_with_data_pending(loop: asyncio.AbstractEven
             c.sendall(b"data" * 1000)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             c.close()  # RST
-            poller = Poller(loop)
+            poller = loop.poller
             rec = Recorder(s)
             poller.add_reader(s.fileno(), rec)
             run_until(loop, lambda: "ConnectionResetError" in rec.events)
             poller.remove_reader(s.fileno())
-            poller.close()
 
 
-def test_a_raising_callback_aborts_its_watcher_only(loop: asyncio.AbstractEventLoop) -> None:
+def test_a_raising_callback_aborts_its_watcher_only(loop: Loop) -> None:
     (a, b), (c, d) = socket.socketpair(), socket.socketpair()
     with a, b, c, d:
         for s in (a, c):
             s.setblocking(False)
-        poller = Poller(loop)
+        poller = loop.poller
         bad, good = Recorder(a, explode=True), Recorder(c)
         poller.add_reader(a.fileno(), bad)
         poller.add_reader(c.fileno(), good)
@@ -101,14 +99,13 @@ def test_a_raising_callback_aborts_its_watcher_only(loop: asyncio.AbstractEventL
         assert not good.aborted  # the other connection was still served
         poller.forget(a.fileno())
         poller.remove_reader(c.fileno())
-        poller.close()
 
 
 def test_a_failed_epoll_ctl_is_logged_and_aborts_only_that_watcher(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     loop = new_loop()
-    poller = Poller(loop)
+    poller = loop.poller
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     try:
@@ -127,5 +124,84 @@ def test_a_failed_epoll_ctl_is_logged_and_aborts_only_that_watcher(
     finally:
         for s in (b, c, d):
             s.close()
-        poller.close()
         loop.close()
+
+
+def test_timers_fire_in_order_and_a_cancelled_one_never(loop: Loop) -> None:
+    core = loop.poller
+    fired: list[str] = []
+    now = core.time()
+    core.call_at(now + 0.03, lambda: fired.append("late"))
+    core.call_at(now + 0.01, lambda: fired.append("early"))
+    core.call_later(0.02, lambda: fired.append("cancelled")).cancel()
+    run_until(loop, lambda: "late" in fired)
+    assert fired == ["early", "late"]
+    assert core.time() >= now + 0.03  # never early
+
+
+def test_a_raising_timer_or_deferred_call_is_logged_and_the_rest_run(
+    loop: Loop, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = loop.poller
+    seen: list[str] = []
+
+    def bad() -> None:
+        raise RuntimeError("a bug")
+
+    with caplog.at_level("ERROR", logger="snirelay"):
+        core.call_soon(bad)
+        core.call_soon(lambda: seen.append("soon"))
+        core.call_later(0, bad)
+        core.call_later(0, lambda: seen.append("timer"))
+        run_until(loop, lambda: len(seen) == 2)
+    assert sorted(seen) == ["soon", "timer"]
+    assert "internal error in a deferred callback" in caplog.text
+    assert "internal error in a timer callback" in caplog.text
+
+
+def test_asyncio_runs_beside_the_core(loop: Loop) -> None:
+    """asyncio's own descriptors, timers and thread-safe calls are served while the
+    core serves its watchers: the selector returns to asyncio when asyncio has work."""
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    with a, b, c, d:
+        for s in (a, c):
+            s.setblocking(False)
+        rec = Recorder(c)
+        loop.poller.add_reader(c.fileno(), rec)  # the core's watcher
+        got: list[bytes] = []
+        loop.add_reader(a.fileno(), lambda: got.append(a.recv(10)))  # asyncio's
+
+        async def main() -> float:
+            d.sendall(b"core")
+            b.sendall(b"asyncio")
+            t0 = loop.time()
+            await asyncio.sleep(0.05)  # an asyncio timer, while the core waits
+            slept = loop.time() - t0
+            await wait_until_async(lambda: got and rec.events, 5)
+            return slept
+
+        slept = loop.run_until_complete(main())
+        assert 0.05 <= slept < 1, slept
+        assert got == [b"asyncio"] and rec.events == ["r"]
+        loop.remove_reader(a.fileno())
+        loop.poller.remove_reader(c.fileno())
+
+
+def test_a_core_callback_wakes_asyncio_through_call_soon_threadsafe(loop: Loop) -> None:
+    """From the core, asyncio work is handed over thread-safely: the waiting selector
+    wakes at once (no asyncio timer is pending that would end its wait)."""
+    done = loop.create_future()
+    t0 = loop.time()
+    loop.poller.call_later(0.01, lambda: loop.call_soon_threadsafe(done.set_result, None))
+    loop.run_until_complete(asyncio.wait_for(done, 5))
+    assert loop.time() - t0 < 1
+
+
+def test_the_selector_refuses_a_descriptor_the_core_watches(loop: Loop) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        loop.poller.add_reader(a.fileno(), Recorder(a))
+        with pytest.raises(KeyError, match="watched by the relay's core"):
+            loop.add_reader(a.fileno(), lambda: None)
+        loop.poller.remove_reader(a.fileno())

@@ -13,8 +13,9 @@ import threading
 
 from helpers.wait import wait_until
 from snirelay.config.model import Addr, Config, Endpoint, Upstream
+from snirelay.net.loop import new_loop
 from snirelay.net.pump import CopyDir
-from snirelay.server import Server, new_loop
+from snirelay.server import Server
 
 SIZE = 8 << 20
 

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from snirelay.config.model import Addr, Config, Endpoint, Upstream
+from snirelay.net.loop import new_loop
 from snirelay.observe.log import CONN_LOG, LOG
-from snirelay.server import Server, new_loop
+from snirelay.server import Server
 
 
 class _Records(logging.Handler):

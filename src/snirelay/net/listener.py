@@ -1,6 +1,7 @@
 """The accept loop of one endpoint, a service (`snirelay.services.Service`).
 
-A raw non-blocking listening socket watched with `add_reader`. `start()` logs the
+A raw non-blocking listening socket; the listener is its watcher in the relay's core
+(net.poller), so accepting costs what a connection's events cost. `start()` logs the
 address the socket actually bound ("listening on 127.0.0.1:41234 (endpoints[0], tcp)",
 so a configured port 0 can be read back) and starts watching.
 
@@ -47,7 +48,7 @@ def bound_address(sock: socket.socket) -> str:
 class Listener:
     """The TCP listener of one endpoint; `sock` is bound and listening already."""
 
-    __slots__ = ("ctx", "ep", "sock", "fd", "backoff", "paused", "address", "place")
+    __slots__ = ("ctx", "ep", "sock", "fd", "family", "backoff", "paused", "address", "place")
 
     kind = "tcp"
 
@@ -56,18 +57,19 @@ class Listener:
         self.ep = ep
         self.sock = sock
         self.fd = sock.fileno()
+        self.family = int(sock.family)  # socket.family builds an enum on every read
         self.backoff = 0.0
         self.paused = False
         self.address = bound_address(sock)
         self.place = ep.cfg.place  # log lines name the listener by its bound address
 
     def start(self) -> None:
-        self.ctx.loop.add_reader(self.fd, self._on_accept)
+        self.ctx.poller.add_reader(self.fd, self)
         LOG.info("listening on %s (%s, %s)", self.address, self.place, self.kind)
 
     def stop(self) -> None:
         if not self.paused:
-            self.ctx.loop.remove_reader(self.fd)
+            self.ctx.poller.remove_reader(self.fd)
         self.paused = True  # a pending resume timer becomes a no-op
         self.sock.close()
 
@@ -95,11 +97,18 @@ class Listener:
         for conn in left:
             conn.close(reason, reset=True)
 
-    def _on_accept(self) -> None:
+    def on_writable(self) -> None:  # the listening socket is only ever read
+        pass
+
+    def abort(self) -> None:
+        """Accepting raised (a bug; the poller logged it): keep listening. Each
+        connection's start is guarded on its own, so no connection is left half-made."""
+
+    def on_readable(self) -> None:
         # socket._accept() gives the descriptor, so the connection's client side is
         # made directly as a RawSide (socket.accept() would build a socket to discard)
         accept = self.sock._accept  # type: ignore[attr-defined]
-        family = self.sock.family
+        family = self.family
         ctx, ep = self.ctx, self.ep
         keep_addr = ctx.keep_addr
         for _ in range(BATCH):
@@ -139,12 +148,12 @@ class Listener:
             exc.strerror,
             self.backoff,
         )
-        self.ctx.loop.remove_reader(self.fd)
+        self.ctx.poller.remove_reader(self.fd)
         self.paused = True
-        self.ctx.loop.call_later(self.backoff, self._resume)
+        self.ctx.poller.call_later(self.backoff, self._resume)
 
     def _resume(self) -> None:
         if self.sock.fileno() < 0 or not self.paused:
             return
         self.paused = False
-        self.ctx.loop.add_reader(self.fd, self._on_accept)
+        self.ctx.poller.add_reader(self.fd, self)

@@ -283,7 +283,7 @@ class CopyDir(_Dir):
         if self.src.buffered():
             # decoded bytes wait inside the side (MAX_ROUNDS reached): no readiness event
             # will announce them, so come back from the loop
-            self.poller.loop.call_soon(self._again)
+            self.poller.call_soon(self._again)
 
     def _again(self) -> None:
         if self.reading:

@@ -8,14 +8,13 @@ as socket.bind takes it).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import TYPE_CHECKING
 
 from snirelay.balance import Balancer
 from snirelay.config.model import Config, Endpoint, Upstream
-from snirelay.net.poller import Poller
+from snirelay.net.loop import Loop
 from snirelay.net.pump import HAVE_SPLICE, PipePool
 from snirelay.net.resolve import Resolver, literal
 from snirelay.net.sockopt import bind_address
@@ -70,13 +69,11 @@ class Context(Observers):
         "keep_addr",
     )
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, config: Config, *, splice: bool = HAVE_SPLICE
-    ) -> None:
+    def __init__(self, loop: Loop, config: Config, *, splice: bool = HAVE_SPLICE) -> None:
         super().__init__()
         self.loop = loop
-        self.poller = Poller(loop)
-        self.wheel = Wheel(loop)
+        self.poller = loop.poller  # the relay's event core (net.poller), run inside the loop
+        self.wheel = Wheel(loop.poller)
         self.config = config
         self.resolver = Resolver(loop, config.dns)
         self.pipes = PipePool(config.pipe_pages)
@@ -94,8 +91,8 @@ class Context(Observers):
 
     def close(self) -> None:
         """Release what the connections shared (after every connection is closed):
-        the deadline timer, running name lookups, pooled pipes, the epoll set."""
+        the deadline timer, running name lookups, pooled pipes (the epoll set is the
+        loop's, closed with it)."""
         self.wheel.close()
         self.resolver.close()
         self.pipes.close()
-        self.poller.close()

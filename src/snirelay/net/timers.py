@@ -26,7 +26,6 @@ called (it closes that connection); the other due items still run.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import math
 from collections.abc import Callable
@@ -48,12 +47,23 @@ class Timed(Protocol):
     def abort(self) -> None: ...
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """What the wheel runs on: the relay's core (net.poller.Poller) or a test's fake."""
+
+    def time(self) -> float: ...
+    def call_at(self, when: float, cb: Callable[[], object], /) -> Cancellable: ...
+
+
 class Wheel:
     __slots__ = ("clock", "call_at", "res", "buckets", "ticks", "handle", "handle_tick", "last")
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: Clock,
         resolution: float = RESOLUTION,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -62,7 +72,7 @@ class Wheel:
         self.res = resolution
         self.buckets: dict[int, list[Timed | None]] = {}
         self.ticks: list[int] = []  # heap of the buckets' ticks, one entry per bucket
-        self.handle: asyncio.TimerHandle | None = None
+        self.handle: Cancellable | None = None
         self.handle_tick = 0  # the tick the loop timer is set for (0 = none)
         self.last = 0  # the tick last armed: its int object is shared by the items armed for it
 
