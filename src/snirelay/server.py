@@ -10,7 +10,7 @@
    workers that each serve (`_worker`) and watches over them.
 
 Serving (`Server.serve`, in the single process or in each worker) runs the event loop
-(uvloop when importable): every service (`snirelay.services`; today one TCP listener
+(`snirelay.net.loop`: asyncio with the relay's own epoll core inside): every service (`snirelay.services`; today one TCP listener
 per endpoint) is started, then the connections' shared `Context`; in a worker, the
 supervisor is told "ready" over the control channel (`snirelay.control`). Then:
 

@@ -188,12 +188,27 @@ def test_asyncio_runs_beside_the_core(loop: Loop) -> None:
         loop.poller.remove_reader(c.fileno())
 
 
-def test_a_core_callback_wakes_asyncio_through_call_soon_threadsafe(loop: Loop) -> None:
-    """From the core, asyncio work is handed over thread-safely: the waiting selector
-    wakes at once (no asyncio timer is pending that would end its wait)."""
+@pytest.mark.parametrize("how", ["future", "task", "call_soon", "call_later"])
+def test_asyncio_work_from_a_core_callback_runs_at_once(loop: Loop, how: str) -> None:
+    """Code the core calls may hand work to asyncio directly: the selector's wait ends
+    (no asyncio timer or descriptor is pending that would end it otherwise)."""
     done = loop.create_future()
+
+    async def finish() -> None:
+        done.set_result(None)
+
+    def from_the_core() -> None:
+        if how == "future":
+            done.set_result(None)
+        elif how == "task":
+            loop.create_task(finish())
+        elif how == "call_soon":
+            loop.call_soon(done.set_result, None)
+        else:
+            loop.call_later(0.01, done.set_result, None)
+
     t0 = loop.time()
-    loop.poller.call_later(0.01, lambda: loop.call_soon_threadsafe(done.set_result, None))
+    loop.poller.call_later(0.01, from_the_core)
     loop.run_until_complete(asyncio.wait_for(done, 5))
     assert loop.time() - t0 < 1
 

@@ -13,23 +13,25 @@ path (accept, phases, pump, deadlines) never passes through asyncio's loop itera
 and one wake is one `epoll_wait`; the cold paths (`serve()`, drains, name lookups,
 signal handlers) stay plain asyncio code.
 
-One rule follows: code called by the core (a watcher, a timer, a `call_soon` of the
-core) that wants asyncio to act must say so with `loop.call_soon_threadsafe` (which
-wakes the selector through asyncio's self-pipe), not with `call_soon` or
-`create_task`, which asyncio would only see once the selector returns. Code running
-in asyncio's callbacks may call the core directly.
+While the core runs, asyncio is inside its wait and would not see a callback or timer
+scheduled by code the core calls (a phase starting a name lookup, a test setting a
+future): so `Loop.call_soon` and `Loop.call_at` (which `call_later`, futures, tasks and
+`asyncio.sleep` go through) also end the selector's wait, and asyncio runs them next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import Context
+from typing import Any, TypeVarTuple
 
 from snirelay.net.poller import Poller
 
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
+_Ts = TypeVarTuple("_Ts")
+_NUDGE: Any = object()  # filed in the selector's list: asyncio has work, return to it
 
 
 def _fd(fileobj: Any) -> int:
@@ -81,7 +83,8 @@ class _Selector(selectors.BaseSelector):
     def __init__(self, core: Poller) -> None:
         self.core = core
         self.keys: dict[int, selectors.SelectorKey] = {}
-        self.got: list[tuple[selectors.SelectorKey, int]] = []
+        self.got: list[Any] = []  # (key, event) pairs for asyncio, or _NUDGE
+        self.waiting = False  # inside select(): the core runs
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         fd = _fd(fileobj)
@@ -120,14 +123,18 @@ class _Selector(selectors.BaseSelector):
         seconds have passed (None: no limit)."""
         core = self.core
         end = None if timeout is None else core.time() + max(0.0, timeout)
-        while True:
-            limit = None if end is None else end - core.time()
-            core.run_once(core.wait_for(None if limit is None else max(0.0, limit)))
-            if self.got:
-                got, self.got = self.got, []
-                return got
-            if end is not None and core.time() >= end:
-                return []
+        self.waiting = True
+        try:
+            core.serve(end, self.got)  # the guests' watchers file into self.got
+        finally:
+            self.waiting = False
+        got, self.got = self.got, []
+        return [g for g in got if g is not _NUDGE]
+
+    def nudge(self) -> None:
+        """asyncio got work from code the core called: end the wait after this wake."""
+        if self.waiting and not self.got:
+            self.got.append(_NUDGE)
 
     def close(self) -> None:
         for fd in list(self.keys):
@@ -140,7 +147,29 @@ class Loop(asyncio.SelectorEventLoop):
 
     def __init__(self) -> None:
         self.poller = Poller()
-        super().__init__(_Selector(self.poller))
+        self._guest = _Selector(self.poller)
+        super().__init__(self._guest)
+
+    def call_soon(
+        self,
+        callback: Callable[[*_Ts], object],
+        *args: *_Ts,
+        context: Context | None = None,
+    ) -> asyncio.Handle:
+        handle = super().call_soon(callback, *args, context=context)
+        self._guest.nudge()
+        return handle
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[*_Ts], object],
+        *args: *_Ts,
+        context: Context | None = None,
+    ) -> asyncio.TimerHandle:
+        handle = super().call_at(when, callback, *args, context=context)
+        self._guest.nudge()
+        return handle
 
     def close(self) -> None:
         if self.is_closed():

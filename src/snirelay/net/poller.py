@@ -5,9 +5,10 @@ Why a core of its own: a relayed connection is a handful of readiness events (a 
 handshake in passthrough is about seven wakes), so what one wake costs is what a
 connection costs. Here a wake is one `epoll_wait` and one Python loop over its events:
 no second, nested epoll set under another loop's (two `epoll_wait` calls per wake), no
-handle object per callback. Measured per wake with one ready socket (callgrind,
-user-space instructions, a recv and a send included): 7.5k here, 9.3k through an epoll
-set nested in uvloop's, 11.9k as a selector under the stock asyncio loop.
+handle object per callback. Measured per wake with one ready socket
+(`bench/loop_cost.py`: callgrind, user-space instructions, the callback's recv and
+send included): 7.9k here, 8.3k through an epoll set nested in uvloop's (and a second
+system call), 19.4k through the stock asyncio loop's `add_reader`.
 `snirelay.net.loop.Loop` runs this core inside asyncio's selector, so the slow paths
 (name lookups, signals, draining, the control channel) are still plain asyncio.
 
@@ -19,11 +20,11 @@ callbacks, which then see the error from the system call itself.
 
 How it works: `readers` and `writers` map a descriptor to its `Watcher` (the object,
 not a bound method: nothing is allocated per call); one `epoll_ctl` per interest
-change, nothing when the interest set is unchanged. `run_once(timeout)` waits once
-(level-triggered, at most `MAX_EVENTS` events: the rest come on the next wake), calls
-the watchers, then the timers that are due (`call_at`; a heap, cancelled lazily: the
-relay keeps one or two, the timing wheel's among them), then the callbacks queued by
-`call_soon`.
+change, nothing when the interest set is unchanged. `serve()` waits (level-triggered,
+at most `MAX_EVENTS` events a wake: the rest come on the next one), calls the watchers,
+then the timers that are due (`call_at`; a heap, cancelled lazily: the relay keeps one
+or two, the timing wheel's among them), then the callbacks queued by `call_soon`, and
+again, until told to return.
 
 Resource handling: callers `forget` a descriptor before closing it (closing removes it
 from the epoll set; no system call needed), or `remove_reader`/`remove_writer` to keep
@@ -189,42 +190,49 @@ class Poller:
     def call_later(self, delay: float, cb: Callable[[], object]) -> Timer:
         return self.call_at(self.time() + delay, cb)
 
-    # ---- one turn of the loop ------------------------------------------------------
-    def wait_for(self, limit: float | None) -> float:
-        """How long the next wake may wait: 0 with callbacks queued, else until the
-        first timer or `limit` seconds (None: no limit; -1 for epoll)."""
-        if self.ready:
-            return 0.0
-        if self.timers:
-            due = self.timers[0][0] - self.time()
-            if limit is None or due < limit:
-                return due if due > 0 else 0.0
-        return -1.0 if limit is None else limit
-
-    def run_once(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds (-1: until an event) for events, then call the
-        watchers, the due timers and the queued callbacks."""
-        readers, writers = self.readers, self.writers
+    # ---- the loop ------------------------------------------------------------------
+    def serve(self, end: float | None, stop: list[object]) -> None:
+        """Wake after wake, call the watchers of the events, then the due timers, then
+        the queued callbacks; return once `stop` is not empty (a watcher filed
+        something there) or `time()` reaches `end` (None: no limit). One frame for the
+        whole run: a wake costs one `epoll_wait` and this loop's body."""
+        readers, writers, timers = self.readers, self.writers, self.timers
         read_events, write_events = _READ_EVENTS, _WRITE_EVENTS
-        for fd, ev in self.ep.poll(timeout, MAX_EVENTS):
-            w: Watcher | None = None
-            try:
-                if ev & read_events:
-                    w = readers.get(fd)
+        poll, clock = self.ep.poll, self.time
+        while True:
+            if self.ready:
+                wait = 0.0
+            elif timers:
+                wait = timers[0][0] - clock()
+                if end is not None and end - clock() < wait:
+                    wait = end - clock()
+                if wait < 0:
+                    wait = 0.0
+            elif end is None:
+                wait = -1.0
+            else:
+                wait = max(0.0, end - clock())
+            for fd, ev in poll(wait, MAX_EVENTS):
+                w: Watcher | None = None
+                try:
+                    if ev & read_events:
+                        w = readers.get(fd)
+                        if w is not None:
+                            w.on_readable()
+                    if ev & write_events:
+                        w = writers.get(fd)
+                        if w is not None:
+                            w.on_writable()
+                except Exception:
+                    LOG.exception("internal error on descriptor %d; closing its connection", fd)
                     if w is not None:
-                        w.on_readable()
-                if ev & write_events:
-                    w = writers.get(fd)
-                    if w is not None:
-                        w.on_writable()
-            except Exception:
-                LOG.exception("internal error on descriptor %d; closing its connection", fd)
-                if w is not None:
-                    w.abort()
-        if self.timers:
-            self._run_timers()
-        if self.ready:
-            self._run_ready()
+                        w.abort()
+            if timers and timers[0][0] <= clock():
+                self._run_timers()
+            if self.ready:
+                self._run_ready()
+            if stop or (end is not None and clock() >= end):
+                return
 
     def _run_timers(self) -> None:
         timers = self.timers

@@ -30,9 +30,8 @@ is logged at error level with its traceback, the name and the server it was aske
 (or "the system resolver"): from one name server, that server counts as failed and the
 next is asked; otherwise the waiters get "NAME: internal error (...)".
 
-Resource handling: lookups run as asyncio tasks owned by the Resolver, started through
-`loop.call_soon_threadsafe` (the caller is usually the relay's core, which runs inside
-asyncio's wait: net.loop); `close()` cancels them and fails their waiters; each lookup is bounded by the number of name servers times
+Resource handling: lookups run as tasks owned by the Resolver (`close()` cancels them
+and fails their waiters); each lookup is bounded by the number of name servers times
 SERVER_TIMEOUT (twice that for the `_then_` modes).
 """
 
@@ -116,7 +115,7 @@ class Resolver:
             dns.mode, socket.AF_UNSPEC
         )
         self._pending: dict[str, list[tuple[int, Done]]] = {}
-        self._tasks: dict[str, asyncio.Task[_Found]] = {}  # one lookup per key at a time
+        self._tasks: set[asyncio.Task[_Found]] = set()
 
     def resolve(self, host: str, port: int, done: Done) -> None:
         """Call `done` with the targets for host:port (maybe synchronously) or an OSError."""
@@ -137,30 +136,19 @@ class Resolver:
             waiters.append((port, done))
             return
         self._pending[key] = [(port, done)]
-        # The caller is usually the relay's core (net.loop), inside asyncio's wait:
-        # asyncio only sees work handed over thread-safely (its self-pipe wakes it).
-        self.loop.call_soon_threadsafe(self._start, key, host)
-
-    def _start(self, key: str, host: str) -> None:
-        if key not in self._pending:
-            return  # closed before the lookup could start
         coro = self._lookup_dns(key) if self.dns.nameservers else self._lookup_system(host)
         task = self.loop.create_task(coro)
-        self._tasks[key] = task
+        self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(key, t))
 
     def close(self) -> None:
-        """Cancel running lookups; their waiters get an OSError (those not started yet
-        at once)."""
-        for task in list(self._tasks.values()):
+        """Cancel running lookups; their waiters get an OSError."""
+        for task in list(self._tasks):
             task.cancel()
-        for key in [k for k in self._pending if k not in self._tasks]:
-            for _, done in self._pending.pop(key):
-                done(OSError(f"{key}: lookup cancelled"))
 
     # ---- completion ----------------------------------------------------------------
     def _finished(self, key: str, task: asyncio.Task[_Found]) -> None:
-        self._tasks.pop(key, None)
+        self._tasks.discard(task)
         waiters = self._pending.pop(key, [])
         res: _Found | OSError
         if task.cancelled():
