@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from snirelay import control
-from snirelay.config.model import Addr, Config, Endpoint
+from snirelay.config.model import Addr, Config, ConfigError, Endpoint
 from snirelay.net.listener import Listener
 from snirelay.net.loop import Loop, new_loop
 from snirelay.net.runtime import Context, EndpointRT
@@ -63,10 +63,10 @@ def unsupported(config: Config) -> str | None:
     """The first configured feature this build cannot serve yet, as a one-line error."""
     for ep in config.endpoints:
         for place, up in ep.upstreams():
-            if up.listen_transport is not None:
-                return f"{place}.listen_transport: transports are not supported yet"
-            if up.remote_transport is not None:
-                return f"{place}.remote_transport: transports are not supported yet"
+            if up.listen_transport is not None and up.listen_transport.ws:
+                return f"{place}.listen_transport: WebSocket transports are not supported yet"
+            if up.remote_transport is not None and up.remote_transport.ws:
+                return f"{place}.remote_transport: WebSocket transports are not supported yet"
             net = up.network
             if net.use_udp:
                 return f"{place}.network.use_udp: UDP relaying is not supported yet"
@@ -90,6 +90,23 @@ def raise_nofile(nofile: int | None) -> None:
         LOG.warning("cannot set the open-file limit to %d: %s", want, exc)
 
 
+def sniffs(ep: Endpoint) -> bool:
+    """The endpoint reads the client's first bytes before connecting (net.runtime)."""
+    lt = ep.upstream.listen_transport
+    return bool(ep.routes) or (lt is not None and lt.tls)
+
+
+def check_tls(config: Config) -> None:
+    """Build every TLS context once, before anything listens or forks: a bad certificate
+    or key is exit code 2 naming the key and the file, and the start-up warnings are
+    logged once (workers build their own contexts, silently)."""
+    for ep in config.endpoints:
+        try:
+            EndpointRT(ep, warn=True)
+        except ConfigError as exc:
+            raise StartupError(str(exc), 2) from None
+
+
 def bind_all(
     config: Config, *, reuse_port: bool, listen: bool = True
 ) -> list[tuple[Endpoint, socket.socket]]:
@@ -107,8 +124,8 @@ def bind_all(
                 ep.listen_interface,
                 reuse_port=reuse_port,
                 backlog=4096 if listen else None,
-                # routed endpoints read the ClientHello at accept (net.phases.Sniff)
-                defer_accept=DEFER_ACCEPT if ep.routes else 0,
+                # sniffing endpoints read the ClientHello at accept (net.phases.Sniff)
+                defer_accept=DEFER_ACCEPT if sniffs(ep) else 0,
             )
         except OSError as exc:
             for _, s in out:
@@ -304,6 +321,7 @@ def run(config: Config) -> int:
     problem = unsupported(config)
     if problem:
         raise StartupError(problem, 2)
+    check_tls(config)
     raise_nofile(config.nofile)
     if config.workers <= 1:
         return _serve(config, reuse_port=False)

@@ -143,6 +143,14 @@ class NetworkConfig:
         positive=True,
         snirelay=True,
     )
+    tls_handshake_timeout: float = option(
+        10.0,
+        "deadline for each TLS handshake (terminating toward the client, re-originating"
+        " toward the backend)",
+        flag=Flag(("--tls-handshake-timeout",)),
+        positive=True,
+        snirelay=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)

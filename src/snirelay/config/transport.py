@@ -88,7 +88,7 @@ def parse_transport(raw: str, place: str, side: str) -> Transport:
         tls="tls" in seen,
         insecure="insecure" in seen,
         zero_rtt="0rtt" in seen,
-        sni=sni if sni in (None, "$sni") else host_name(sni or ""),
+        sni=sni if sni in (None, "$sni") or is_ip(sni or "") else host_name(sni or ""),
         alpn=tuple(p.strip() for p in alpn.split(",")) if alpn else (),
         host=seen.get("host"),
         path=seen.get("path"),
@@ -133,8 +133,8 @@ def _check(seen: dict[str, str | None], raw: str, place: str, side: str) -> None
     sni = seen.get("sni")
     if sni is not None and sni != "$sni":
         if is_ip(sni):
-            raise ConfigError(place, f"sni={sni} is an IP address; TLS does not allow IPs in SNI")
-        if host_name(sni) is None:
+            pass  # TLS sends no IP as SNI: none is sent, the certificate checked for the IP
+        elif host_name(sni) is None:
             raise ConfigError(place, f"sni={sni!r} is not a valid host name (or $sni)")
     alpn = seen.get("alpn")
     if alpn is not None and not all(p.strip() for p in alpn.split(",")):

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from snirelay.net.phases import Connect, Phase, Replay, Sniff, close_reason, fmt_addr
+from snirelay.net.phases import Connect, Handshake, Phase, Replay, Sniff, close_reason, fmt_addr
 from snirelay.net.pump import CopyDir, SpliceDir
+from snirelay.net.sides import RawSide
 from snirelay.routing import Decision, SniffTimeout, decide
 from snirelay.wire.errors import ProtocolError
 from snirelay.wire.sniff import Sniffed
@@ -44,7 +45,7 @@ IDLE_CHECKS = 4  # idle checks per tcp_idle_timeout
 
 if TYPE_CHECKING:
     from snirelay.net.runtime import Context, EndpointRT, UpstreamRT
-    from snirelay.net.sides import RawSide, Side
+    from snirelay.net.sides import Side
 
 
 class Connection:
@@ -72,6 +73,7 @@ class Connection:
         "idle_bytes",
         "quiet",
         "failed_remotes",
+        "tls_in",
     )
 
     def __init__(self, ctx: Context, ep: EndpointRT, client: Side, caddr: Any) -> None:
@@ -99,6 +101,7 @@ class Connection:
         self.idle_bytes = 0
         self.quiet = 0  # idle checks in a row that saw no byte move
         self.failed_remotes: list[str] | None = None
+        self.tls_in: bytes | bytearray = b""  # sniffed bytes for the client's TLS side
 
     @property
     def route(self) -> str:
@@ -138,9 +141,12 @@ class Connection:
             cb(self)
         if not isinstance(seen, SniffTimeout):
             self.phase = _DECIDING  # a timeout is the sniff phase's end, not the decision's
-        self.hint = d.hint
+        self.hint = d.hint if ep.cfg.routes else None  # sniffed for TLS only: no route to miss
         if d.route is not None:
             self.upstream = ep.routes[d.route.place]
+        if self.upstream.server_tls is not None:
+            # terminated here: the ClientHello is the client TLS side's, not the backend's
+            self.tls_in, self.prefix = data, b""
         for cb in self.ctx.on_routed:
             cb(self)
         if d.close is not None:
@@ -153,20 +159,82 @@ class Connection:
         self.phase = connect
         connect.start()
 
-    def connected(self, backend: RawSide, sa: Any) -> None:
-        """The connect phase is over: the backend side is up."""
+    def connected(self, backend: RawSide, sa: Any, host: str) -> None:
+        """The connect phase is over: the backend side is up (`host`: the remote as
+        configured, for the upstream SNI)."""
         self.backend = backend
         self.baddr = sa
         for cb in self.ctx.on_connected:
             cb(self)
-        # Per-side handshakes (TLS accept/connect, the WebSocket upgrade) run here as
-        # phases of their own; raw sockets have none.
+        ctls = self.upstream.client_tls
+        if ctls is not None:
+            from snirelay.net.tls import TlsSide, bio
+
+            hello = self.seen.hello if self.seen is not None else None
+            offer = ctls.offer(hello.alpn if hello is not None else None)
+            ctx = ctls.context(offer)
+            sni = self.seen.name if self.seen is not None and not self.seen.name_is_ip else None
+            name = ctls.server_hostname(sni, host)
+            inc, out = bio()
+            obj = ctx.wrap_bio(inc, out, server_hostname=name)
+            session = ctls.session(sa, ctx)
+            if session is not None:
+                obj.session = session
+            # the certificate must cover the name sent, or the remote's own address
+            expect = None if ctls.t.insecure else name or host
+            tls = TlsSide(backend, obj, inc, out, expect=expect)
+            self.backend = tls
+            self._handshake("backend", tls)
+            return
+        self.handshaken("backend")
+
+    def _handshake(self, which: str, side: Side) -> None:
+        hs = Handshake(self, which, side)
+        self.phase = hs
+        hs.start()
+
+    def handshaken(self, which: str) -> None:
+        """A side's handshake is over (the backend's first, then the client's): the
+        next one, then the replay of the sniffed bytes, then the pump."""
+        stls = self.upstream.server_tls
+        if which == "backend" and stls is not None:
+            from snirelay.net.tls import TlsSide, bio
+
+            b = self.backend
+            alpn = b.info[2] if isinstance(b, TlsSide) else None
+            ctx = stls.for_backend(alpn) if isinstance(b, TlsSide) else stls.base
+            inc, out = bio()
+            obj = ctx.wrap_bio(inc, out, server_side=True)
+            assert isinstance(self.client, RawSide)
+            client = TlsSide(self.client, obj, inc, out, self.tls_in)
+            self.client = client
+            self.tls_in = b""
+            self._handshake("client", client)
+            return
         if self.sent < len(self.prefix):
             replay = Replay(self)
             self.phase = replay
             replay.start()
         else:
             self.replayed()
+
+    def handshake_failed(self, which: str, exc: OSError) -> None:
+        """A TLS handshake failed: close with its reason. When the backend's failed
+        and the client's is still to come, the client is refused with a
+        handshake_failure alert first (its ClientHello is already here)."""
+        from snirelay.net.tls import TlsSide, bio, failure
+
+        reason, hint = failure(which, exc, self.backend if which == "backend" else None)
+        stls = self.upstream.server_tls
+        if which == "backend" and stls is not None and isinstance(self.client, RawSide):
+            inc, out = bio()
+            obj = stls.refusing.wrap_bio(inc, out, server_side=True)
+            refused = TlsSide(self.client, obj, inc, out, self.tls_in)
+            try:
+                refused.step()  # writes the alert
+            except OSError:
+                pass
+        self.close(reason, hint, reset=isinstance(exc, ConnectionError))
 
     def replayed(self) -> None:
         """Every sniffed byte reached the backend: pump both ways."""
@@ -244,6 +312,8 @@ class Connection:
             if d is not None:
                 d.release()
         phase.release()
+        if self.backend is not None and not self.backend.raw:
+            self._keep_session()
         forget(self.client.fd)
         self.client.close(reset)
         if self.backend is not None:
@@ -258,6 +328,13 @@ class Connection:
         # connection) so a closed connection is freed by reference counting, without
         # waiting for the cycle collector.
         self.up = self.down = None
+
+    def _keep_session(self) -> None:
+        from snirelay.net.tls import TlsSide
+
+        ctls, b = self.upstream.client_tls, self.backend
+        if ctls is not None and isinstance(b, TlsSide) and b.obj.session is not None:
+            ctls.keep(self.baddr, b.obj.context, b.obj.session)
 
     def record(self, reason: str, phase: str) -> dict[str, Any]:
         """The connection's one record (observers get it at close); `phase`: the one it
@@ -284,6 +361,10 @@ class Connection:
             "phase": phase,
             "close": reason,
         }
+        if not self.client.raw or (self.backend is not None and not self.backend.raw):
+            from snirelay.net.tls import describe_sides
+
+            fields.update(describe_sides(self.client, self.backend))
         if self.ctx.worker:
             fields["worker"] = self.ctx.worker
         if self.failed_remotes:

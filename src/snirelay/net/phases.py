@@ -19,6 +19,7 @@ phase      deadline                      on expiry
 sniff      network.sniff_timeout         decide on what arrived (timeout rules)
 connect    network.tcp_timeout, each     the next address / remote (failover)
            remote (resolution + connect)
+handshake  network.tls_handshake_timeout close "tls-handshake-timeout"
 replay     network.replay_timeout        close "replay-timeout"
 pump       network.tcp_idle_timeout      close "idle-timeout"
 =========  ============================  =========================================
@@ -256,7 +257,7 @@ class Connect(Phase):
         when the connect already failed (the send consumed the socket's error, so it
         must be reported here, not by a later SO_ERROR)."""
         conn = self.conn
-        if conn.prefix:
+        if conn.prefix and conn.upstream.client_tls is None:  # over TLS: after its handshake
             try:
                 conn.sent = s.send(conn.prefix)
             except BlockingIOError:
@@ -308,7 +309,7 @@ class Connect(Phase):
         if len(up.cfg.remotes) > 1:
             up.balancer.succeeded(self.cur)
         conn.ctx.wheel.cancel(conn)
-        conn.connected(s, sa)
+        conn.connected(s, sa, up.cfg.remotes[self.cur].host)
 
 
 class Replay(Phase):
@@ -354,3 +355,59 @@ class Replay(Phase):
             f"the backend took no more of the sniffed bytes for {tmo:g}s ({left} left)",
             reset=True,
         )
+
+
+class Handshake(Phase):
+    """One side's own handshake (TLS accept toward the client, TLS connect toward the
+    backend), driven by `side.step()`: DONE, or what to wait for."""
+
+    __slots__ = ("which", "side", "watching")
+    name = "handshake"
+
+    def __init__(self, conn: Connection, which: str, side: Any) -> None:
+        super().__init__(conn)
+        self.which = which  # "client" | "backend": names the side in the record
+        self.side = side
+        self.watching = False
+
+    def start(self) -> None:
+        conn = self.conn
+        conn.ctx.wheel.after(conn, conn.upstream.cfg.network.tls_handshake_timeout)
+        self.on_readable()
+
+    def on_readable(self) -> None:
+        conn = self.conn
+        try:
+            want = self.side.step()
+        except OSError as exc:  # ssl.SSLError included: the TLS reason
+            self._unwatch()
+            conn.handshake_failed(self.which, exc)
+            return
+        poller = conn.ctx.poller
+        if want == 0:
+            self._unwatch()
+            conn.ctx.wheel.cancel(conn)
+            conn.handshaken(self.which)
+            return
+        read = self if want == 1 else None
+        poller.set(self.side.fd, read, self if read is None else None)
+        self.watching = True
+
+    on_writable = on_readable
+
+    def _unwatch(self) -> None:
+        if self.watching:
+            self.conn.ctx.poller.set(self.side.fd, None, None)
+            self.watching = False
+
+    def on_deadline(self) -> None:
+        self._unwatch()
+        tmo = self.conn.upstream.cfg.network.tls_handshake_timeout
+        self.conn.close(
+            "tls-handshake-timeout",
+            f"the {self.which}'s TLS handshake did not finish in {tmo:g}s",
+            reset=True,
+        )
+
+    def release(self) -> None:
+        self.watching = False  # the connection forgets both descriptors as it closes

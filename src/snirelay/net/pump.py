@@ -244,9 +244,15 @@ class SpliceDir(_Dir):
 
 
 class CopyDir(_Dir):
-    """Buffered direction: recv_into a reusable buffer, then send."""
+    """Buffered direction: recv_into a reusable buffer, then send.
 
-    __slots__ = ("view", "off")
+    A destination that keeps bytes of its own (`unsent()`: TLS ciphertext the socket
+    did not take) counts as blocked until they are out: the direction waits for
+    writability and flushes with `send(b"")`. At EOF the direction is done only once the
+    destination's half-close is on the wire too (`closing`), so the connection never
+    closes a side with its last records still queued."""
+
+    __slots__ = ("view", "off", "closing")
 
     def __init__(
         self, poller: Poller, owner: PumpOwner, src: Side, dst: Side, size: int = 65536
@@ -254,6 +260,7 @@ class CopyDir(_Dir):
         super().__init__(poller, owner, src, dst)
         self.view = memoryview(bytearray(size))  # the view keeps its buffer alive
         self.off = 0
+        self.closing = False  # EOF passed on; waiting for the destination to flush
 
     def on_readable(self) -> None:
         recv_into, send, view = self.src.recv_into, self.dst.send, self.view
@@ -268,7 +275,7 @@ class CopyDir(_Dir):
                 except BlockingIOError:
                     m = 0
                 self.nbytes += m
-                if m < n:
+                if m < n or self.dst.unsent():
                     self.off, self.pending = m, n - m
                     self._blocked()
                     return
@@ -290,8 +297,9 @@ class CopyDir(_Dir):
             self.on_readable()
 
     def on_writable(self) -> None:
+        dst = self.dst
         try:
-            m = self.dst.send(self.view[self.off : self.off + self.pending])
+            m = dst.send(self.view[self.off : self.off + self.pending])
         except BlockingIOError:
             return
         except OSError as exc:
@@ -300,8 +308,25 @@ class CopyDir(_Dir):
         self.nbytes += m
         self.off += m
         self.pending -= m
-        if self.pending == 0:
-            self._unblocked()
+        if self.pending or dst.unsent():
+            return
+        if self.closing:
+            self.poller.remove_writer(self.dfd)
+            self.closing = False
+            self.owner.pump_eof()
+            return
+        self._unblocked()
+
+    def _eof(self) -> None:
+        if self.reading:
+            self.poller.remove_reader(self.sfd)
+            self.reading = False
+        self.dst.shutdown_write()
+        if self.dst.unsent():  # the close_notify (or the last records) still queued
+            self.closing = True
+            self.poller.add_writer(self.dfd, self)
+            return
+        self.owner.pump_eof()
 
     def release(self) -> None:
         self.reading = False  # a pending `_again` finds nothing to do

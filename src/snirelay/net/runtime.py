@@ -25,12 +25,17 @@ from snirelay.routing import RouteTable
 
 if TYPE_CHECKING:
     from snirelay.net.conn import Connection
+    from snirelay.net.tlsconf import ClientTLS, ServerTLS
 
 
 class UpstreamRT:
-    __slots__ = ("cfg", "place", "balancer", "through", "targets")
+    __slots__ = ("cfg", "place", "balancer", "through", "targets", "server_tls", "client_tls")
 
-    def __init__(self, cfg: Upstream, place: str = "default") -> None:
+    def __init__(
+        self, cfg: Upstream, place: str = "default", *, where: str = "", warn: bool = False
+    ) -> None:
+        """`where`: the config place (for errors and warnings); `warn`: log the start-up
+        warnings (once per process tree: the server's check before forking)."""
         self.cfg = cfg
         self.place = place  # the record's `route`: the route's place, or "default"
         self.balancer = Balancer(
@@ -42,16 +47,33 @@ class UpstreamRT:
         self.through = bind_address(cfg.through)
         # IP-literal remotes resolve once, here, not per connection
         self.targets = [literal(a.host, a.port) for a in cfg.remotes]
+        # TLS contexts (net.tlsconf, imported only when used: `ssl` costs ~6 MB)
+        self.server_tls: ServerTLS | None = None
+        self.client_tls: ClientTLS | None = None
+        lt, rt = cfg.listen_transport, cfg.remote_transport
+        where = where or place
+        if lt is not None and lt.tls:
+            from snirelay.net.tlsconf import ServerTLS
+
+            self.server_tls = ServerTLS(lt, f"{where}.listen_transport", warn=warn)
+        if rt is not None and rt.tls:
+            from snirelay.net.tlsconf import ClientTLS
+
+            self.client_tls = ClientTLS(rt, f"{where}.remote_transport", cfg.remotes, warn=warn)
 
 
 class EndpointRT:
     __slots__ = ("cfg", "default", "routes", "table")
 
-    def __init__(self, cfg: Endpoint) -> None:
+    def __init__(self, cfg: Endpoint, *, warn: bool = False) -> None:
         self.cfg = cfg
-        self.default = UpstreamRT(cfg.upstream)
-        self.routes = {r.place: UpstreamRT(r.upstream, r.place) for r in cfg.routes}
-        self.table = RouteTable(cfg.routes) if cfg.routes else None
+        self.default = UpstreamRT(cfg.upstream, where=cfg.place, warn=warn)
+        self.routes = {
+            r.place: UpstreamRT(r.upstream, r.place, where=r.place, warn=warn) for r in cfg.routes
+        }
+        # sniffed: to route, or to know the ClientHello a terminating listener answers
+        sniff = bool(cfg.routes) or self.default.server_tls is not None
+        self.table = RouteTable(cfg.routes) if sniff else None
 
 
 class Context(Observers):

@@ -13,6 +13,8 @@ phases:
   asked for) that no readiness event will announce;
 - `recv_into(buf)` / `send(data)`: the socket's calling convention (bytes moved, 0 =
   end of stream; `BlockingIOError` = try again when ready; `OSError` = the end failed);
+- `unsent()`: bytes `send` accepted that are not on the socket yet (TLS ciphertext the
+  socket did not take): the pump waits for writability and calls `send(b"")` to flush;
 - `shutdown_write()`: half-close (a TCP FIN, a TLS close_notify, a WebSocket close);
 - `close(reset)`: release everything; `reset` ends a TCP side with an RST;
 - `handshake()`: None when the side needs none (raw TCP), else the object that runs it
@@ -40,7 +42,7 @@ _LINGER0 = struct.pack("ii", 1, 0)
 class Handshake(Protocol):
     """A side's own handshake, run by the connection's handshake phase (TLS, ws)."""
 
-    def step(self) -> bool: ...  # True when done; BlockingIOError / OSError as for I/O
+    def step(self) -> int: ...  # 0 done, 1 wait to read, 2 wait to write; OSError: failed
 
 
 class Side(Protocol):
@@ -53,6 +55,7 @@ class Side(Protocol):
     def recv_into(self, buf: memoryview, /) -> int: ...
     def send(self, data: memoryview | bytes, /) -> int: ...
     def buffered(self) -> int: ...
+    def unsent(self) -> int: ...  # bytes accepted by send() not yet on the socket
     def shutdown_write(self) -> None: ...
     def close(self, reset: bool = False) -> None: ...
     def handshake(self) -> Handshake | None: ...
@@ -76,6 +79,9 @@ class RawSide(_socket.socket):
         return self.fileno()
 
     def buffered(self) -> int:
+        return 0
+
+    def unsent(self) -> int:
         return 0
 
     def handshake(self) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 
 from snirelay.wire.errors import ProtocolError
 
@@ -128,3 +129,39 @@ def check_host_name(raw: bytes, what: str) -> tuple[str, str, bool]:
     if not _valid(norm):
         raise _malformed(f"{what} {text[:80]!r} is not a valid host name")
     return text, norm, False
+
+
+def certificate_covers(sans: Sequence[tuple[str, str]], host: str) -> bool:
+    """Does a certificate whose subjectAltName entries are `sans` (("DNS", name) and
+    ("IP Address", ip) pairs, as `ssl.SSLObject.getpeercert()` gives them) cover `host`,
+    a host name or an IP literal?
+
+    RFC 6125 as OpenSSL applies it for Python's `check_hostname`: names compare without
+    case and without a trailing dot; a wildcard stands for exactly one whole left-most
+    label (``*.example.com`` covers ``a.example.com``, not ``example.com`` nor
+    ``a.b.example.com``; no partial wildcards such as ``a*.example.com``); an IP
+    matches only an IP entry, by value (``::1`` equals ``0:0::1``). The subject's
+    common name is not consulted (SANs are required, as browsers require them)."""
+    version = ip_version(host)
+    if version is not None:
+        want = ipaddress.ip_address(host)
+        for kind, value in sans:
+            if kind == "IP Address":
+                try:
+                    if ipaddress.ip_address(value.strip()) == want:
+                        return True
+                except ValueError:
+                    continue
+        return False
+    name = normalize_name(host)
+    for kind, value in sans:
+        if kind != "DNS":
+            continue
+        pattern = normalize_name(value)
+        if pattern == name:
+            return True
+        if pattern.startswith("*.") and "*" not in pattern[2:]:
+            head, dot, rest = name.partition(".")
+            if dot and head and rest == pattern[2:]:
+                return True
+    return False

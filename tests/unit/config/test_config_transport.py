@@ -75,7 +75,6 @@ def test_snirelay_additions() -> None:
         ("tls", "listen", "a TLS listener needs cert=...;key=... or servername=..."),
         ("tls;cert=a;key=b;servername=c", "listen", "give either cert/key or servername"),
         ("tls;insecure;ca=x", "remote", "'insecure' and 'ca' contradict each other"),
-        ("tls;sni=10.0.0.1", "remote", "is an IP address"),
         ("tls;sni=bad name", "remote", "is not a valid host name"),
         ("tls;servername=bad name", "listen", "is not a valid host name"),
         ("tls;alpn=h2,,x", "remote", "empty protocol"),
@@ -159,3 +158,8 @@ def test_runtime_binds_to_the_parsed_through() -> None:
     assert bind_address(None) is None
     assert bind_address(parse_through("[2001:db8::1]:4000", "p")) == ("2001:db8::1", 4000)
     assert bind_address(parse_through("192.0.2.1", "p")) == ("192.0.2.1", 0)
+
+
+def test_an_ip_as_sni_is_kept_it_means_no_sni_and_the_ip_verified() -> None:
+    t = parse_transport("tls;sni=10.0.0.1", "x", "remote")
+    assert t.sni == "10.0.0.1"

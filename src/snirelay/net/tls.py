@@ -1,0 +1,279 @@
+"""TLS sides: one end of a connection over TLS, on `ssl.SSLObject` and memory BIOs.
+
+How it works
+------------
+A `TlsSide` owns a non-blocking socket (a `RawSide`) and an `SSLObject` between two
+memory BIOs; it is driven by the same readiness callbacks as a raw side (no coroutine,
+no thread per connection) and has the `Side` interface (net.sides):
+
+- `recv_into(buf)` decrypts straight into the caller's buffer (the pump's); when the
+  SSL object wants more ciphertext, one `recv_into` of up to `RECV_CHUNK` bytes into a
+  buffer shared by every side of the process feeds the incoming BIO, which may carry
+  many records. `buffered()` is what the side holds (records not yet decrypted, bytes
+  OpenSSL decrypted already): no readiness event announces it, so the pump comes back
+  for it.
+- `send(data)` encrypts at most `SEND_CHUNK` bytes of plaintext and writes the
+  ciphertext to the socket; what the socket does not take stays in one backlog, and
+  `unsent()` says so: the pump then waits for writability and calls `send(b"")`, which
+  only flushes. A side never holds more than one chunk of ciphertext: memory per
+  connection is bounded.
+- `shutdown_write()` sends close_notify, then shuts the TCP write side down (a FIN):
+  the other direction keeps flowing (half-close). Only once the incoming BIO and
+  OpenSSL's buffer are empty: `SSLObject.unwrap()` calls `SSL_shutdown` twice, and the
+  second call reads (and drops) any application data already buffered; so with data
+  still buffered, close_notify waits until the reads have drained it.
+- A peer's close_notify (`SSLZeroReturnError`) is the end of its stream; so is a TCP
+  EOF without one (`SSLEOFError`: the peer closed abruptly; a relay passes that on as
+  an end, as a TCP relay would).
+- `step()` (the side's handshake, run by the connection's handshake phase) answers
+  `DONE`, or `WANT_READ` / `WANT_WRITE`: what to wait for before calling it again.
+  Toward a backend OpenSSL verifies the chain and the side then checks the name itself
+  (`expect`, `check_name`): a mismatch fails the handshake as OpenSSL's check would,
+  and the error names the names the certificate does carry.
+
+Error handling: `ssl.SSLError` is an `OSError`, so a failed record or a reset ends the
+connection through the pump's error path like any socket error; the handshake phase
+names the TLS reason in the record.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+from snirelay.net.sides import RawSide
+from snirelay.wire.names import is_ip
+
+RECV_CHUNK = 256 * 1024  # ciphertext read from the socket per recv (many records)
+SEND_CHUNK = 64 * 1024  # plaintext encrypted per send (bounds the backlog)
+DONE, WANT_READ, WANT_WRITE = 0, 1, 2
+
+# One receive buffer for every TLS side of the process (a single-threaded loop): the
+# bytes are copied into the side's incoming BIO at once.
+_SCRATCH = memoryview(bytearray(RECV_CHUNK))
+
+
+class TlsSide:
+    """A TLS end; `obj` must be made by `SSLContext.wrap_bio(inc, out, ...)`."""
+
+    __slots__ = ("sock", "fd", "obj", "inc", "out", "backlog", "fin", "notify", "expect", "info")
+
+    raw = False
+
+    def __init__(
+        self,
+        sock: RawSide,
+        obj: ssl.SSLObject,
+        inc: ssl.MemoryBIO,
+        out: ssl.MemoryBIO,
+        initial: bytes | bytearray = b"",
+        expect: str | None = None,
+    ) -> None:
+        self.sock = sock
+        self.expect = expect  # a backend side: the name its certificate must cover
+        # (version, cipher, ALPN) once the handshake is done: OpenSSL forgets them at
+        # shutdown, the record is written after it
+        self.info: tuple[str | None, str | None, str | None] = (None, None, None)
+        self.fd = sock.fileno()
+        self.obj = obj
+        self.inc = inc
+        self.out = out
+        self.backlog: memoryview | None = None  # ciphertext the socket did not take yet
+        self.fin = False  # shut the TCP write side once the backlog is out
+        self.notify = False  # close_notify wanted, waiting for the incoming side to drain
+        if initial:
+            inc.write(initial)  # bytes already read from the socket (the sniffed hello)
+
+    # ---- reading -------------------------------------------------------------------
+    def recv(self, n: int, /) -> bytes:
+        buf = bytearray(n)
+        k = self.recv_into(memoryview(buf))
+        return bytes(buf[:k])
+
+    def recv_into(self, buf: memoryview, /) -> int:
+        obj, inc = self.obj, self.inc
+        while True:
+            try:
+                n: int = obj.read(len(buf), buf)  # type: ignore[assignment]  # int with a buffer
+            except ssl.SSLWantReadError:
+                if inc.eof:
+                    return 0  # cannot happen (EOF makes OpenSSL raise SSLEOFError): no spin
+                k = self.sock.recv_into(_SCRATCH)  # BlockingIOError: wait for readable
+                if k == 0:
+                    inc.write_eof()
+                else:
+                    inc.write(_SCRATCH[:k])
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return 0
+            if self.out.pending:  # reading can produce records (a key update's answer)
+                self._flush()
+            if self.notify and not inc.pending and not obj.pending():
+                self._close_notify()
+            return n
+
+    def buffered(self) -> int:
+        """Bytes held that no readiness event will announce: decrypted ones, and
+        records in the incoming BIO (one recv feeds many; a read decrypts one)."""
+        return self.obj.pending() + self.inc.pending
+
+    # ---- writing -------------------------------------------------------------------
+    def send(self, data: memoryview | bytes, /) -> int:
+        if self.backlog is not None and not self._flush():
+            raise BlockingIOError("TLS backlog not written yet")
+        if not data:
+            return 0
+        n = self.obj.write(data[:SEND_CHUNK])
+        self._flush()
+        return n
+
+    def unsent(self) -> int:
+        """Ciphertext accepted but not yet written to the socket."""
+        return (len(self.backlog) if self.backlog is not None else 0) + self.out.pending
+
+    def _flush(self) -> bool:
+        """Write the pending ciphertext; True when all of it went out."""
+        if self.out.pending:
+            data = self.out.read()
+            if self.backlog is not None:
+                data = bytes(self.backlog) + data  # rare: a record queued behind a backlog
+            self.backlog = memoryview(data)
+        backlog = self.backlog
+        while backlog is not None:
+            try:
+                k = self.sock.send(backlog)
+            except BlockingIOError:
+                self.backlog = backlog
+                return False
+            backlog = backlog[k:] if k < len(backlog) else None
+        self.backlog = None
+        if self.fin:
+            self.fin = False
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the peer is gone already; reading from it will say so
+        return True
+
+    def shutdown_write(self) -> None:
+        if self.inc.pending or self.obj.pending():
+            self.notify = True  # after the reads drain what is buffered (see above)
+        else:
+            self._close_notify()
+
+    def _close_notify(self) -> None:
+        self.notify = False
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent; the peer's own close_notify is read as the end of its stream
+        except (ssl.SSLError, ValueError):
+            pass  # broken or never finished: no close_notify to send
+        self.fin = True
+        try:
+            self._flush()
+        except OSError:
+            pass  # the peer is gone already; reading from it will say so
+
+    def close(self, reset: bool = False) -> None:
+        self.sock.close(reset)
+
+    # ---- handshake -----------------------------------------------------------------
+    def handshake(self) -> TlsSide:
+        return self
+
+    def step(self) -> int:
+        """Advance the handshake: DONE, or what to wait for. Raises ssl.SSLError (the
+        handshake failed: any alert is already written to the socket, best effort) or
+        OSError (the socket failed, or the peer closed: ConnectionAbortedError)."""
+        obj, inc = self.obj, self.inc
+        while True:
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                if not self._flush():
+                    return WANT_WRITE
+                try:
+                    k = self.sock.recv_into(_SCRATCH)
+                except BlockingIOError:
+                    return WANT_READ
+                if k == 0:
+                    raise ConnectionAbortedError(
+                        "the peer closed during the TLS handshake"
+                    ) from None
+                inc.write(_SCRATCH[:k])
+                continue
+            except ssl.SSLError:
+                try:
+                    self._flush()  # the alert, if OpenSSL wrote one
+                except OSError:
+                    pass
+                raise
+            if self.expect is not None:
+                check_name(self, self.expect)  # NameMismatch: the handshake failed
+                self.expect = None
+            cipher = obj.cipher()
+            self.info = (obj.version(), cipher[0] if cipher else None, obj.selected_alpn_protocol())
+            return DONE if self._flush() else WANT_WRITE
+
+
+def bio() -> tuple[ssl.MemoryBIO, ssl.MemoryBIO]:
+    """A new (incoming, outgoing) pair of memory BIOs."""
+    return ssl.MemoryBIO(), ssl.MemoryBIO()
+
+
+def failure(which: str, exc: OSError, backend: object) -> tuple[str, str | None]:
+    """The record's close reason and hint for a failed handshake on side `which`."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        sent = backend.obj.server_hostname if isinstance(backend, TlsSide) else None
+        return f"tls-{which}: certificate verify failed", (
+            f"{exc.verify_message} (sent SNI: {sent or 'none'})"
+        )
+    if isinstance(exc, NameMismatch):
+        return f"tls-{which}: certificate verify failed", str(exc)
+    if isinstance(exc, ssl.SSLError):
+        return f"tls-{which}: {(exc.reason or str(exc)).lower().replace('_', ' ')}", None
+    if isinstance(exc, ConnectionAbortedError):
+        return f"tls-{which}: {exc}", None
+    return f"tls-{which}: {exc.strerror or exc}", None
+
+
+class NameMismatch(OSError):
+    """The backend's certificate, verified otherwise, does not cover the name sent."""
+
+
+def check_name(side: TlsSide, name: str | None) -> None:
+    """After a verified handshake toward a backend: does the certificate cover the name
+    the relay asked for? Raises NameMismatch naming both (OpenSSL would only say
+    "Hostname mismatch"; the names on the certificate are what an operator needs)."""
+    if name is None:
+        return
+    cert = side.obj.getpeercert()
+    if not cert:
+        return  # not verified (insecure): nothing to compare
+    from snirelay.wire.names import certificate_covers
+
+    sans = [(str(e[0]), str(e[1])) for e in cert.get("subjectAltName", ())]
+    if not certificate_covers(sans, name):
+        listed = ", ".join(v for _, v in sans) or "no subjectAltName"
+        raise NameMismatch(
+            f"the backend's certificate does not cover {name!r} (sent SNI:"
+            f" {name if not is_ip(name) else 'none'}; the certificate names: {listed})"
+        )
+
+
+def describe_sides(client: object, backend: object) -> dict[str, object]:
+    """The record's TLS fields: per TLS side its version, cipher and ALPN; toward the
+    backend also the SNI sent and whether the certificate was verified."""
+    out: dict[str, object] = {}
+    for which, side in (("client", client), ("backend", backend)):
+        if not isinstance(side, TlsSide):
+            continue
+        version, cipher, alpn = side.info
+        out[f"{which}_tls"] = version
+        out[f"{which}_cipher"] = cipher
+        out[f"{which}_alpn"] = alpn
+        if which == "backend":
+            out["upstream_sni"] = side.obj.server_hostname
+            out["verified"] = side.obj.context.verify_mode == ssl.CERT_REQUIRED
+    return out

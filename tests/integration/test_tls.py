@@ -1,0 +1,312 @@
+"""TLS termination and re-origination (the SNI rewrite) with real parts: nginx backends
+with certificates from a test CA, curl and openssl s_client as clients, certificates
+made at test time.
+
+The seed scenario: the client reaches the relay by IP (no SNI it could send); the relay
+answers with a certificate for 127.0.0.1 and relay.example.com and opens TLS to the
+backend with the SNI the backend needs, verified against the test CA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import trustme
+
+from helpers.relay import RelayProcess
+from integration.servers import TlsBackends
+
+pytestmark = pytest.mark.integration
+
+
+def relay_cert(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA of the relay's own and a leaf for 127.0.0.1 and relay.example.com:
+    (ca, cert, key)."""
+    ca = trustme.CA(organization_name="relay test CA")
+    leaf = ca.issue_cert("127.0.0.1", "relay.example.com")
+    paths = tmp / "relay-ca.pem", tmp / "relay.crt", tmp / "relay.key"
+    ca.cert_pem.write_to_path(str(paths[0]))
+    paths[1].write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(paths[2]))
+    return paths
+
+
+def curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", *args, url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_seed_scenario_client_by_ip_backend_gets_its_name(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    ca, cert, key = relay_cert(tmp_path)
+    port = tls_backends.https["emby.example.com"]
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{port}"
+listen_transport = "tls;cert={cert};key={key}"
+remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        res = curl(f"https://127.0.0.1:{relay.port()}/", "--cacert", str(ca))
+        assert res.returncode == 0, res.stderr + relay.log
+        assert res.stdout.strip() == "name=emby.example.com sni=emby.example.com"
+        [rec] = relay.wait_records(1)
+        assert rec["upstream_sni"] == "emby.example.com"
+        assert rec["client_tls"] in ("TLSv1.3", "TLSv1.2") and rec["backend_tls"]
+        assert rec["verified"] in (True, "yes") and rec["close"] == "eof"
+
+
+def test_a_backend_certificate_for_another_name_fails_the_client_handshake(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    ca, cert, key = relay_cert(tmp_path)
+    port = tls_backends.https["jellyfin.example.com"]  # its certificate: jellyfin only
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{port}"
+listen_transport = "tls;cert={cert};key={key}"
+remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        res = curl(f"https://127.0.0.1:{relay.port()}/", "--cacert", str(ca))
+        assert res.returncode == 35, (res.returncode, res.stderr)  # handshake failed
+        assert "alert handshake failure" in res.stderr or "handshake" in res.stderr
+        [rec] = relay.wait_records(1)
+        assert rec["close"] == "tls-backend: certificate verify failed"
+        assert "emby.example.com" in rec["hint"] and "jellyfin.example.com" in rec["hint"]
+
+
+def test_one_listener_passes_one_name_through_and_terminates_another(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    ca, cert, key = relay_cert(tmp_path)
+    emby = tls_backends.https["emby.example.com"]
+    jelly = tls_backends.https["jellyfin.example.com"]
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{emby}"
+
+  [[endpoints.routes]]
+  server_names = ["emby.example.com"]
+  remote = "127.0.0.1:{emby}"
+
+  [[endpoints.routes]]
+  server_names = ["relay.example.com"]
+  remote = "127.0.0.1:{jelly}"
+  listen_transport = "tls;cert={cert};key={key}"
+  remote_transport = "tls;sni=jellyfin.example.com;ca={tls_backends.ca}"
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        p = relay.port()
+        passed = curl(
+            f"https://emby.example.com:{p}/",
+            "--resolve", f"emby.example.com:{p}:127.0.0.1",
+            "--cacert", str(tls_backends.ca),
+        )  # fmt: skip
+        assert passed.stdout.strip() == "name=emby.example.com sni=emby.example.com", (
+            passed.stderr + relay.log
+        )
+        ended = curl(
+            f"https://relay.example.com:{p}/",
+            "--resolve", f"relay.example.com:{p}:127.0.0.1",
+            "--cacert", str(ca),
+        )  # fmt: skip
+        assert ended.stdout.strip() == "name=jellyfin.example.com sni=jellyfin.example.com"
+        s_client = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{p}",
+             "-servername", "relay.example.com", "-CAfile", str(ca), "-verify_return_error"],
+            input="", capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert "Verify return code: 0 (ok)" in s_client.stdout, s_client.stdout
+        recs = relay.wait_records(3)
+        assert {r["route"] for r in recs} == {
+            "endpoints[0].routes[0]",
+            "endpoints[0].routes[1]",
+        }
+        assert all("client_tls" not in r for r in recs if r["route"].endswith("[0]"))
+
+
+def test_a_client_that_stalls_mid_handshake_is_closed_at_the_deadline(tmp_path: Path) -> None:
+    _, cert, key = relay_cert(tmp_path)
+    backend = socket.create_server(("127.0.0.1", 0))
+    config = f"""
+[network]
+tls_handshake_timeout = 0.5
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{backend.getsockname()[1]}"
+listen_transport = "tls;cert={cert};key={key}"
+"""
+    with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ssl.create_default_context().wrap_bio(inc, out, server_hostname="relay.example.com")
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
+            c.sendall(out.read())  # the ClientHello, then nothing: no Finished ever
+            [rec] = relay.wait_records(1, timeout=10)
+        assert rec["close"] == "tls-handshake-timeout" and rec["phase"] == "handshake"
+
+
+def test_garbage_after_the_hello_closes_with_the_tls_reason(tmp_path: Path) -> None:
+    _, cert, key = relay_cert(tmp_path)
+    backend = socket.create_server(("127.0.0.1", 0))
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{backend.getsockname()[1]}"
+listen_transport = "tls;cert={cert};key={key}"
+"""
+    with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ssl.create_default_context().wrap_bio(inc, out, server_hostname="relay.example.com")
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
+            c.sendall(out.read())
+            c.sendall(b"\x17\x03\x03\x00\x05hello")  # application data before Finished
+            [rec] = relay.wait_records(1, timeout=10)
+        assert rec["close"].startswith("tls-client: "), rec
+        assert rec["phase"] == "handshake"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reoriginate", [False, True], ids=["terminate", "terminate+reoriginate"])
+def test_every_byte_both_ways_with_half_close(tmp_path: Path, reoriginate: bool) -> None:
+    """64 MiB each way, sha256-checked, the client's EOF first (close_notify then FIN):
+    the backend's answer still flows after it."""
+    ca, cert, key = relay_cert(tmp_path)
+    size = 64 << 20
+    up_data, down_data = os.urandom(1 << 20), os.urandom(1 << 20)
+    backend = socket.create_server(("127.0.0.1", 0))
+    bctx: ssl.SSLContext | None = None
+    if reoriginate:
+        bctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        bctx.load_cert_chain(cert, key)
+    seen: dict[str, str] = {}
+
+    def serve() -> None:
+        raw, _ = backend.accept()
+        conn = bctx.wrap_socket(raw, server_side=True) if bctx else raw
+        with conn:
+            conn.settimeout(60)
+            h = hashlib.sha256()
+            while True:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                h.update(chunk)
+            seen["up"] = h.hexdigest()
+            for _ in range(size // len(down_data)):
+                conn.sendall(down_data)
+            if isinstance(conn, ssl.SSLSocket):
+                conn.unwrap()  # close_notify, as a TLS server ends its stream
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    remote = f'remote_transport = "tls;sni=relay.example.com;ca={ca}"' if reoriginate else ""
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{backend.getsockname()[1]}"
+listen_transport = "tls;cert={cert};key={key}"
+{remote}
+"""
+    with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        cctx = ssl.create_default_context(cafile=str(ca))
+        with socket.create_connection(("127.0.0.1", relay.port()), timeout=60) as raw:
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            c = cctx.wrap_bio(inc, out, server_hostname="relay.example.com")
+            down = hashlib.sha256()
+            _drive(raw, c, inc, out, up_data, size, down)
+        t.join(60)
+        assert seen["up"] == _expected(up_data, size)
+        assert down.hexdigest() == _expected(down_data, size)
+        [rec] = relay.wait_records(1, timeout=30)
+        assert rec["bytes_up"] == size and rec["bytes_down"] == size
+
+
+def _expected(block: bytes, size: int) -> str:
+    h = hashlib.sha256()
+    for _ in range(size // len(block)):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _drive(
+    raw: socket.socket,
+    c: ssl.SSLObject,
+    inc: ssl.MemoryBIO,
+    out: ssl.MemoryBIO,
+    block: bytes,
+    size: int,
+    down: hashlib._Hash,
+) -> None:
+    """A blocking client on a memory BIO: handshake, send `size` bytes, close_notify
+    (unwrap once, with nothing buffered) and FIN-less half-close, then read to the end."""
+
+    def pump_in() -> bool:
+        data = raw.recv(1 << 18)
+        if not data:
+            inc.write_eof()
+            return False
+        inc.write(data)
+        return True
+
+    def flush() -> None:
+        if out.pending:
+            raw.sendall(out.read())
+
+    while True:
+        try:
+            c.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            flush()
+            pump_in()
+    flush()
+    for _ in range(size // len(block)):
+        c.write(block)
+        flush()
+    try:
+        c.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    flush()
+    got = 0
+    while got < size:
+        try:
+            chunk = c.read(1 << 16)
+        except ssl.SSLWantReadError:
+            if not pump_in():
+                break
+            continue
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            break
+        if not chunk:
+            break
+        down.update(chunk)
+        got += len(chunk)
+    assert got == size, got
