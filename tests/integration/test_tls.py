@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from helpers.relay import RelayProcess
-from integration.servers import TlsBackends
+from helpers.relay import RelayProcess, run_relay
+from integration.servers import Nginx, TlsBackends, make_certs, pick_port
 
 pytestmark = pytest.mark.integration
 
@@ -310,3 +310,122 @@ def _drive(
         down.update(chunk)
         got += len(chunk)
     assert got == size, got
+
+
+def _nginx_tls(
+    tmp: Path, extra: str, leaf_name: str = "emby.example.com"
+) -> tuple[Nginx, int, Path]:
+    """A dedicated nginx https server for `leaf_name` (a fresh test CA), with `extra`
+    directives in its server block; (nginx, port, CA file)."""
+    certs = make_certs(tmp / "certs", (leaf_name, "client.example.com"))
+    port = pick_port()
+    leaf = certs[leaf_name]
+    body = (
+        "    server {\n"
+        f"        listen 127.0.0.1:{port} ssl{extra.split('|')[0]};\n"
+        f"        ssl_certificate {leaf.cert};\n"
+        f"        ssl_certificate_key {leaf.key};\n"
+        f"{extra.split('|')[1] if '|' in extra else ''}\n"
+        '        location / { return 200 "proto=$server_protocol sni=$ssl_server_name'
+        ' client=$ssl_client_s_dn\\n"; }\n'
+        "    }\n"
+    )
+    return Nginx(tmp / "nginx", body, (port,)), port, certs.ca
+
+
+@pytest.mark.parametrize("backend_h2", [True, False], ids=["backend-h2", "backend-http1.1"])
+def test_alpn_agrees_end_to_end(tmp_path: Path, backend_h2: bool) -> None:
+    """curl offers h2 and http/1.1; the relay offers them to the backend and selects
+    toward curl what the backend chose: HTTP/2 end to end when nginx speaks it, HTTP/1.1
+    when it does not."""
+    ca, cert, key = relay_cert(tmp_path)
+    nginx, port, bca = _nginx_tls(tmp_path, " http2|" if backend_h2 else "|")
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{port}"
+listen_transport = "tls;cert={cert};key={key}"
+remote_transport = "tls;sni=emby.example.com;ca={bca}"
+"""
+    with nginx, RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        res = curl(f"https://127.0.0.1:{relay.port()}/", "--http2", "--cacert", str(ca), "-w",
+                   " %{http_version}")  # fmt: skip
+        assert res.returncode == 0, res.stderr + relay.log
+        want = ("HTTP/2.0", "2") if backend_h2 else ("HTTP/1.1", "1.1")
+        assert res.stdout.split()[0] == f"proto={want[0]}", res.stdout
+        assert res.stdout.split()[-1] == want[1], res.stdout
+        [rec] = relay.wait_records(1)
+        alpn = "h2" if backend_h2 else "http/1.1"
+        assert rec["client_alpn"] == alpn and rec["backend_alpn"] == alpn, rec
+
+
+def test_mutual_tls_to_a_backend_that_requires_a_client_certificate(tmp_path: Path) -> None:
+    ca, cert, key = relay_cert(tmp_path)
+    nginx, port, bca = _nginx_tls(
+        tmp_path,
+        f"|        ssl_verify_client on;\n        ssl_client_certificate {tmp_path}/certs/ca.pem;",
+    )
+    client = tmp_path / "certs"
+    base = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{port}"
+listen_transport = "tls;cert={cert};key={key}"
+"""
+    with_cert = base + (
+        f'remote_transport = "tls;sni=emby.example.com;ca={bca};'
+        f'client_cert={client}/client.example.com.crt;client_key={client}/client.example.com.key"\n'
+    )
+    without = base + f'remote_transport = "tls;sni=emby.example.com;ca={bca}"\n'
+    with nginx:
+        for text, ok in ((with_cert, True), (without, False)):
+            work = tmp_path / ("with" if ok else "without")
+            work.mkdir()
+            with RelayProcess(config=text, tmp_path=work) as relay:
+                relay.start()
+                res = curl(f"https://127.0.0.1:{relay.port()}/", "--cacert", str(ca))
+                if ok:
+                    assert res.returncode == 0, res.stderr + relay.log
+                    assert "client=CN=client.example.com" in res.stdout, res.stdout
+                else:  # nginx answers 400 "No required SSL certificate was sent"
+                    assert "400" in res.stdout or res.returncode != 0, res.stdout
+
+
+@pytest.mark.parametrize(
+    ("transport", "needle"),
+    [
+        (
+            "tls;cert={d}/missing.pem;key={d}/missing.key",
+            "cert file '{d}/missing.pem': no such file",
+        ),
+        (
+            "tls;cert={d}/relay.key;key={d}/relay.key",
+            "cert file '{d}/relay.key': not a PEM certificate",
+        ),
+        (
+            "tls;cert={d}/relay.crt;key={d}/relay.crt",
+            "key file '{d}/relay.crt': not a PEM private key",
+        ),
+        ("tls;cert={d}/relay.crt;key={d}/other.key", "the key does not match the certificate"),
+    ],
+)
+def test_a_bad_certificate_or_key_stops_the_start_naming_the_key_and_file(
+    tmp_path: Path, transport: str, needle: str
+) -> None:
+    relay_cert(tmp_path)
+    other = trustme.CA().issue_cert("x.example.com")
+    other.private_key_pem.write_to_path(str(tmp_path / "other.key"))
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:9"
+listen_transport = "{transport.format(d=tmp_path)}"
+"""
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    res = run_relay(["-c", str(path)], timeout=15)
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "endpoints[0].listen_transport" in lines[0], res.stderr
+    assert needle.format(d=tmp_path) in lines[0], lines[0]

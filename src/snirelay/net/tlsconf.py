@@ -96,20 +96,28 @@ def _expiry_warning(path: str, place: str) -> None:
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, place: str, what: str) -> None:
-    for path in (cert, key):
-        if not os.path.isfile(path):
-            raise ConfigError(place, f"{what} file {path!r}: no such file")
-        if not os.access(path, os.R_OK):
-            raise ConfigError(place, f"{what} file {path!r}: not readable")
+    key_what = "key" if what == "cert" else "client_key"
+    for path, name, marker in (
+        (cert, what, b"-----BEGIN CERTIFICATE-----"),
+        (key, key_what, b"PRIVATE KEY-----"),
+    ):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 20)
+        except FileNotFoundError:
+            raise ConfigError(place, f"{name} file {path!r}: no such file") from None
+        except OSError as exc:
+            raise ConfigError(place, f"{name} file {path!r}: {exc.strerror or exc}") from None
+        if marker not in head:
+            kind = "certificate" if name == what else "private key"
+            raise ConfigError(place, f"{name} file {path!r}: not a PEM {kind}")
     try:
         ctx.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
         why = exc.reason or str(exc)
         if why == "KEY_VALUES_MISMATCH":
             why = "the key does not match the certificate"
-        elif why in ("PEM_LIB", "NO_START_LINE"):
-            why = "not a PEM certificate and key"
-        raise ConfigError(place, f"{what} {cert!r} / key {key!r}: {why}") from None
+        raise ConfigError(place, f"{what} {cert!r} / {key_what} {key!r}: {why}") from None
     except OSError as exc:
         raise ConfigError(place, f"{what} {cert!r} / key {key!r}: {exc.strerror or exc}") from None
 
