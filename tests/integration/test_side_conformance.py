@@ -17,16 +17,21 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
-from snirelay.config.model import Addr, Config, Endpoint, NetworkConfig, Upstream
+from helpers.tlsend import TlsEnd
+from snirelay.config.model import Addr, Config, Endpoint, NetworkConfig, Transport, Upstream
 from snirelay.net.conn import Connection
 from snirelay.net.loop import new_loop
 from snirelay.net.pump import HAVE_SPLICE
@@ -35,7 +40,9 @@ from snirelay.server import Server
 pytestmark = pytest.mark.integration
 
 PATHS = ["splice", "copy"] if HAVE_SPLICE else ["copy"]
-SIDES = ["raw"]  # the TLS and WebSocket side kinds join here
+SIDES = ["raw", "tls"]  # the WebSocket side kind joins here
+# (path, side) pairs: a TLS side is never spliced (its bytes are decrypted in Python)
+KINDS = [(p, s) for p in PATHS for s in SIDES if s == "raw" or p == "copy"]
 
 
 class Collect:
@@ -61,11 +68,33 @@ class Pair:
     """A relay between a test client and a test backend; `accept()` gives the backend's end."""
 
     def __init__(self, path: str, side: str, idle: float = 0.0) -> None:
-        assert side == "raw"
+        self.side = side
         self.backend = socket.create_server(("127.0.0.1", 0))
         self.backend.settimeout(10)
         net = replace(NetworkConfig(), tcp_idle_timeout=idle) if idle else NetworkConfig()
-        up = Upstream(remotes=(Addr("127.0.0.1", self.backend.getsockname()[1]),), network=net)
+        listen = remote = None
+        if side == "tls":  # terminated at the relay, re-originated to the backend
+            self.tmp = tempfile.TemporaryDirectory(prefix="snirelay-conformance-")
+            d = Path(self.tmp.name)
+            ca = trustme.CA()
+            ca.cert_pem.write_to_path(str(d / "ca.pem"))
+            for name in ("relay.test", "backend.test"):
+                leaf = ca.issue_cert(name)
+                leaf.cert_chain_pems[0].write_to_path(str(d / f"{name}.crt"))
+                leaf.private_key_pem.write_to_path(str(d / f"{name}.key"))
+            listen = Transport(
+                raw="tls", tls=True, cert=str(d / "relay.test.crt"), key=str(d / "relay.test.key")
+            )
+            remote = Transport(raw="tls", tls=True, sni="backend.test", ca=str(d / "ca.pem"))
+            self.client_ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+            self.backend_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.backend_ctx.load_cert_chain(d / "backend.test.crt", d / "backend.test.key")
+        up = Upstream(
+            remotes=(Addr("127.0.0.1", self.backend.getsockname()[1]),),
+            network=net,
+            listen_transport=listen,
+            remote_transport=remote,
+        )
         config = Config(
             endpoints=(Endpoint(place="endpoints[0]", listen=Addr("127.0.0.1", 0), upstream=up),)
         )
@@ -85,11 +114,24 @@ class Pair:
         self.loop.call_soon(self.ready.set)
         self.loop.run_until_complete(self.server.serve())
 
-    def connect(self) -> tuple[socket.socket, socket.socket]:
+    def connect(self) -> tuple[Any, Any]:
+        """The client's and the backend's ends (TlsEnd for the tls kind: the client's
+        handshake runs beside the backend's, which the relay makes first)."""
         c = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        b, _ = self.backend.accept()
-        b.settimeout(10)
-        return c, b
+        if self.side != "tls":
+            b, _ = self.backend.accept()
+            b.settimeout(10)
+            return c, b
+        tc = TlsEnd(c, self.client_ctx, server_hostname="relay.test")
+        hs = threading.Thread(target=tc.handshake, daemon=True)
+        hs.start()
+        raw, _ = self.backend.accept()
+        raw.settimeout(10)
+        tb = TlsEnd(raw, self.backend_ctx)
+        tb.handshake()
+        hs.join(10)
+        assert not hs.is_alive(), "the client's handshake did not finish"
+        return tc, tb
 
     def close(self) -> None:
         stopping = self.server.stopping
@@ -98,9 +140,11 @@ class Pair:
         self.thread.join(10)
         self.loop.close()
         self.backend.close()
+        if self.side == "tls":
+            self.tmp.cleanup()
 
 
-@pytest.fixture(params=[(p, s) for p in PATHS for s in SIDES], ids=lambda ps: "-".join(ps))
+@pytest.fixture(params=KINDS, ids=lambda ps: "-".join(ps))
 def kind(request: pytest.FixtureRequest) -> tuple[str, str]:
     return request.param  # type: ignore[no-any-return]
 
@@ -114,13 +158,13 @@ def pair(kind: tuple[str, str]) -> Iterator[Pair]:
         p.close()
 
 
-def _pump_out(sock: socket.socket, data: bytes, shut: bool = True) -> None:
+def _pump_out(sock: Any, data: bytes, shut: bool = True) -> None:
     sock.sendall(data)
     if shut:
         sock.shutdown(socket.SHUT_WR)
 
 
-def _drain(sock: socket.socket) -> bytes:
+def _drain(sock: Any) -> bytes:
     out = bytearray()
     while chunk := sock.recv(1 << 20):
         out += chunk
@@ -217,7 +261,7 @@ def test_a_reset_reaches_the_other_peer_as_a_reset(pair: Pair, who: str) -> None
     assert rec["close"] == "reset" and rec["phase"] == "pump"
 
 
-@pytest.mark.parametrize("kind", [(p, "raw") for p in PATHS], ids=PATHS)
+@pytest.mark.parametrize("kind", KINDS, ids=lambda ps: "-".join(ps))
 def test_idle_timeout_closes_silence_and_spares_a_trickle(kind: tuple[str, str]) -> None:
     p = Pair(*kind, idle=0.8)
     try:
