@@ -429,3 +429,35 @@ listen_transport = "{transport.format(d=tmp_path)}"
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "endpoints[0].listen_transport" in lines[0], res.stderr
     assert needle.format(d=tmp_path) in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("tickets", [True, False], ids=["tickets", "no-tickets"])
+def test_clients_resume_their_sessions_unless_tickets_are_off(
+    tls_backends: TlsBackends, tmp_path: Path, tickets: bool
+) -> None:
+    ca, cert, key = relay_cert(tmp_path)
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{tls_backends.http["emby.example.com"]}"
+listen_transport = "tls;cert={cert};key={key}"
+network = {{ tls_session_tickets = {"true" if tickets else "false"} }}
+"""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        session: ssl.SSLSession | None = None
+        reused: list[bool | None] = []
+        for _ in range(2):
+            with (
+                socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as raw,
+                ctx.wrap_socket(raw, server_hostname="relay.example.com", session=session) as s,
+            ):
+                s.sendall(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
+                body = b""
+                while chunk := s.recv(4096):
+                    body += chunk
+                assert b"http name=emby.example.com" in body
+                reused.append(s.session_reused)
+                session = s.session
+        assert reused == [False, tickets]

@@ -143,6 +143,12 @@ class NetworkConfig:
         positive=True,
         snirelay=True,
     )
+    tls_session_tickets: bool = option(
+        True,
+        "session tickets toward TLS clients, for resumption (false: every client"
+        " handshake is a full one)",
+        snirelay=True,
+    )
     tls_handshake_timeout: float = option(
         10.0,
         "deadline for each TLS handshake (terminating toward the client, re-originating"

@@ -55,7 +55,12 @@ class UpstreamRT:
         if lt is not None and lt.tls:
             from snirelay.net.tlsconf import ServerTLS
 
-            self.server_tls = ServerTLS(lt, f"{where}.listen_transport", warn=warn)
+            self.server_tls = ServerTLS(
+                lt,
+                f"{where}.listen_transport",
+                tickets=cfg.network.tls_session_tickets,
+                warn=warn,
+            )
         if rt is not None and rt.tls:
             from snirelay.net.tlsconf import ClientTLS
 

@@ -9,7 +9,8 @@ One `SSLContext` per ALPN choice: the transport's own list (the server picks in 
 order), or, when the connection is re-originated, exactly the protocol the backend
 chose (`for_backend`), so ALPN agrees end to end; and `refusing`, whose server-name
 callback answers any ClientHello with a handshake_failure alert (the client's answer
-when the backend's handshake failed). A context is made the first time it is needed
+when the backend's handshake failed). Session tickets toward clients (resumption)
+unless `network.tls_session_tickets` is false. A context is made the first time it is needed
 and kept: the choices are few (none, or one of the protocols offered upstream).
 
 `ClientTLS` (a `remote_transport` with `tls`): verification against the system store,
@@ -127,11 +128,14 @@ def _refuse(obj: Any, name: str | None, ctx: ssl.SSLContext) -> int:
 
 
 class ServerTLS:
-    __slots__ = ("place", "alpn", "cert", "key", "pem", "_by_alpn", "refusing", "base")
+    __slots__ = ("place", "alpn", "tickets", "cert", "key", "pem", "_by_alpn", "refusing", "base")
 
-    def __init__(self, t: Transport, place: str, *, warn: bool = True) -> None:
+    def __init__(
+        self, t: Transport, place: str, *, tickets: bool = True, warn: bool = True
+    ) -> None:
         self.place = place
         self.alpn = t.alpn
+        self.tickets = tickets
         self.cert, self.key = t.cert, t.key
         self.pem: tuple[bytes, bytes] | None = None
         if t.servername is not None:
@@ -159,6 +163,9 @@ class ServerTLS:
             _load_chain(ctx, self.cert, self.key, self.place, "cert")
         if alpn:
             ctx.set_alpn_protocols(list(alpn))
+        if not self.tickets:
+            ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2
+            ctx.num_tickets = 0  # TLS 1.3
         return ctx
 
     def for_backend(self, proto: str | None) -> ssl.SSLContext:
