@@ -15,7 +15,8 @@ How it works:
    thread and its event loop) until Ctrl-C, or for `--duration S` seconds.
 
 Ports: `--ports BASE` uses BASE (echo backend), BASE+1 (forward endpoint), BASE+2 (SNI
-endpoint) and BASE+3.. (TLS backends); without it every port is chosen by the kernel.
+endpoint), BASE+3..BASE+5 (TLS backends) and BASE+6 (the rewrite endpoint); without it
+every port is chosen by the kernel.
 
 Resource handling: the backend thread is stopped and joined, and the temporary directory
 removed, however the relay returns (Ctrl-C, duration elapsed, error).
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import os
 import signal
 import socket
@@ -46,6 +48,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NAMES = ("emby.example.com", "jellyfin.example.com")
 DEFAULT_NAME = "default.example.com"
+RELAY_NAME = "relay.example.com"  # the relay's own certificate: this name and 127.0.0.1
 REQUEST_TIMEOUT = 5.0
 
 
@@ -60,6 +63,13 @@ class Certs:
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _sans(name: str) -> list[x509.GeneralName]:
+    sans: list[x509.GeneralName] = [x509.DNSName(name)]
+    if name == RELAY_NAME:  # clients reach the relay by IP: its certificate says so
+        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    return sans
 
 
 def make_certs(directory: Path, names: Sequence[str]) -> Certs:
@@ -106,7 +116,7 @@ def make_certs(directory: Path, names: Sequence[str]) -> Certs:
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(_sans(name)), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
@@ -212,7 +222,8 @@ class Backends:
         echo = await asyncio.start_server(_echo, "127.0.0.1", self._port(0))
         self._servers.append(echo)
         self.ports["echo"] = echo.sockets[0].getsockname()[1]
-        for i, (name, (cert, key)) in enumerate(self.certs.leaves.items()):
+        served = [(n, pair) for n, pair in self.certs.leaves.items() if n != RELAY_NAME]
+        for i, (name, (cert, key)) in enumerate(served):
             tls = _NamedTls(name, cert, key)
             server = await asyncio.start_server(
                 tls.handle, "127.0.0.1", self._port(3 + i), ssl=tls.context
@@ -267,7 +278,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def relay_config(forward_port: int, sni_port: int, ports: dict[str, int]) -> str:
+def relay_config(
+    forward_port: int,
+    sni_port: int,
+    ports: dict[str, int],
+    rewrite_port: int | None = None,
+    certs: Certs | None = None,
+) -> str:
     routes = "".join(
         f'  [[endpoints.routes]]\n  server_names = ["{name}"]\n'
         f'  remote = "127.0.0.1:{ports[name]}"\n\n'
@@ -282,14 +299,35 @@ def relay_config(forward_port: int, sni_port: int, ports: dict[str, int]) -> str
         f"{routes}"
         f'  [[endpoints.routes]]\n  when = "no_sni"\n'
         f'  remote = "127.0.0.1:{ports[DEFAULT_NAME]}"\n'
+        + (_rewrite(rewrite_port, ports, certs) if rewrite_port and certs else "")
     )
 
 
-def instructions(forward_port: int, sni_port: int, ca: Path, config: Path) -> str:
+def _rewrite(port: int, ports: dict[str, int], certs: Certs) -> str:
+    cert, key = certs.leaves[RELAY_NAME]
+    emby = NAMES[0]
+    return (
+        "\n# The SNI rewrite: clients reach the relay by IP (or as relay.example.com); the\n"
+        "# relay answers with its own certificate and asks the backend for its name\n"
+        f'[[endpoints]]\nlisten = "127.0.0.1:{port}"\n'
+        f'remote = "127.0.0.1:{ports[emby]}"\n'
+        f'listen_transport = "tls;cert={cert};key={key}"\n'
+        f'remote_transport = "tls;sni={emby};ca={certs.ca}"\n'
+    )
+
+
+def instructions(
+    forward_port: int, sni_port: int, ca: Path, config: Path, rewrite_port: int
+) -> str:
     emby, jellyfin = NAMES
     return f"""\
-snirelay demo: forward=127.0.0.1:{forward_port} sni=127.0.0.1:{sni_port} ca={ca}
+snirelay demo: forward=127.0.0.1:{forward_port} sni=127.0.0.1:{sni_port} ca={ca} \
+rewrite=127.0.0.1:{rewrite_port}
 config: {config}
+
+The SNI rewrite (127.0.0.1:{rewrite_port}): reach the relay by IP, the backend still gets
+its own name ({emby}) as SNI, verified:
+  curl --cacert {ca} https://127.0.0.1:{rewrite_port}/
 
 Plain forwarding (127.0.0.1:{forward_port} -> a local echo server):
   curl http://127.0.0.1:{forward_port}/      (any TCP client works: the backend echoes)
@@ -304,6 +342,39 @@ No SNI (connecting by IP) goes to the no_sni route; an unknown name is closed wi
 
 Running; Ctrl-C to stop.
 """
+
+
+def show_rewrite(port: int, ca: Path, timeout: float = 10) -> None:
+    """Once the relay listens, one request to the rewrite endpoint by IP, printed side
+    by side with what the backend saw (bounded: gives up after `timeout` seconds)."""
+    import time
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := tls.recv(4096):
+                    data += chunk
+        except ConnectionRefusedError:
+            time.sleep(0.05)  # not listening yet
+            continue
+        except (OSError, ssl.SSLError) as exc:
+            print(f"rewrite check failed: {exc}", flush=True)
+            return
+        seen = data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
+        print(
+            f"rewrite check: client -> https://127.0.0.1:{port}/ (by IP, no SNI)"
+            f"  |  backend answered: {seen}",
+            flush=True,
+        )
+        return
+    print("rewrite check: the relay did not listen in time", flush=True)
 
 
 def _run_relay(config_path: Path) -> int:
@@ -331,7 +402,7 @@ def main(argv: list[str]) -> int:
         type=int,
         default=0,
         metavar="BASE",
-        help="use ports BASE..BASE+5 (default: ports chosen by the system)",
+        help="use ports BASE..BASE+6 (default: ports chosen by the system)",
     )
     parser.add_argument(
         "--duration", type=float, default=0, metavar="S", help="stop after S seconds"
@@ -342,7 +413,7 @@ def main(argv: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="snirelay-demo-") as tmp:
         directory = Path(tmp)
-        certs = make_certs(directory, (*NAMES, DEFAULT_NAME))
+        certs = make_certs(directory, (*NAMES, DEFAULT_NAME, RELAY_NAME))
         backends = Backends(certs, args.ports)
         try:
             backends.start()
@@ -358,8 +429,18 @@ def main(argv: list[str]) -> int:
                 while sni_port == forward_port:
                     sni_port = _free_port()
             config_path = directory / "relay.toml"
-            config_path.write_text(relay_config(forward_port, sni_port, backends.ports))
-            print(instructions(forward_port, sni_port, certs.ca, config_path), flush=True)
+            rewrite_port = args.ports + 6 if args.ports else _free_port()
+            while not args.ports and rewrite_port in (forward_port, sni_port):
+                rewrite_port = _free_port()
+            config_path.write_text(
+                relay_config(forward_port, sni_port, backends.ports, rewrite_port, certs)
+            )
+            print(
+                instructions(forward_port, sni_port, certs.ca, config_path, rewrite_port),
+                flush=True,
+            )
+            show = threading.Thread(target=show_rewrite, args=(rewrite_port, certs.ca), daemon=True)
+            show.start()
             if args.duration > 0:
                 # SIGINT, as Ctrl-C would: the relay drains and returns.
                 timer = threading.Timer(args.duration, os.kill, (os.getpid(), signal.SIGINT))

@@ -39,6 +39,15 @@ def https_get(port: int, name: str | None, ca: Path) -> str:
     return body.decode()
 
 
+def _line_with(lines: queue.Queue[str], needle: str) -> str | None:
+    """The first queued line containing `needle` (others are dropped), or None yet."""
+    while not lines.empty():
+        line = lines.get_nowait()
+        if needle in line:
+            return line
+    return None
+
+
 def echo(port: int, payload: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
         s.sendall(payload)
@@ -111,10 +120,12 @@ def test_demo_runs_and_serves(tmp_path: Path) -> None:
         except queue.Empty:
             pytest.fail(f"demo printed nothing\n{log_path.read_text()}")
         m = re.match(
-            r"snirelay demo: forward=127\.0\.0\.1:(\d+) sni=127\.0\.0\.1:(\d+) ca=(\S+)", first
+            r"snirelay demo: forward=127\.0\.0\.1:(\d+) sni=127\.0\.0\.1:(\d+) ca=(\S+)"
+            r" rewrite=127\.0\.0\.1:(\d+)",
+            first,
         )
         assert m, first
-        forward, sni, ca = int(m[1]), int(m[2]), Path(m[3])
+        forward, sni, ca, rewrite = int(m[1]), int(m[2]), Path(m[3]), int(m[4])
         # the relay starts listening just after the instructions are printed
         echoed = wait_until(
             lambda: echo(forward, b"hi"),
@@ -126,6 +137,12 @@ def test_demo_runs_and_serves(tmp_path: Path) -> None:
         for name in NAMES:
             assert https_get(sni, name, ca) == f"name={name} sni={name}\n"
         assert https_get(sni, None, ca) == f"name={DEFAULT_NAME} sni=\n"
+        # the rewrite: by IP (no SNI) and as relay.example.com, the backend gets its name
+        want = f"name={NAMES[0]} sni={NAMES[0]}\n"
+        assert https_get(rewrite, "127.0.0.1", ca) == want
+        assert https_get(rewrite, "relay.example.com", ca) == want
+        shown = wait_until(lambda: _line_with(lines, "rewrite check:"), TIMEOUT, "rewrite check")
+        assert f"backend answered: name={NAMES[0]} sni={NAMES[0]}" in shown, shown
         assert proc.wait(timeout=TIMEOUT + 8) == 0, log_path.read_text()
         assert not ca.exists(), "demo left its temporary directory behind"
     finally:
