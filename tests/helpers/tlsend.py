@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 RECORD = 16 * 1024
@@ -113,11 +114,21 @@ class TlsEnd:
         be written goes out from a thread, so this never blocks on a peer that does not
         read yet."""
         assert how == socket.SHUT_WR
-        with self.lock:
-            try:
-                self.obj.unwrap()  # nothing read is buffered here: see net/tls.py
-            except ssl.SSLWantReadError:
-                pass
+        # unwrap() calls SSL_shutdown twice and the second call fails on (and drops)
+        # application data already buffered (see net/tls.py): wait until a receiving
+        # thread has drained what it fed in (bounded)
+        deadline = time.monotonic() + 10
+        while True:
+            with self.lock:
+                if not self.inc.pending and not self.obj.pending():
+                    try:
+                        self.obj.unwrap()
+                    except ssl.SSLWantReadError:
+                        pass
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("buffered TLS data was never read: cannot close_notify")
+            time.sleep(0.001)
         self.closer = threading.Thread(target=self._finish, daemon=True)
         self.closer.start()
 

@@ -461,3 +461,34 @@ network = {{ tls_session_tickets = {"true" if tickets else "false"} }}
                 reused.append(s.session_reused)
                 session = s.session
         assert reused == [False, tickets]
+
+
+def test_a_route_with_an_empty_listen_transport_passes_through_a_terminating_endpoint(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    ca, cert, key = relay_cert(tmp_path)
+    emby = tls_backends.https["emby.example.com"]
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{tls_backends.http["jellyfin.example.com"]}"
+listen_transport = "tls;cert={cert};key={key}"
+
+  [[endpoints.routes]]
+  server_names = ["emby.example.com"]
+  remote = "127.0.0.1:{emby}"
+  listen_transport = ""
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        p = relay.port()
+        passed = curl(
+            f"https://emby.example.com:{p}/",
+            "--resolve", f"emby.example.com:{p}:127.0.0.1",
+            "--cacert", str(tls_backends.ca),
+        )  # fmt: skip
+        assert passed.stdout.strip() == "name=emby.example.com sni=emby.example.com", passed.stderr
+        ended = curl(f"https://127.0.0.1:{p}/", "--cacert", str(ca))  # by IP: terminated
+        assert ended.stdout.strip() == "http name=jellyfin.example.com host=127.0.0.1", (
+            ended.stderr + relay.log
+        )

@@ -25,7 +25,8 @@ Error handling: a certificate or key that cannot be used (missing, unreadable, n
 PEM, not matching) raises `ConfigError` naming the transport's place and the file;
 the server turns it into exit code 2 before anything listens. A certificate that has
 expired or expires within `EXPIRY_WARNING_DAYS` is a warning at start; so are
-`insecure`, a self-signed `servername=` certificate and a backend that will see no SNI.
+`insecure`, a self-signed `servername=` certificate, a backend that will see no SNI,
+and `ocsp=` (realm's option; Python's ssl cannot staple, so it is ignored).
 """
 
 from __future__ import annotations
@@ -147,6 +148,12 @@ class ServerTLS:
                     place,
                     t.servername,
                 )
+        if warn and t.ocsp is not None:
+            LOG.warning(
+                "%s: ocsp=%s is ignored: Python's ssl module cannot staple OCSP responses",
+                place,
+                t.ocsp,
+            )
         self._by_alpn: dict[str | None, ssl.SSLContext] = {}
         self.base = self._make(t.alpn)
         if warn and self.cert is not None:
