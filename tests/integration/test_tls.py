@@ -492,3 +492,61 @@ listen_transport = "tls;cert={cert};key={key}"
         assert ended.stdout.strip() == "http name=jellyfin.example.com host=127.0.0.1", (
             ended.stderr + relay.log
         )
+
+
+def test_upstream_sessions_are_resumed_per_backend(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    ca, cert, key = relay_cert(tmp_path)
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{tls_backends.https["emby.example.com"]}"
+listen_transport = "tls;cert={cert};key={key}"
+remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        for _ in range(3):
+            res = curl(f"https://127.0.0.1:{relay.port()}/", "--cacert", str(ca))
+            assert res.returncode == 0, res.stderr
+        recs = relay.wait_records(3)
+    assert [r["backend_resumed"] in (True, "yes") for r in recs] == [False, True, True], recs
+
+
+def test_a_request_sent_with_the_clients_finished_is_answered(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    """The request arrives in the same segment as the client's Finished: the relay's
+    TLS side reads both at once and must forward the request although no readiness
+    event follows (a client that sends nothing more would wait for ever)."""
+    ca, cert, key = relay_cert(tmp_path)
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{tls_backends.http["emby.example.com"]}"
+listen_transport = "tls;cert={cert};key={key}"
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        ctx = ssl.create_default_context(cafile=str(ca))
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_hostname="relay.example.com")
+        with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if out.pending:
+                        raw.sendall(out.read())
+                    inc.write(raw.recv(65536))
+            obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
+            raw.sendall(out.read())  # Finished and the request: one segment
+            body = b""
+            while b"\r\n\r\n" not in body:
+                try:
+                    body += obj.read(65536)
+                except ssl.SSLWantReadError:
+                    inc.write(raw.recv(65536))  # times out (5 s) if the request is stuck
+        assert b"200 OK" in body

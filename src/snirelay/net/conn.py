@@ -254,6 +254,8 @@ class Connection:
         # One epoll_ctl for the backend: read for `down`, and drop a connect/replay writer.
         ctx.poller.set(b.fd, self.down, None)
         self.down.reading = True
+        if isinstance(self.down, CopyDir):
+            self.down.kick()
         limit = self.upstream.cfg.network.tcp_idle_timeout
         if limit > 0:
             ctx.wheel.after(self, limit / IDLE_CHECKS)

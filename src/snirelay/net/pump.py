@@ -292,6 +292,17 @@ class CopyDir(_Dir):
             # will announce them, so come back from the loop
             self.poller.call_soon(self._again)
 
+    def start(self) -> None:
+        self._wait_read()
+        self.kick()
+
+    def kick(self) -> None:
+        """Come back from the loop if the source already holds bytes no readiness event
+        will announce (a TLS side that read the first request with the handshake's
+        last flight)."""
+        if self.src.buffered():
+            self.poller.call_soon(self._again)
+
     def _again(self) -> None:
         if self.reading:
             self.on_readable()

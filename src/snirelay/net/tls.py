@@ -264,7 +264,8 @@ def check_name(side: TlsSide, name: str | None) -> None:
 
 def describe_sides(client: object, backend: object) -> dict[str, object]:
     """The record's TLS fields: per TLS side its version, cipher and ALPN; toward the
-    backend also the SNI sent and whether the certificate was verified."""
+    backend also the SNI sent, whether the certificate was verified and whether the
+    session was resumed."""
     out: dict[str, object] = {}
     for which, side in (("client", client), ("backend", backend)):
         if not isinstance(side, TlsSide):
@@ -276,4 +277,5 @@ def describe_sides(client: object, backend: object) -> dict[str, object]:
         if which == "backend":
             out["upstream_sni"] = side.obj.server_hostname
             out["verified"] = side.obj.context.verify_mode == ssl.CERT_REQUIRED
+            out["backend_resumed"] = side.obj.session_reused
     return out
