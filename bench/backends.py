@@ -9,6 +9,11 @@ whole run, so every relay sees the same backend.
 - ``https``: nginx with TLS on two ports, one certificate each (``a.bench.test``,
   ``b.bench.test``, from a CA made at start), answering with the server name it saw;
   the SNI-routing target.
+- relay certificate (for the ``terminate`` and ``reoriginate`` modes): an ECDSA P-256
+  leaf for ``RELAY_NAME`` from the same CA, written where ``relay_tls_files(workdir)``
+  says (certificate, key, both in one file for HAProxy, the CA); every relay that
+  terminates TLS serves this one, and re-originates to the HTTPS backend of
+  ``REORIG_NAME`` verified against the CA.
 - ``integrity``: a Python thread that reads to EOF, then replies with the sha256 of
   what it got followed by the same bytes, then closes (client half-closes first). A
   connection starting with ``REVERSE_MAGIC`` gets the other order: the backend sends a
@@ -30,6 +35,8 @@ from dataclasses import dataclass, field
 from common import LOOPBACK, BenchError, free_port, start, stop, wait_port, which
 
 SNI_NAMES = ("a.bench.test", "b.bench.test")
+RELAY_NAME = "relay.example.com"  # the name clients ask a TLS-terminating relay for
+REORIG_NAME = SNI_NAMES[0]  # the backend a re-originating relay connects to (its SNI)
 HTTP_BODY = "ok\n"
 REVERSE_MAGIC = b"REVERSE-HALF-CLOSE-CHECK\n"
 
@@ -168,6 +175,25 @@ http {{
 """
 
 
+@dataclass(frozen=True)
+class RelayTLS:
+    """Where the terminating relays' certificate lives (made by Backends at start)."""
+
+    cert: str  # leaf (+ chain) PEM
+    key: str  # its private key PEM
+    combined: str  # cert chain then key, one file (HAProxy's crt)
+    ca: str  # the run's CA: what clients and re-originating relays verify against
+
+
+def relay_tls_files(workdir: str) -> RelayTLS:
+    return RelayTLS(
+        f"{workdir}/relay-cert.pem",
+        f"{workdir}/relay-key.pem",
+        f"{workdir}/relay-combined.pem",
+        f"{workdir}/ca.pem",
+    )
+
+
 @dataclass
 class Backends:
     workdir: str
@@ -176,6 +202,7 @@ class Backends:
     http_port: int | None = None
     https_ports: dict[str, int] = field(default_factory=dict)
     ca_pem: str | None = None
+    relay_tls: RelayTLS | None = None  # None: no certificate (nginx/trustme missing)
     integrity: _Acceptor | None = None
     idle: _Acceptor | None = None
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -208,6 +235,7 @@ class Backends:
         ca = trustme.CA()
         self.ca_pem = f"{self.workdir}/ca.pem"
         ca.cert_pem.write_to_path(self.ca_pem)
+        self._relay_cert(ca)
         self.http_port = free_port()
         servers = [
             f"  server {{ listen {LOOPBACK}:{self.http_port} backlog=4096;"
@@ -243,6 +271,22 @@ class Backends:
             self.notes.append(f"nginx backend failed to start: {e}")
             self.http_port = None
             self.https_ports = {}
+
+    def _relay_cert(self, ca: object) -> None:
+        """An ECDSA P-256 leaf for RELAY_NAME, signed by the run's CA."""
+        import trustme
+
+        files = relay_tls_files(self.workdir)
+        assert files.ca == self.ca_pem
+        leaf = ca.issue_cert(RELAY_NAME, key_type=trustme.KeyType.ECDSA)  # type: ignore[attr-defined]
+        chain = b"".join(blob.bytes() for blob in leaf.cert_chain_pems)
+        key = leaf.private_key_pem.bytes()
+        for path, data in ((files.cert, chain), (files.key, key), (files.combined, chain + key)):
+            with open(path, "wb") as f:
+                f.write(data)
+        os.chmod(files.key, 0o600)
+        os.chmod(files.combined, 0o600)
+        self.relay_tls = files
 
     def close(self) -> None:
         for p in self._procs:

@@ -7,11 +7,19 @@ how to start one instance (one worker / one thread) for a mode:
 - ``sni``: TLS passthrough, the backend chosen by the ClientHello's server name
   (``routes`` maps names to ports; the first route is also the default).
 
-sniproxy can only route (TLS or HTTP by name): it has ``sni`` and no ``forward``.
+- ``terminate``: TLS ends at the relay (the run's ECDSA P-256 certificate for
+  ``RELAY_NAME``, session tickets off so every connection is a full handshake), plain
+  bytes go to one backend port (the nginx HTTP backend);
+- ``reoriginate``: the same, and the relay opens a new TLS connection to the backend
+  (``routes`` is ``{server_name: port}`` with one entry: the backend's name, sent as SNI
+  and verified against the run's CA).
+
+sniproxy can only route (TLS or HTTP by name): it has ``sni`` and no ``forward``;
+sniproxy, socat and the direct path have neither TLS mode.
 Every relay runs in the foreground as our child, with a config written to the work
 directory, on loopback, one process/worker/thread where the program lets us choose.
 
-Modes still to come (TLS termination, re-origination, UDP) become new mode names in
+Modes still to come (UDP) become new mode names in
 ``modes`` and a branch in ``argv_for``; scenarios declare which mode they need, and
 relays that lack it are reported as "not applicable" instead of failing.
 """
@@ -27,10 +35,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from backends import RelayTLS, relay_tls_files
 from common import LOOPBACK, free_port, run_text, start, wait_port, which
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+TLS_MODES = frozenset({"terminate", "reoriginate"})
 
 
 @dataclass
@@ -139,6 +149,10 @@ class Relay:
         routes = {"": backend} if isinstance(backend, int) else dict(backend)
         default = next(iter(routes.values()))
         conf = f"{workdir}/{self.file_tag}-{tag}.conf"
+        tls = relay_tls_files(workdir) if mode in TLS_MODES else None
+        if self.kind == "snirelay" and tls is not None:
+            _write(conf.replace(".conf", ".toml"), _snirelay_tls_toml(mode, port, routes, tls))
+            return [sys.executable, "-m", "snirelay", "-c", conf.replace(".conf", ".toml")]
         if self.kind == "snirelay":
             if mode == "forward":
                 return [
@@ -159,10 +173,10 @@ class Relay:
             _write(conf, "\n".join(lines))
             return [sys.executable, "-m", "snirelay", "-c", conf]
         if self.kind == "haproxy":
-            _write(conf, _haproxy_conf(mode, port, routes, default))
+            _write(conf, _haproxy_conf(mode, port, routes, default, tls))
             return [which("haproxy") or "haproxy", "-db", "-f", conf]
         if self.kind == "nginx":
-            _write(conf, _nginx_conf(mode, port, routes, default, workdir, tag))
+            _write(conf, _nginx_conf(mode, port, routes, default, workdir, tag, tls))
             err = f"{workdir}/nginx-{tag}.err"
             return [which("nginx") or "nginx", "-e", err, "-c", conf, "-p", workdir]
         if self.kind == "socat":
@@ -184,19 +198,48 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _haproxy_conf(mode: str, port: int, routes: Mapping[str, int], default: int) -> str:
+def _snirelay_tls_toml(mode: str, port: int, routes: Mapping[str, int], tls: RelayTLS) -> str:
+    """One endpoint terminating TLS (tickets off), re-originating for ``reoriginate``."""
+    (name, backend), *_ = routes.items()
+    lines = [
+        '[log]\nlevel = "off"\n',
+        "[[endpoints]]",
+        f'listen = "{LOOPBACK}:{port}"',
+        f'remote = "{LOOPBACK}:{backend}"',
+        f'listen_transport = "tls;cert={tls.cert};key={tls.key}"',
+    ]
+    if mode == "reoriginate":
+        lines.append(f'remote_transport = "tls;sni={name};ca={tls.ca}"')
+    lines.append("network = { tls_session_tickets = false }")
+    return "\n".join(lines) + "\n"
+
+
+def _haproxy_conf(
+    mode: str, port: int, routes: Mapping[str, int], default: int, tls: RelayTLS | None = None
+) -> str:
+    bind = "" if tls is None else f" ssl crt {tls.combined} no-tls-tickets"
+    no_tickets = "" if tls is None else "  ssl-default-bind-options no-tls-tickets\n"
     head = f"""global
   nbthread 1
   maxconn 9000
-defaults
+{no_tickets}defaults
   mode tcp
   timeout connect 5s
   timeout client 1h
   timeout server 1h
 frontend fe
-  bind {LOOPBACK}:{port}
+  bind {LOOPBACK}:{port}{bind}
   maxconn 9000
 """
+    if mode == "terminate":
+        return head + f"  default_backend be0\nbackend be0\n  server s0 {LOOPBACK}:{default}\n"
+    if mode == "reoriginate":
+        assert tls is not None
+        name = next(iter(routes))
+        return head + (
+            f"  default_backend be0\nbackend be0\n  server s0 {LOOPBACK}:{default}"
+            f" ssl verify required ca-file {tls.ca} sni str({name})\n"
+        )
     if mode == "forward":
         return head + f"  default_backend be0\nbackend be0\n  server s0 {LOOPBACK}:{default}\n"
     body = "  tcp-request inspect-delay 10s\n  tcp-request content accept if { req.ssl_hello_type 1 }\n"
@@ -208,9 +251,29 @@ frontend fe
 
 
 def _nginx_conf(
-    mode: str, port: int, routes: Mapping[str, int], default: int, workdir: str, tag: str
+    mode: str,
+    port: int,
+    routes: Mapping[str, int],
+    default: int,
+    workdir: str,
+    tag: str,
+    tls: RelayTLS | None = None,
 ) -> str:
-    if mode == "forward":
+    if tls is not None:
+        upstream = ""
+        if mode == "reoriginate":
+            name = next(iter(routes))
+            upstream = (
+                f" proxy_ssl on; proxy_ssl_name {name}; proxy_ssl_server_name on;"
+                f" proxy_ssl_verify on; proxy_ssl_trusted_certificate {tls.ca};"
+            )
+        server = (
+            f"  server {{ listen {LOOPBACK}:{port} ssl backlog=4096;"
+            f" ssl_certificate {tls.cert}; ssl_certificate_key {tls.key};"
+            f" ssl_session_tickets off; ssl_session_cache off;{upstream}"
+            f" proxy_pass {LOOPBACK}:{default}; }}"
+        )
+    elif mode == "forward":
         server = f"  server {{ listen {LOOPBACK}:{port} backlog=4096; proxy_pass {LOOPBACK}:{default}; }}"
     else:
         entries = "".join(f"    {n} {LOOPBACK}:{p};\n" for n, p in routes.items())
@@ -275,9 +338,14 @@ def baseline(ref: str, src: str) -> Relay:
 
 RELAYS: tuple[Relay, ...] = (
     Relay("direct", "direct, no relay", frozenset({"forward", "sni"})),
-    Relay("snirelay", "snirelay (1 worker)", frozenset({"forward", "sni"})),
-    Relay("haproxy", "HAProxy (tcp mode, 1 thread)", frozenset({"forward", "sni"}), "haproxy"),
-    Relay("nginx", "nginx stream (1 worker)", frozenset({"forward", "sni"}), "nginx"),
+    Relay("snirelay", "snirelay (1 worker)", frozenset({"forward", "sni"}) | TLS_MODES),
+    Relay(
+        "haproxy",
+        "HAProxy (tcp mode, 1 thread)",
+        frozenset({"forward", "sni"}) | TLS_MODES,
+        "haproxy",
+    ),
+    Relay("nginx", "nginx stream (1 worker)", frozenset({"forward", "sni"}) | TLS_MODES, "nginx"),
     Relay("sniproxy", "sniproxy (SNI only)", frozenset({"sni"}), "sniproxy"),
     Relay("socat", "socat (fork per connection)", frozenset({"forward"}), "socat"),
 )

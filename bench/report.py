@@ -41,6 +41,28 @@ SNI_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("tls", "cpu_us_per_hs_user", "of which user µs", "{:.0f}", -1),
     ("tls", "cpu_us_per_hs_sys", "of which system µs", "{:.0f}", -1),
 )
+# TLS ended at the relay (terminate) and also re-originated to a TLS backend (reoriginate)
+TLSTERM_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("tls_term", "hs_s", "terminate: handshakes/s", "{:,.0f}", 1),
+    ("tls_term", "cpu_us_per_hs", "relay CPU µs / hs", "{:.0f}", -1),
+    ("tls_term", "cpu_us_per_hs_user", "user µs", "{:.0f}", -1),
+    ("tls_term", "cpu_us_per_hs_sys", "system µs", "{:.0f}", -1),
+    ("tls_reorig", "hs_s", "re-originate: handshakes/s", "{:,.0f}", 1),
+    ("tls_reorig", "cpu_us_per_hs", "relay CPU µs / hs", "{:.0f}", -1),
+    ("tls_reorig", "cpu_us_per_hs_user", "user µs", "{:.0f}", -1),
+    ("tls_reorig", "cpu_us_per_hs_sys", "system µs", "{:.0f}", -1),
+)
+TLSTERM_REQ_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("tls_term_req", "req_s", "terminate: req/s on open TLS conns", "{:,.0f}", 1),
+    ("tls_term_req", "cpu_us_per_req", "relay CPU µs / req", "{:.1f}", -1),
+    ("tls_term_req", "cpu_us_per_req_user", "user µs", "{:.1f}", -1),
+    ("tls_term_req", "cpu_us_per_req_sys", "system µs", "{:.1f}", -1),
+    ("tls_reorig_req", "req_s", "re-originate: req/s", "{:,.0f}", 1),
+    ("tls_reorig_req", "cpu_us_per_req", "relay CPU µs / req", "{:.1f}", -1),
+    ("tls_reorig_req", "cpu_us_per_req_user", "user µs", "{:.1f}", -1),
+    ("tls_reorig_req", "cpu_us_per_req_sys", "system µs", "{:.1f}", -1),
+)
+TLS_MODES = ("terminate", "reoriginate")
 # relay CPU per unit of plain forwarding work, user and system apart
 CPU_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("connrate", "cpu_us_per_conn", "µs / new conn", "{:.0f}", -1),
@@ -178,8 +200,18 @@ def _check_cell(info: dict[str, Any], name: str, mode: str) -> str:
     if modes is None:  # a result from before run.py recorded modes and checks
         return "n/a (no SNI routing)" if name == "socat" and mode == "sni" else "pass"
     if mode not in modes:
-        return {"forward": "n/a (no plain forwarding)", "sni": "n/a (no SNI routing)"}[mode]
-    checks = {"forward": ("integrity", "integrity_rev"), "sni": ("sni_check",)}[mode]
+        return {
+            "forward": "n/a (no plain forwarding)",
+            "sni": "n/a (no SNI routing)",
+            "terminate": "n/a (no TLS termination)",
+            "reoriginate": "n/a (no TLS re-origination)",
+        }[mode]
+    checks = {
+        "forward": ("integrity", "integrity_rev"),
+        "sni": ("sni_check",),
+        "terminate": ("tls_term_check",),
+        "reoriginate": ("tls_reorig_check",),
+    }[mode]
     done = [c for c in checks if c in info.get("checked", [])]
     if len(done) == len(checks):
         return "pass"
@@ -285,6 +317,35 @@ def _targets(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _tls_term_section(res: dict[str, Any]) -> list[str]:
+    """TLS terminated at the relay / re-originated: only when the run measured it."""
+    scens = {c[0] for c in TLSTERM_COLS + TLSTERM_REQ_COLS}
+    if not scens & set(res["results"]):
+        return []
+    return [
+        "## TLS termination and re-origination",
+        "",
+        "The relay holds the certificate (ECDSA P-256, one per run, for `relay.example.com`, from"
+        " the run's CA) with session tickets and the session cache off, so every connection is a"
+        " full handshake. terminate: plain HTTP to the nginx backend; re-originate: a second TLS"
+        " connection to the nginx HTTPS backend of `a.bench.test` (SNI sent, certificate verified"
+        " against the CA; the backend allows no resumption either). Handshakes: 4 Python processes,"
+        " one request per connection; req/s: wrk `-t 1 -c 64 -d D` over https (keep-alive)."
+        " In brackets: ratio to HAProxy (`h`). direct, sniproxy and socat cannot do this (n/a).",
+        "",
+        *_table(res, TLSTERM_COLS, spread=False),
+        "",
+        *_table(res, TLSTERM_REQ_COLS, spread=False),
+        "",
+        "Spread:",
+        "",
+        *_table(res, TLSTERM_COLS, spread=True),
+        "",
+        *_table(res, TLSTERM_REQ_COLS, spread=True),
+        "",
+    ]
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     base = res.get("baseline")
@@ -344,15 +405,26 @@ def render(res: dict[str, Any]) -> str:
         "",
         "## Checks before timing",
         "",
-        "| relay | version | byte-exact, half-close each way (16 MiB) | SNI routing |",
-        "|---|---|---|---|",
+    ]
+    # the TLS columns only for runs whose relays know those modes (older results lack them)
+    tls_modes = [
+        m for m in TLS_MODES if any(m in i.get("modes", ()) for i in res["relays"].values())
+    ]
+    check_modes = ["forward", "sni", *tls_modes]
+    titles = ["byte-exact, half-close each way (16 MiB)", "SNI routing"]
+    titles += [{"terminate": "TLS termination", "reoriginate": "TLS re-origination"}[m]
+               for m in tls_modes]  # fmt: skip
+    out += [
+        "| relay | version | " + " | ".join(titles) + " |",
+        "|---|---|" + "---|" * len(titles),
     ]
     for name, info in res["relays"].items():
         if info.get("skipped"):
-            out.append(f"| {info['label']} | — | skipped: {info['skipped']} | skipped |")
+            rest = " | skipped" * (len(titles) - 1)
+            out.append(f"| {info['label']} | — | skipped: {info['skipped']}{rest} |")
             continue
-        cells = [_check_cell(info, name, mode) for mode in ("forward", "sni")]
-        out.append(f"| {info['label']} | {info['version']} | {cells[0]} | {cells[1]} |")
+        cells = [_check_cell(info, name, mode) for mode in check_modes]
+        out.append(f"| {info['label']} | {info['version']} | " + " | ".join(cells) + " |")
     out += [
         "",
         "## Plain TCP forwarding",
@@ -382,6 +454,7 @@ def render(res: dict[str, Any]) -> str:
         "",
         *_table(res, SNI_COLS, spread=True),
         "",
+        *_tls_term_section(res),
         *_before_after(res),
         *_targets(res),
     ]

@@ -66,6 +66,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "mem": ("idle1000", "idle5000"),
     "idle": ("idle1000", "idle5000"),
     "sni": ("tls",),
+    "tlsterm": ("tls_term", "tls_reorig", "tls_term_req", "tls_reorig_req"),
+    "tlshs": ("tls_term", "tls_reorig"),
     "forward": ("tput1", "tput8", "connrate", "reqrate", "idle1000", "idle5000"),
 }
 

@@ -1,7 +1,7 @@
 """The measurements: each scenario runs one load against one running relay instance.
 
-How it works: a ``Scenario`` names the relay mode it needs (``forward``, ``sni``; later
-``tls-terminate``, ``reoriginate``, ``udp``), the backend it targets and the tools it
+How it works: a ``Scenario`` names the relay mode it needs (``forward``, ``sni``,
+``terminate``, ``reoriginate``; later ``udp``), the backend it targets and the tools it
 requires, and ``measure(inst, ctx)`` returns a flat dict of numbers. CPU figures are the
 relay process tree's utime and stime across the load (from /proc/PID/stat, read just
 before the load tool starts and just after it exits) divided by the work done: the total
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import tlsload
-from backends import REVERSE_MAGIC, SNI_NAMES, Backends
+from backends import RELAY_NAME, REORIG_NAME, REVERSE_MAGIC, SNI_NAMES, Backends
 from common import LOOPBACK, BenchError, CpuMeter, tree_fds, tree_memory, which
 from relays import Instance
 
@@ -124,6 +124,23 @@ def _check_sni(inst: Instance, ctx: Context) -> Metrics:
     return {"ok": 1.0}
 
 
+def _check_tls_relay(want: Callable[[], list[str]]) -> Callable[[Instance, Context], Metrics]:
+    """One HTTPS request to the relay as RELAY_NAME, its certificate verified against
+    the run's CA (so the relay, not the backend, ended the TLS); the body must be the
+    backend's (for ``reoriginate``: the backend's own name twice, the second being the
+    SNI it saw from the relay)."""
+
+    def measure(inst: Instance, ctx: Context) -> Metrics:
+        b = ctx.backends
+        c = ssl.create_default_context(cafile=b.ca_pem)
+        body = tlsload.fetch(inst.port, RELAY_NAME, c, timeout=10).decode(errors="replace")
+        if body.split() != want():
+            raise BenchError(f"tls via relay: body {body!r}, want {' '.join(want())!r}")
+        return {"ok": 1.0}
+
+    return measure
+
+
 # ---------------------------------------------------------------- loads
 
 
@@ -179,10 +196,10 @@ def _ab(inst: Instance, ctx: Context) -> Metrics:
     return m
 
 
-def _wrk(inst: Instance, ctx: Context) -> Metrics:
-    """Requests on 64 persistent connections, one wrk thread."""
+def _wrk(inst: Instance, ctx: Context, scheme: str = "http") -> Metrics:
+    """Requests on 64 persistent connections, one wrk thread (``https``: over TLS)."""
     argv = [which("wrk") or "wrk", "-t", "1", "-c", "64", "-d", f"{ctx.duration}s"]
-    argv += [f"http://{LOOPBACK}:{inst.port}/"]
+    argv += [f"{scheme}://{LOOPBACK}:{inst.port}/"]
     cpu = CpuMeter(inst.pid)
     cpu.start()
     out = subprocess.run(argv, capture_output=True, timeout=ctx.duration + 30, check=False)
@@ -262,6 +279,25 @@ def _tls(inst: Instance, ctx: Context) -> Metrics:
     return m
 
 
+def _tls_relay(inst: Instance, ctx: Context) -> Metrics:
+    """Full handshakes/s with the relay itself (terminate / reoriginate), SNI RELAY_NAME."""
+    procs = 4
+    cpu = CpuMeter(inst.pid)
+    cpu.start()
+    done, errors, elapsed = tlsload.run({RELAY_NAME: inst.port}, ctx.duration, procs)
+    used = cpu.stop()
+    if not done:
+        raise BenchError(f"tls: no handshake completed ({errors} errors)")
+    m = {"hs_s": done / elapsed, "errors": float(errors)}
+    if used is not None:
+        m.update(cpu.per_unit("cpu_us_per_hs", done))
+    return m
+
+
+def _wrk_tls(inst: Instance, ctx: Context) -> Metrics:
+    return _wrk(inst, ctx, "https")
+
+
 def _grab(pattern: str, text: str) -> float | None:
     m = re.search(pattern, text)
     return float(m.group(1)) if m else None
@@ -275,6 +311,18 @@ def _https(b: Backends) -> Mapping[str, int] | None:
     return dict(b.https_ports) or None
 
 
+def _term(b: Backends) -> int | None:
+    """Plain HTTP backend behind a terminating relay (needs the relay certificate)."""
+    return b.http_port if b.relay_tls is not None else None
+
+
+def _reorig(b: Backends) -> Mapping[str, int] | None:
+    """The HTTPS backend of REORIG_NAME, the name the relay sends and verifies."""
+    if b.relay_tls is None or REORIG_NAME not in b.https_ports:
+        return None
+    return {REORIG_NAME: b.https_ports[REORIG_NAME]}
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "integrity", "byte-exact 16 MiB + half-close", "forward", "check",
@@ -286,6 +334,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "sni_check", "SNI routing reaches each backend", "sni", "check", _https, _check_sni,
+    ),
+    Scenario(
+        "tls_term_check", "TLS ended at the relay, plain HTTP backend answers", "terminate",
+        "check", _term, _check_tls_relay(lambda: ["ok"]),
+    ),
+    Scenario(
+        "tls_reorig_check", "TLS ended and re-originated, backend sees its own name as SNI",
+        "reoriginate", "check", _reorig, _check_tls_relay(lambda: [REORIG_NAME, REORIG_NAME]),
     ),
     Scenario(
         "tput1", "1 stream", "forward", "load", lambda b: b.iperf_port, _iperf(1),
@@ -316,5 +372,23 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "tls", "TLS handshakes/s, SNI passthrough", "sni", "load", _https, _tls,
         metrics=("hs_s", "cpu_us_per_hs"),
+    ),
+    Scenario(
+        "tls_term", "TLS handshakes/s, terminated at the relay", "terminate", "load",
+        _term, _tls_relay, needs_relay_process=True, metrics=("hs_s", "cpu_us_per_hs"),
+    ),
+    Scenario(
+        "tls_reorig", "TLS handshakes/s, terminated and re-originated", "reoriginate", "load",
+        _reorig, _tls_relay, needs_relay_process=True, metrics=("hs_s", "cpu_us_per_hs"),
+    ),
+    Scenario(
+        "tls_term_req", "req/s on open TLS conns, terminated", "terminate", "load",
+        _term, _wrk_tls, ("wrk",), needs_relay_process=True,
+        metrics=("req_s", "cpu_us_per_req"),
+    ),
+    Scenario(
+        "tls_reorig_req", "req/s on open TLS conns, re-originated", "reoriginate", "load",
+        _reorig, _wrk_tls, ("wrk",), needs_relay_process=True,
+        metrics=("req_s", "cpu_us_per_req"),
     ),
 )  # fmt: skip

@@ -211,6 +211,13 @@ class Connection:
             self.tls_in = b""
             self._handshake("client", client)
             return
+        if which == "client" and stls is not None and not stls.tickets:
+            # Nothing follows the client's Finished from our side (no ticket to send), so
+            # acknowledge it now: a client whose request waits behind Nagle for that ACK
+            # would otherwise wait out the delayed ACK (40 ms here).
+            from snirelay.net.tls import quickack
+
+            quickack(self.client)
         if self.sent < len(self.prefix):
             replay = Replay(self)
             self.phase = replay

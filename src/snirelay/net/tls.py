@@ -217,6 +217,15 @@ class TlsSide:
             return DONE if self._flush() else WANT_WRITE
 
 
+def quickack(side: object) -> None:
+    """Send a pending (delayed) ACK on a TLS side's socket at once (TCP_QUICKACK)."""
+    if isinstance(side, TlsSide):
+        try:
+            side.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass  # the peer is gone: the pump will say so
+
+
 def bio() -> tuple[ssl.MemoryBIO, ssl.MemoryBIO]:
     """A new (incoming, outgoing) pair of memory BIOs."""
     return ssl.MemoryBIO(), ssl.MemoryBIO()
