@@ -263,13 +263,12 @@ def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
     return measure
 
 
-def _tls(inst: Instance, ctx: Context) -> Metrics:
-    b = ctx.backends
-    ports = dict(b.https_ports) if inst.proc is None else dict.fromkeys(b.https_ports, inst.port)
-    procs = 4
+def _handshakes(inst: Instance, ports: Mapping[str, int], ctx: Context) -> Metrics:
+    """Full TLS handshakes/s from 4 client processes (names -> ports), with the relay's
+    CPU per handshake."""
     cpu = CpuMeter(inst.pid)
     cpu.start()
-    done, errors, elapsed = tlsload.run(ports, ctx.duration, procs)
+    done, errors, elapsed = tlsload.run(ports, ctx.duration, 4)
     used = cpu.stop()
     if not done:
         raise BenchError(f"tls: no handshake completed ({errors} errors)")
@@ -277,21 +276,18 @@ def _tls(inst: Instance, ctx: Context) -> Metrics:
     if used is not None:
         m.update(cpu.per_unit("cpu_us_per_hs", done))
     return m
+
+
+def _tls(inst: Instance, ctx: Context) -> Metrics:
+    """SNI passthrough: the names alternate, each routed to its own backend."""
+    b = ctx.backends
+    ports = dict(b.https_ports) if inst.proc is None else dict.fromkeys(b.https_ports, inst.port)
+    return _handshakes(inst, ports, ctx)
 
 
 def _tls_relay(inst: Instance, ctx: Context) -> Metrics:
     """Full handshakes/s with the relay itself (terminate / reoriginate), SNI RELAY_NAME."""
-    procs = 4
-    cpu = CpuMeter(inst.pid)
-    cpu.start()
-    done, errors, elapsed = tlsload.run({RELAY_NAME: inst.port}, ctx.duration, procs)
-    used = cpu.stop()
-    if not done:
-        raise BenchError(f"tls: no handshake completed ({errors} errors)")
-    m = {"hs_s": done / elapsed, "errors": float(errors)}
-    if used is not None:
-        m.update(cpu.per_unit("cpu_us_per_hs", done))
-    return m
+    return _handshakes(inst, {RELAY_NAME: inst.port}, ctx)
 
 
 def _wrk_tls(inst: Instance, ctx: Context) -> Metrics:

@@ -38,6 +38,15 @@ def relay_cert(tmp: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+def client_hello(name: str = "relay.example.com") -> bytes:
+    """The first flight of a real TLS client (Python's ssl) for `name`."""
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ssl.create_default_context().wrap_bio(inc, out, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
 def curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "10", *args, url],
@@ -158,12 +167,8 @@ listen_transport = "tls;cert={cert};key={key}"
 """
     with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = ssl.create_default_context().wrap_bio(inc, out, server_hostname="relay.example.com")
-        with pytest.raises(ssl.SSLWantReadError):
-            obj.do_handshake()
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
-            c.sendall(out.read())  # the ClientHello, then nothing: no Finished ever
+            c.sendall(client_hello())  # then nothing: no Finished ever
             [rec] = relay.wait_records(1, timeout=10)
         assert rec["close"] == "tls-handshake-timeout" and rec["phase"] == "handshake"
 
@@ -179,12 +184,8 @@ listen_transport = "tls;cert={cert};key={key}"
 """
     with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = ssl.create_default_context().wrap_bio(inc, out, server_hostname="relay.example.com")
-        with pytest.raises(ssl.SSLWantReadError):
-            obj.do_handshake()
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
-            c.sendall(out.read())
+            c.sendall(client_hello())
             c.sendall(b"\x17\x03\x03\x00\x05hello")  # application data before Finished
             [rec] = relay.wait_records(1, timeout=10)
         assert rec["close"].startswith("tls-client: "), rec
