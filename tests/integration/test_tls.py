@@ -551,3 +551,88 @@ listen_transport = "tls;cert={cert};key={key}"
                 except ssl.SSLWantReadError:
                     inc.write(raw.recv(65536))  # times out (5 s) if the request is stuck
         assert b"200 OK" in body
+
+
+def test_each_route_serves_its_own_certificate_and_no_sni_gets_the_endpoints(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    """Three certificates on one listener, chosen by the client's SNI through the
+    routes: an exact name, a wildcard, and the endpoint's own for a client that sends
+    no SNI (it connects by IP)."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    files = {}
+    for tag, names in (
+        ("a", ["a.example.net"]),
+        ("w", ["*.wild.example.net"]),
+        ("ip", ["127.0.0.1"]),
+    ):
+        leaf = ca.issue_cert(*names)
+        cert, key = tmp_path / f"{tag}.crt", tmp_path / f"{tag}.key"
+        cert.write_bytes(leaf.cert_chain_pems[0].bytes())
+        leaf.private_key_pem.write_to_path(str(key))
+        files[tag] = f"tls;cert={cert};key={key}"
+    http = tls_backends.http["emby.example.com"]
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{http}"
+listen_transport = "{files["ip"]}"
+
+  [[endpoints.routes]]
+  server_names = ["a.example.net"]
+  listen_transport = "{files["a"]}"
+
+  [[endpoints.routes]]
+  server_names = ["*.wild.example.net"]
+  listen_transport = "{files["w"]}"
+"""
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        for name in ("a.example.net", "x.wild.example.net", "127.0.0.1"):
+            with (
+                socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as raw,
+                ctx.wrap_socket(raw, server_hostname=name) as s,  # verifies name vs cert
+            ):
+                s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                assert b"http name=emby.example.com" in s.recv(4096)
+
+
+def test_an_ip_as_sni_sends_none_and_verifies_the_ip(tmp_path: Path) -> None:
+    """remote_transport sni=127.0.0.1: no SNI goes to the backend, and its certificate
+    must carry the IP (one for a name only fails the handshake)."""
+    ca, cert, key = relay_cert(tmp_path)  # the backend uses the same kind: 127.0.0.1 + a name
+    backend = socket.create_server(("127.0.0.1", 0))
+    bctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    bctx.load_cert_chain(cert, key)
+    seen: list[str | None] = []
+
+    def note(obj: object, name: str | None, ctx: ssl.SSLContext) -> None:
+        seen.append(name)
+
+    bctx.sni_callback = note
+
+    def serve() -> None:
+        raw, _ = backend.accept()
+        with bctx.wrap_socket(raw, server_side=True) as s:
+            s.settimeout(10)
+            s.recv(100)
+            s.sendall(b"hello from the backend")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{backend.getsockname()[1]}"
+remote_transport = "tls;sni=127.0.0.1;ca={ca}"
+"""
+    with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
+            c.sendall(b"hi")
+            assert c.recv(100) == b"hello from the backend"
+        t.join(10)
+        [rec] = relay.wait_records(1)
+    assert seen == [None] and rec["upstream_sni"] == "127.0.0.1"
