@@ -195,10 +195,10 @@ listen_transport = "tls;cert={cert};key={key}"
 @pytest.mark.slow
 @pytest.mark.parametrize("reoriginate", [False, True], ids=["terminate", "terminate+reoriginate"])
 def test_every_byte_both_ways_with_half_close(tmp_path: Path, reoriginate: bool) -> None:
-    """64 MiB each way, sha256-checked, the client's EOF first (close_notify then FIN):
+    """256 MiB each way, sha256-checked, the client's EOF first (close_notify then FIN):
     the backend's answer still flows after it."""
     ca, cert, key = relay_cert(tmp_path)
-    size = 64 << 20
+    size = 256 << 20
     up_data, down_data = os.urandom(1 << 20), os.urandom(1 << 20)
     backend = socket.create_server(("127.0.0.1", 0))
     bctx: ssl.SSLContext | None = None
@@ -636,3 +636,48 @@ remote_transport = "tls;sni=127.0.0.1;ca={ca}"
         t.join(10)
         [rec] = relay.wait_records(1)
     assert seen == [None] and rec["upstream_sni"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("days", "needle"), [(3, "expires in 2 day(s)"), (-2, "expired 2 day(s) ago")]
+)
+def test_a_certificate_near_or_past_its_expiry_is_a_warning_at_start(
+    tmp_path: Path, days: int, needle: str
+) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.example.com")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now + datetime.timedelta(days=days, hours=-1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:9"
+listen_transport = "tls;cert={tmp_path}/c.pem;key={tmp_path}/k.pem"
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        assert f"endpoints[0].listen_transport: certificate {tmp_path}/c.pem {needle}" in relay.log

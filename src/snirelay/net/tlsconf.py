@@ -92,7 +92,7 @@ def _expiry_warning(path: str, place: str) -> None:
         return  # load_cert_chain already accepted it; nothing more to say
     left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
     if left.total_seconds() <= 0:
-        LOG.warning("%s: certificate %s expired %d day(s) ago", place, path, -left.days)
+        LOG.warning("%s: certificate %s expired %d day(s) ago", place, path, (-left).days)
     elif left.days < EXPIRY_WARNING_DAYS:
         LOG.warning("%s: certificate %s expires in %d day(s)", place, path, left.days)
 
