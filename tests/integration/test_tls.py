@@ -681,3 +681,54 @@ listen_transport = "tls;cert={tmp_path}/c.pem;key={tmp_path}/k.pem"
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         assert f"endpoints[0].listen_transport: certificate {tmp_path}/c.pem {needle}" in relay.log
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_half_a_record_does_not_make_the_relay_spin(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    """A client sends the first bytes of a record and stalls: the relay waits for the
+    rest (the socket's readiness announces it) instead of polling its own buffer."""
+    ca, cert, key = relay_cert(tmp_path)
+    config = f"""
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{tls_backends.http["emby.example.com"]}"
+listen_transport = "tls;cert={cert};key={key}"
+"""
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        ctx = ssl.create_default_context(cafile=str(ca))
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_hostname="relay.example.com")
+        with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if out.pending:
+                        raw.sendall(out.read())
+                    inc.write(raw.recv(65536))
+            raw.sendall(out.read())
+            obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
+            record = out.read()
+            raw.sendall(record[:10])  # the record's header and a little: the rest later
+            before = _cpu_seconds(relay.pid)
+            window = threading.Event()
+            window.wait(0.5)  # a measuring window, not a wait for a condition
+            spent = _cpu_seconds(relay.pid) - before
+            raw.sendall(record[10:])
+            body = b""
+            while b"\r\n\r\n" not in body:
+                try:
+                    body += obj.read(65536)
+                except ssl.SSLWantReadError:
+                    inc.write(raw.recv(65536))
+        assert b"200 OK" in body
+        assert spent < 0.2, f"the relay used {spent:.2f} s of CPU in 0.5 s while waiting"

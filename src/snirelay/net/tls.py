@@ -123,7 +123,10 @@ class TlsSide:
 
     def buffered(self) -> int:
         """Bytes held that no readiness event will announce: decrypted ones, and
-        records in the incoming BIO (one recv feeds many; a read decrypts one)."""
+        records in the incoming BIO (one recv feeds many; a read decrypts one). The
+        start of a record whose rest is on its way is not counted: OpenSSL has taken
+        it out of the BIO into its own record buffer (the pump would spin otherwise;
+        a test holds this)."""
         return self.obj.pending() + self.inc.pending
 
     # ---- writing -------------------------------------------------------------------
