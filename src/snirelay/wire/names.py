@@ -139,7 +139,8 @@ def certificate_covers(sans: Sequence[tuple[str, str]], host: str) -> bool:
     RFC 6125 as OpenSSL applies it for Python's `check_hostname`: names compare without
     case and without a trailing dot; a wildcard stands for exactly one whole left-most
     label (``*.example.com`` covers ``a.example.com``, not ``example.com`` nor
-    ``a.b.example.com``; no partial wildcards such as ``a*.example.com``); an IP
+    ``a.b.example.com``; no partial wildcards such as ``a*.example.com``, and none
+    directly over a top-level label such as ``*.com``); an IP
     matches only an IP entry, by value (``::1`` equals ``0:0::1``). The subject's
     common name is not consulted (SANs are required, as browsers require them)."""
     version = ip_version(host)
@@ -160,7 +161,7 @@ def certificate_covers(sans: Sequence[tuple[str, str]], host: str) -> bool:
         pattern = normalize_name(value)
         if pattern == name:
             return True
-        if pattern.startswith("*.") and "*" not in pattern[2:]:
+        if pattern.startswith("*.") and "*" not in pattern[2:] and "." in pattern[2:]:
             head, dot, rest = name.partition(".")
             if dot and head and rest == pattern[2:]:
                 return True

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from snirelay.wire.errors import ProtocolError
 from snirelay.wire.names import (
+    certificate_covers,
     check_host_name,
     host_name,
     ip_version,
@@ -156,3 +157,25 @@ def test_check_host_name_outcomes(raw: bytes) -> None:
         return
     assert sent.encode() == raw
     assert ip == is_ip(norm) and (ip or is_host_name(norm))
+
+
+@pytest.mark.parametrize(
+    ("sans", "host", "covered"),
+    [
+        ([("DNS", "emby.example.com")], "emby.example.com", True),
+        ([("DNS", "EMBY.example.com.")], "emby.example.COM", True),
+        ([("DNS", "jellyfin.example.com")], "emby.example.com", False),
+        ([("DNS", "*.example.com")], "a.example.com", True),
+        ([("DNS", "*.example.com")], "example.com", False),
+        ([("DNS", "*.example.com")], "a.b.example.com", False),
+        ([("DNS", "a*.example.com")], "ab.example.com", False),
+        ([("DNS", "*.com")], "example.com", False),
+        ([("IP Address", "127.0.0.1")], "127.0.0.1", True),
+        ([("IP Address", "0:0:0:0:0:0:0:1\n")], "::1", True),
+        ([("DNS", "127.0.0.1")], "127.0.0.1", False),  # an IP matches IP entries only
+        ([("IP Address", "127.0.0.1")], "localhost", False),
+        ([], "emby.example.com", False),
+    ],
+)
+def test_certificate_covers(sans: list[tuple[str, str]], host: str, covered: bool) -> None:
+    assert certificate_covers(sans, host) is covered
