@@ -12,7 +12,10 @@ direction reads one side (net.sides) and writes the other:
   take stay in the pipe; the direction then stops reading its source (backpressure) and
   waits for the destination to become writable.
 - `CopyDir`: any two sides (and the fallback where splice is missing): the source
-  side's `recv_into` one bounded per-direction buffer, then the destination's `send`.
+  side's `recv_into` one read buffer shared by the process, then the destination's
+  `send`; what the destination does not take is copied out and held by the direction
+  (at most one chunk) until it is written: the bounded buffer per direction exists
+  only while the direction is blocked.
   A side that holds decoded bytes no readiness event announces (`buffered()`, e.g. TLS)
   is read again from the loop instead of waiting for the next event.
 
@@ -243,6 +246,13 @@ class SpliceDir(_Dir):
             self.pipe = None
 
 
+# One read buffer for every copy direction of the process (a single-threaded loop): a
+# direction holds bytes of its own only while its destination does not take them, so an
+# idle connection on the copy path costs no buffer (128 KiB per connection otherwise).
+COPY_CHUNK = 65536
+_COPY = memoryview(bytearray(COPY_CHUNK))
+
+
 class CopyDir(_Dir):
     """Buffered direction: recv_into a reusable buffer, then send.
 
@@ -252,18 +262,16 @@ class CopyDir(_Dir):
     destination's half-close is on the wire too (`closing`), so the connection never
     closes a side with its last records still queued."""
 
-    __slots__ = ("view", "off", "closing")
+    __slots__ = ("held", "off", "closing")
 
-    def __init__(
-        self, poller: Poller, owner: PumpOwner, src: Side, dst: Side, size: int = 65536
-    ) -> None:
+    def __init__(self, poller: Poller, owner: PumpOwner, src: Side, dst: Side) -> None:
         super().__init__(poller, owner, src, dst)
-        self.view = memoryview(bytearray(size))  # the view keeps its buffer alive
+        self.held: memoryview | None = None  # what the destination did not take yet
         self.off = 0
         self.closing = False  # EOF passed on; waiting for the destination to flush
 
     def on_readable(self) -> None:
-        recv_into, send, view = self.src.recv_into, self.dst.send, self.view
+        recv_into, send, view = self.src.recv_into, self.dst.send, _COPY
         try:
             for _ in range(MAX_ROUNDS):
                 n = recv_into(view)
@@ -276,7 +284,9 @@ class CopyDir(_Dir):
                     m = 0
                 self.nbytes += m
                 if m < n or self.dst.unsent():
-                    self.off, self.pending = m, n - m
+                    # the shared buffer is the next read's: keep only what is left
+                    self.held = memoryview(bytes(view[m:n])) if m < n else None
+                    self.off, self.pending = 0, n - m
                     self._blocked()
                     return
                 if n < len(view) and not self.src.buffered():
@@ -310,7 +320,8 @@ class CopyDir(_Dir):
     def on_writable(self) -> None:
         dst = self.dst
         try:
-            m = dst.send(self.view[self.off : self.off + self.pending])
+            held = self.held
+            m = dst.send(held[self.off : self.off + self.pending] if held is not None else b"")
         except BlockingIOError:
             return
         except OSError as exc:
@@ -321,6 +332,7 @@ class CopyDir(_Dir):
         self.pending -= m
         if self.pending or dst.unsent():
             return
+        self.held = None
         if self.closing:
             self.poller.remove_writer(self.dfd)
             self.closing = False
@@ -341,4 +353,4 @@ class CopyDir(_Dir):
 
     def release(self) -> None:
         self.reading = False  # a pending `_again` finds nothing to do
-        self.view.release()
+        self.held = None
