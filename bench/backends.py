@@ -19,6 +19,13 @@ whole run, so every relay sees the same backend.
   connection starting with ``REVERSE_MAGIC`` gets the other order: the backend sends a
   payload and half-closes first, then hashes what the client sends until EOF.
 - ``idle``: a Python thread that accepts and holds connections (memory at N idle).
+- ``stream``: a Python thread that sends zeros (1 MiB writes, ``STREAM_BYTES`` at most)
+  on every connection until the peer goes away: single-stream throughput through a
+  terminating relay.
+- ``stream_tls``, ``idle_tls``: the same two over TLS, with the certificate of
+  ``REORIG_NAME`` (no tickets): what a re-originating relay connects to for the
+  throughput and idle-memory loads. ``idle_tls`` counts a connection once its handshake
+  is done.
 
 Resource handling: ``Backends.close()`` stops every process and thread started here.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import ssl
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -39,13 +47,16 @@ RELAY_NAME = "relay.example.com"  # the name clients ask a TLS-terminating relay
 REORIG_NAME = SNI_NAMES[0]  # the backend a re-originating relay connects to (its SNI)
 HTTP_BODY = "ok\n"
 REVERSE_MAGIC = b"REVERSE-HALF-CLOSE-CHECK\n"
+STREAM_BYTES = 4 << 30  # what one "stream" connection sends at most
+_STREAM_BLOCK = bytes(1 << 20)
 
 
 class _Acceptor(threading.Thread):
     """Accept loop on a listening socket in a daemon thread; bounded by close()."""
 
-    def __init__(self, handler: str) -> None:
+    def __init__(self, handler: str, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(daemon=True)
+        self.tls = tls  # server side: handshake first (in the connection's own thread)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((LOOPBACK, 0))
@@ -70,9 +81,13 @@ class _Acceptor(threading.Thread):
                     return
                 self.closing.wait(0.05)  # EMFILE and the like: back off, retry
                 continue
-            if self.handler == "idle":
+            if self.handler == "idle" and self.tls is None:
                 with self.lock:
                     self.held.append(conn)
+            elif self.tls is not None or self.handler == "stream":
+                threading.Thread(
+                    target=self._serve_tls_or_stream, args=(conn,), daemon=True
+                ).start()
             else:
                 threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
 
@@ -91,6 +106,33 @@ class _Acceptor(threading.Thread):
         else:
             _hash_echo(conn, head)
 
+    def _serve_tls_or_stream(self, conn: socket.socket) -> None:
+        """TLS handshake if ``tls`` (10 s at most), then hold (idle) or stream zeros."""
+        conn.settimeout(10)
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
+        if self.handler == "idle":
+            with self.lock:
+                if not self.closing.is_set():
+                    self.held.append(conn)
+                    return
+            conn.close()
+            return
+        conn.settimeout(30)
+        try:
+            for _ in range(STREAM_BYTES // len(_STREAM_BLOCK)):  # bounded in bytes
+                if self.closing.is_set():
+                    break
+                conn.sendall(_STREAM_BLOCK)
+        except OSError:
+            pass  # the client stopped reading and closed: the normal end
+        finally:
+            conn.close()
+
     def accepted(self) -> int:
         with self.lock:
             return len(self.held)
@@ -106,6 +148,9 @@ class _Acceptor(threading.Thread):
         self.join(2)
         self.sock.close()
         self.drop_held()
+
+
+Acceptor = _Acceptor  # the type, for scenarios that pick one of the Python backends
 
 
 def _send_then_hash(conn: socket.socket, payload: bytes) -> bytes:
@@ -205,6 +250,9 @@ class Backends:
     relay_tls: RelayTLS | None = None  # None: no certificate (nginx/trustme missing)
     integrity: _Acceptor | None = None
     idle: _Acceptor | None = None
+    stream: _Acceptor | None = None
+    stream_tls: _Acceptor | None = None  # TLS as REORIG_NAME (needs the CA: nginx path)
+    idle_tls: _Acceptor | None = None
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_all(self) -> None:
@@ -212,6 +260,8 @@ class Backends:
         self.integrity.start()
         self.idle = _Acceptor("idle")
         self.idle.start()
+        self.stream = _Acceptor("stream")
+        self.stream.start()
         iperf = which("iperf3")
         if iperf:
             self.iperf_port = free_port()
@@ -255,6 +305,9 @@ class Backends:
                 f" ssl_certificate {crt}; ssl_certificate_key {key};"
                 f" location / {{ return 200 '{name} $ssl_server_name\\n'; }} }}"
             )
+        self._tls_acceptors(
+            f"{self.workdir}/{REORIG_NAME}.crt", f"{self.workdir}/{REORIG_NAME}.key"
+        )
         conf = f"{self.workdir}/nginx-backend.conf"
         with open(conf, "w") as f:
             f.write(_nginx_conf(self.workdir, "\n".join(servers)))
@@ -271,6 +324,17 @@ class Backends:
             self.notes.append(f"nginx backend failed to start: {e}")
             self.http_port = None
             self.https_ports = {}
+
+    def _tls_acceptors(self, crt: str, key: str) -> None:
+        """Python TLS backends (stream, idle) serving REORIG_NAME's certificate."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(crt, key)
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0  # like the nginx backend: no resumption
+        self.stream_tls = _Acceptor("stream", ctx)
+        self.stream_tls.start()
+        self.idle_tls = _Acceptor("idle", ctx)
+        self.idle_tls.start()
 
     def _relay_cert(self, ca: object) -> None:
         """An ECDSA P-256 leaf for RELAY_NAME, signed by the run's CA."""
@@ -291,6 +355,6 @@ class Backends:
     def close(self) -> None:
         for p in self._procs:
             stop(p)
-        for a in (self.integrity, self.idle):
+        for a in (self.integrity, self.idle, self.stream, self.stream_tls, self.idle_tls):
             if a is not None:
                 a.close()

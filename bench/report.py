@@ -62,6 +62,26 @@ TLSTERM_REQ_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("tls_reorig_req", "cpu_us_per_req_user", "user µs", "{:.1f}", -1),
     ("tls_reorig_req", "cpu_us_per_req_sys", "system µs", "{:.1f}", -1),
 )
+# one TLS stream downloading zeros through the relay, and memory at 1,000 idle TLS conns
+TLSTERM_TPUT_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("tls_term_tput1", "gbit_s", "terminate: 1 TLS stream Gbit/s", "{:.2f}", 1),
+    ("tls_term_tput1", "cpu_s_per_gb", "relay CPU s / GB", "{:.2f}", -1),
+    ("tls_term_tput1", "cpu_s_per_gb_user", "user s", "{:.2f}", -1),
+    ("tls_term_tput1", "cpu_s_per_gb_sys", "system s", "{:.2f}", -1),
+    ("tls_reorig_tput1", "gbit_s", "re-originate: Gbit/s", "{:.2f}", 1),
+    ("tls_reorig_tput1", "cpu_s_per_gb", "relay CPU s / GB", "{:.2f}", -1),
+    ("tls_reorig_tput1", "cpu_s_per_gb_user", "user s", "{:.2f}", -1),
+    ("tls_reorig_tput1", "cpu_s_per_gb_sys", "system s", "{:.2f}", -1),
+)
+TLSTERM_MEM_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("tls_term_idle1000", "mem_mb", "terminate: MB at 1,000 idle TLS", "{:.1f}", -1),
+    ("tls_term_idle1000", "kb_per_conn", "KB / conn", "{:.1f}", -1),
+    ("tls_term_idle1000", "fds_per_conn", "fds / conn", "{:.1f}", -1),
+    ("tls_reorig_idle1000", "mem_mb", "re-originate: MB at 1,000 idle TLS", "{:.1f}", -1),
+    ("tls_reorig_idle1000", "kb_per_conn", "KB / conn", "{:.1f}", -1),
+    ("tls_reorig_idle1000", "fds_per_conn", "fds / conn", "{:.1f}", -1),
+)
+TLSTERM_TABLES = (TLSTERM_COLS, TLSTERM_REQ_COLS, TLSTERM_TPUT_COLS, TLSTERM_MEM_COLS)
 TLS_MODES = ("terminate", "reoriginate")
 # relay CPU per unit of plain forwarding work, user and system apart
 CPU_COLS: tuple[tuple[str, str, str, str, int], ...] = (
@@ -318,11 +338,11 @@ def _targets(res: dict[str, Any]) -> list[str]:
 
 
 def _tls_term_section(res: dict[str, Any]) -> list[str]:
-    """TLS terminated at the relay / re-originated: only when the run measured it."""
-    scens = {c[0] for c in TLSTERM_COLS + TLSTERM_REQ_COLS}
-    if not scens & set(res["results"]):
+    """TLS terminated at the relay / re-originated: only the tables the run measured."""
+    tables = [cols for cols in TLSTERM_TABLES if {c[0] for c in cols} & set(res["results"])]
+    if not tables:
         return []
-    return [
+    out = [
         "## TLS termination and re-origination",
         "",
         "The relay holds the certificate (ECDSA P-256, one per run, for `relay.example.com`, from"
@@ -331,19 +351,23 @@ def _tls_term_section(res: dict[str, Any]) -> list[str]:
         " connection to the nginx HTTPS backend of `a.bench.test` (SNI sent, certificate verified"
         " against the CA; the backend allows no resumption either). Handshakes: 4 Python processes,"
         " one request per connection; req/s: wrk `-t 1 -c 64 -d D` over https (keep-alive)."
-        " In brackets: ratio to HAProxy (`h`). direct, sniproxy and socat cannot do this (n/a).",
-        "",
-        *_table(res, TLSTERM_COLS, spread=False),
-        "",
-        *_table(res, TLSTERM_REQ_COLS, spread=False),
-        "",
-        "Spread:",
-        "",
-        *_table(res, TLSTERM_COLS, spread=True),
-        "",
-        *_table(res, TLSTERM_REQ_COLS, spread=True),
+        " 1 TLS stream: one Python client connection (verified, SNI `relay.example.com`) reading"
+        " for D s (4 GiB at most) what a Python backend sends, zeros in 1 MiB writes (plain TCP"
+        " behind terminate, TLS as `a.bench.test` behind re-originate); the client and the backend"
+        " share the other cores, so CPU s / GB is the figure to compare. Idle TLS: 1,000"
+        " connections that finish the handshake with the relay (and, re-originating, the relay's"
+        " with a Python TLS backend) and then send nothing; the relay's memory once the backend"
+        " holds all 1,000, KB / conn = (that - before the first) / 1,000, after one warm-up"
+        " handshake. In brackets: ratio to HAProxy (`h`). direct, sniproxy and socat cannot do"
+        " this (n/a).",
         "",
     ]
+    for cols in tables:
+        out += [*_table(res, cols, spread=False), ""]
+    out += ["Spread:", ""]
+    for cols in tables:
+        out += [*_table(res, cols, spread=True), ""]
+    return out
 
 
 def render(res: dict[str, Any]) -> str:

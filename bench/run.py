@@ -66,8 +66,19 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "mem": ("idle1000", "idle5000"),
     "idle": ("idle1000", "idle5000"),
     "sni": ("tls",),
-    "tlsterm": ("tls_term", "tls_reorig", "tls_term_req", "tls_reorig_req"),
+    "tlsterm": (
+        "tls_term",
+        "tls_reorig",
+        "tls_term_req",
+        "tls_reorig_req",
+        "tls_term_tput1",
+        "tls_reorig_tput1",
+        "tls_term_idle1000",
+        "tls_reorig_idle1000",
+    ),
     "tlshs": ("tls_term", "tls_reorig"),
+    "tlstput": ("tls_term_tput1", "tls_reorig_tput1"),
+    "tlsmem": ("tls_term_idle1000", "tls_reorig_idle1000"),
     "forward": ("tput1", "tput8", "connrate", "reqrate", "idle1000", "idle5000"),
 }
 

@@ -28,7 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import tlsload
-from backends import RELAY_NAME, REORIG_NAME, REVERSE_MAGIC, SNI_NAMES, Backends
+from backends import (
+    RELAY_NAME,
+    REORIG_NAME,
+    REVERSE_MAGIC,
+    SNI_NAMES,
+    STREAM_BYTES,
+    Acceptor,
+    Backends,
+)
 from common import LOOPBACK, BenchError, CpuMeter, tree_fds, tree_memory, which
 from relays import Instance
 
@@ -217,11 +225,36 @@ def _wrk(inst: Instance, ctx: Context, scheme: str = "http") -> Metrics:
     return m
 
 
-def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
+def _idle(
+    n: int, holder_of: Callable[[Backends], Acceptor | None] = lambda b: b.idle, tls: bool = False
+) -> Callable[[Instance, Context], Metrics]:
+    """N connections held open (``tls``: each completes a TLS handshake with the relay as
+    RELAY_NAME, verified, then sends nothing); the relay's memory once the backend
+    (``holder_of``) holds all N, and ``kb_per_conn`` = (that - before) / N."""
+
     def measure(inst: Instance, ctx: Context) -> Metrics:
-        holder = ctx.backends.idle
+        holder = holder_of(ctx.backends)
         assert holder is not None and inst.pid is not None
         holder.drop_held()
+        tctx = ssl.create_default_context(cafile=ctx.backends.ca_pem) if tls else None
+
+        def connect() -> socket.socket:
+            raw = socket.create_connection((LOOPBACK, inst.port), timeout=10)
+            if tctx is None:
+                return raw
+            try:
+                return tctx.wrap_socket(raw, server_hostname=RELAY_NAME)  # handshake, 10 s max
+            except BaseException:
+                raw.close()
+                raise
+
+        if tctx is not None:  # one handshake first: lazily loaded TLS state is not per-conn
+            connect().close()
+            t = time.monotonic()
+            while holder.accepted() < 1 and time.monotonic() - t < 5:
+                time.sleep(0.02)
+            holder.drop_held()
+            time.sleep(0.3)
         before = tree_memory(inst.pid)
         fds_before = tree_fds(inst.pid)
         socks: list[socket.socket] = []
@@ -230,7 +263,7 @@ def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
             for _ in range(n):
                 if time.monotonic() > deadline:
                     raise BenchError(f"idle: only {len(socks)} of {n} connected in 60s")
-                socks.append(socket.create_connection((LOOPBACK, inst.port), timeout=10))
+                socks.append(connect())
             seen, progress = holder.accepted(), time.monotonic()
             while seen < n and time.monotonic() < deadline and time.monotonic() - progress < 5:
                 time.sleep(0.05)
@@ -250,17 +283,61 @@ def _idle(n: int) -> Callable[[Instance, Context], Metrics]:
             for s in socks:
                 s.close()
             holder.drop_held()
+        # processes beyond 2 (socat's forks): PSS is the honest sum
+        use_pss = mem.processes > 2
+        after_kb = mem.pss_kb if use_pss else mem.rss_kb
+        before_kb = before.pss_kb if use_pss else before.rss_kb
         return {
             "rss_mb": mem.rss_kb / 1024,
             "pss_mb": mem.pss_kb / 1024,
             "processes": float(mem.processes),
             "rss_mb_before": before.rss_kb / 1024,
             "fds_per_conn": (fds - fds_before) / n,
-            # processes beyond 2 (socat's forks): PSS is the honest sum
-            "mem_mb": (mem.pss_kb if mem.processes > 2 else mem.rss_kb) / 1024,
+            "mem_mb": after_kb / 1024,
+            "kb_per_conn": (after_kb - before_kb) / n,
         }
 
     return measure
+
+
+def _tput_tls(inst: Instance, ctx: Context) -> Metrics:
+    """One TLS connection to the relay (RELAY_NAME, verified against the CA) reading the
+    backend's stream of zeros for ``duration`` s (STREAM_BYTES at most): Gbit/s and the
+    relay's CPU s per GB, user and system apart. The clock and the CPU meter start once
+    the handshake is done and the first bytes arrived."""
+    assert ctx.backends.ca_pem is not None
+    tctx = ssl.create_default_context(cafile=ctx.backends.ca_pem)
+    buf = bytearray(1 << 20)
+    cpu = CpuMeter(inst.pid)
+    raw = socket.create_connection((LOOPBACK, inst.port), timeout=10)
+    with tctx.wrap_socket(raw, server_hostname=RELAY_NAME) as s:
+        first = s.recv_into(buf)
+        if not first:
+            raise BenchError("tput over TLS: the relay closed before any byte")
+        total = 0
+        cpu.start()
+        t0 = time.monotonic()
+        end = t0 + ctx.duration
+        now = t0
+        while now < end and total < STREAM_BYTES:  # each pass gets >= 1 byte or ends
+            got = s.recv_into(buf)
+            if not got:
+                break
+            total += got
+            now = time.monotonic()
+        elapsed = time.monotonic() - t0
+        used = cpu.stop()
+    if total == 0 or elapsed <= 0:
+        raise BenchError("tput over TLS: no bytes after the first read")
+    gb = total / 1e9
+    m = {"gbit_s": total * 8 / elapsed / 1e9, "gb": gb}
+    if used is not None:
+        m["cpu_s_per_gb"] = used / gb
+        m["cpu_s_per_gb_user"] = cpu.user / gb
+        m["cpu_s_per_gb_sys"] = cpu.system / gb
+        if cpu.system_share is not None:
+            m["cpu_kernel_share"] = cpu.system_share
+    return m
 
 
 def _handshakes(inst: Instance, ports: Mapping[str, int], ctx: Context) -> Metrics:
@@ -317,6 +394,28 @@ def _reorig(b: Backends) -> Mapping[str, int] | None:
     if b.relay_tls is None or REORIG_NAME not in b.https_ports:
         return None
     return {REORIG_NAME: b.https_ports[REORIG_NAME]}
+
+
+def _term_to(holder_of: Callable[[Backends], Acceptor | None]) -> Callable[[Backends], int | None]:
+    """A Python plain-TCP backend (stream, idle) behind a terminating relay."""
+
+    def target(b: Backends) -> int | None:
+        h = holder_of(b)
+        return h.port if b.relay_tls is not None and h is not None else None
+
+    return target
+
+
+def _reorig_to(
+    holder_of: Callable[[Backends], Acceptor | None],
+) -> Callable[[Backends], Mapping[str, int] | None]:
+    """A Python TLS backend (stream_tls, idle_tls) as REORIG_NAME behind a re-originating one."""
+
+    def target(b: Backends) -> Mapping[str, int] | None:
+        h = holder_of(b)
+        return {REORIG_NAME: h.port} if b.relay_tls is not None and h is not None else None
+
+    return target
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -386,5 +485,26 @@ SCENARIOS: tuple[Scenario, ...] = (
         "tls_reorig_req", "req/s on open TLS conns, re-originated", "reoriginate", "load",
         _reorig, _wrk_tls, ("wrk",), needs_relay_process=True,
         metrics=("req_s", "cpu_us_per_req"),
+    ),
+    Scenario(
+        "tls_term_tput1", "1 TLS stream, terminated (backend sends zeros)", "terminate",
+        "load", _term_to(lambda b: b.stream), _tput_tls, needs_relay_process=True,
+        metrics=("gbit_s", "cpu_s_per_gb"),
+    ),
+    Scenario(
+        "tls_reorig_tput1", "1 TLS stream, re-originated (TLS backend sends zeros)",
+        "reoriginate", "load", _reorig_to(lambda b: b.stream_tls), _tput_tls,
+        needs_relay_process=True, metrics=("gbit_s", "cpu_s_per_gb"),
+    ),
+    Scenario(
+        "tls_term_idle1000", "memory at 1,000 idle TLS conns, terminated", "terminate",
+        "load", _term_to(lambda b: b.idle), _idle(1000, lambda b: b.idle, tls=True),
+        needs_relay_process=True, metrics=("mem_mb", "kb_per_conn"),
+    ),
+    Scenario(
+        "tls_reorig_idle1000", "memory at 1,000 idle TLS conns, re-originated",
+        "reoriginate", "load", _reorig_to(lambda b: b.idle_tls),
+        _idle(1000, lambda b: b.idle_tls, tls=True), needs_relay_process=True,
+        metrics=("mem_mb", "kb_per_conn"),
     ),
 )  # fmt: skip
