@@ -47,6 +47,37 @@ def client_hello(name: str = "relay.example.com") -> bytes:
     return out.read()
 
 
+class BioClient:
+    """A TLS client over a memory BIO on a blocking socket, for tests that must choose
+    what goes into each segment: `handshake()` stops before the client's last flight
+    is sent (it waits in `out`); `read_head()` reads an HTTP answer's head."""
+
+    def __init__(self, raw: socket.socket, ca: Path, name: str = "relay.example.com") -> None:
+        self.raw = raw
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ctx = ssl.create_default_context(cafile=str(ca))
+        self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname=name)
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                if self.out.pending:
+                    self.raw.sendall(self.out.read())
+                self.inc.write(self.raw.recv(65536))
+
+    def read_head(self) -> bytes:
+        body = b""
+        while b"\r\n\r\n" not in body:
+            try:
+                body += self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                self.inc.write(self.raw.recv(65536))  # the socket's timeout bounds it
+        return body
+
+
 def curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "10", *args, url],
@@ -530,26 +561,12 @@ listen_transport = "tls;cert={cert};key={key}"
 """
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
-        ctx = ssl.create_default_context(cafile=str(ca))
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = ctx.wrap_bio(inc, out, server_hostname="relay.example.com")
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
-            while True:
-                try:
-                    obj.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    if out.pending:
-                        raw.sendall(out.read())
-                    inc.write(raw.recv(65536))
-            obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
-            raw.sendall(out.read())  # Finished and the request: one segment
-            body = b""
-            while b"\r\n\r\n" not in body:
-                try:
-                    body += obj.read(65536)
-                except ssl.SSLWantReadError:
-                    inc.write(raw.recv(65536))  # times out (5 s) if the request is stuck
+            c = BioClient(raw, ca)
+            c.handshake()
+            c.obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
+            raw.sendall(c.out.read())  # Finished and the request: one segment
+            body = c.read_head()  # times out (5 s) if the request is stuck
         assert b"200 OK" in body
 
 
@@ -703,32 +720,18 @@ listen_transport = "tls;cert={cert};key={key}"
 """
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
-        ctx = ssl.create_default_context(cafile=str(ca))
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = ctx.wrap_bio(inc, out, server_hostname="relay.example.com")
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
-            while True:
-                try:
-                    obj.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    if out.pending:
-                        raw.sendall(out.read())
-                    inc.write(raw.recv(65536))
-            raw.sendall(out.read())
-            obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
-            record = out.read()
+            c = BioClient(raw, ca)
+            c.handshake()
+            raw.sendall(c.out.read())
+            c.obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
+            record = c.out.read()
             raw.sendall(record[:10])  # the record's header and a little: the rest later
             before = _cpu_seconds(relay.pid)
             window = threading.Event()
             window.wait(0.5)  # a measuring window, not a wait for a condition
             spent = _cpu_seconds(relay.pid) - before
             raw.sendall(record[10:])
-            body = b""
-            while b"\r\n\r\n" not in body:
-                try:
-                    body += obj.read(65536)
-                except ssl.SSLWantReadError:
-                    inc.write(raw.recv(65536))
+            body = c.read_head()
         assert b"200 OK" in body
         assert spent < 0.2, f"the relay used {spent:.2f} s of CPU in 0.5 s while waiting"
