@@ -735,3 +735,37 @@ listen_transport = "tls;cert={cert};key={key}"
             body = c.read_head()
         assert b"200 OK" in body
         assert spent < 0.2, f"the relay used {spent:.2f} s of CPU in 0.5 s while waiting"
+
+
+def test_workers_serve_one_self_signed_certificate_and_warn_once(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    """servername= makes its certificate once, before the workers fork: every worker
+    serves the same one, and the start-up warning is logged once, not per worker."""
+    config = f"""
+workers = 2
+[[endpoints]]
+listen = "127.0.0.1:0"
+remote = "127.0.0.1:{tls_backends.http["emby.example.com"]}"
+listen_transport = "tls;servername=relay.example.com"
+"""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # self-signed: compared by fingerprint below
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start(wait_listen=2)
+        seen: set[bytes] = set()
+        for _ in range(24):  # SO_REUSEPORT spreads them (all on one worker: p = 2^-23)
+            with (
+                socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as raw,
+                ctx.wrap_socket(raw, server_hostname="relay.example.com") as s,
+            ):
+                der = s.getpeercert(binary_form=True)
+                assert der is not None
+                seen.add(hashlib.sha256(der).digest())
+                s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                assert b"http name=emby.example.com" in s.recv(4096)
+        workers = {r.get("worker") for r in relay.wait_records(24)}
+    assert len(seen) == 1
+    assert len(workers) == 2, workers  # both served (and so both had the certificate)
+    assert relay.log.count("serving a self-signed certificate") == 1
