@@ -168,21 +168,20 @@ class Connection:
             cb(self)
         ctls = self.upstream.client_tls
         if ctls is not None:
-            from snirelay.net.tls import TlsSide, bio
+            from snirelay.net.tls import TlsSide
 
             hello = self.seen.hello if self.seen is not None else None
-            offer = ctls.offer(hello.alpn if hello is not None else None)
-            ctx = ctls.context(offer)
+            ctx = ctls.context(ctls.offer(hello.alpn if hello is not None else None))
             sni = self.seen.name if self.seen is not None and not self.seen.name_is_ip else None
             name = ctls.server_hostname(sni, host)
-            inc, out = bio()
-            obj = ctx.wrap_bio(inc, out, server_hostname=name)
-            session = ctls.session(sa, ctx)
-            if session is not None:
-                obj.session = session
-            # the certificate must cover the name sent, or the remote's own address
-            expect = None if ctls.t.insecure else name or host
-            tls = TlsSide(backend, obj, inc, out, expect=expect)
+            tls = TlsSide(
+                backend,
+                ctx,
+                server_hostname=name,
+                session=ctls.session(sa, ctx),
+                # the certificate must cover the name sent, or the remote's own address
+                expect=None if ctls.t.insecure else name or host,
+            )
             self.backend = tls
             self._handshake("backend", tls)
             return
@@ -198,15 +197,12 @@ class Connection:
         next one, then the replay of the sniffed bytes, then the pump."""
         stls = self.upstream.server_tls
         if which == "backend" and stls is not None:
-            from snirelay.net.tls import TlsSide, bio
+            from snirelay.net.tls import TlsSide
 
             b = self.backend
-            alpn = b.info[2] if isinstance(b, TlsSide) else None
-            ctx = stls.for_backend(alpn) if isinstance(b, TlsSide) else stls.base
-            inc, out = bio()
-            obj = ctx.wrap_bio(inc, out, server_side=True)
+            ctx = stls.for_backend(b.info[2]) if isinstance(b, TlsSide) else stls.base
             assert isinstance(self.client, RawSide)
-            client = TlsSide(self.client, obj, inc, out, self.tls_in)
+            client = TlsSide(self.client, ctx, server_side=True, initial=self.tls_in)
             self.client = client
             self.tls_in = b""
             self._handshake("client", client)
@@ -229,14 +225,12 @@ class Connection:
         """A TLS handshake failed: close with its reason. When the backend's failed
         and the client's is still to come, the client is refused with a
         handshake_failure alert first (its ClientHello is already here)."""
-        from snirelay.net.tls import TlsSide, bio, failure
+        from snirelay.net.tls import TlsSide, failure
 
         reason, hint = failure(which, exc, self.backend if which == "backend" else None)
         stls = self.upstream.server_tls
         if which == "backend" and stls is not None and isinstance(self.client, RawSide):
-            inc, out = bio()
-            obj = stls.refusing.wrap_bio(inc, out, server_side=True)
-            refused = TlsSide(self.client, obj, inc, out, self.tls_in)
+            refused = TlsSide(self.client, stls.refusing, server_side=True, initial=self.tls_in)
             try:
                 refused.step()  # writes the alert
             except OSError:

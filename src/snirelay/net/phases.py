@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from snirelay.net.resolve import SockTarget
+from snirelay.net.sides import DONE, WANT_READ
 from snirelay.net.sockopt import outbound_socket
 from snirelay.observe.log import LOG
 from snirelay.routing import SniffTimeout
@@ -383,14 +384,13 @@ class Handshake(Phase):
             self._unwatch()
             conn.handshake_failed(self.which, exc)
             return
-        poller = conn.ctx.poller
-        if want == 0:
+        if want == DONE:
             self._unwatch()
             conn.ctx.wheel.cancel(conn)
             conn.handshaken(self.which)
             return
-        read = self if want == 1 else None
-        poller.set(self.side.fd, read, self if read is None else None)
+        read = want == WANT_READ
+        conn.ctx.poller.set(self.side.fd, self if read else None, None if read else self)
         self.watching = True
 
     on_writable = on_readable

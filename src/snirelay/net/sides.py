@@ -39,10 +39,14 @@ from typing import Protocol
 _LINGER0 = struct.pack("ii", 1, 0)
 
 
+# What a side's handshake step answers: done, or what to wait for before the next step.
+DONE, WANT_READ, WANT_WRITE = 0, 1, 2
+
+
 class Handshake(Protocol):
     """A side's own handshake, run by the connection's handshake phase (TLS, ws)."""
 
-    def step(self) -> int: ...  # 0 done, 1 wait to read, 2 wait to write; OSError: failed
+    def step(self) -> int: ...  # DONE, WANT_READ or WANT_WRITE; OSError: it failed
 
 
 class Side(Protocol):

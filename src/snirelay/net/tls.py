@@ -2,8 +2,8 @@
 
 How it works
 ------------
-A `TlsSide` owns a non-blocking socket (a `RawSide`) and an `SSLObject` between two
-memory BIOs; it is driven by the same readiness callbacks as a raw side (no coroutine,
+A `TlsSide` owns a non-blocking socket (a `RawSide`) and the `SSLObject` it makes from
+a context between two memory BIOs of its own; it is driven by the same readiness callbacks as a raw side (no coroutine,
 no thread per connection) and has the `Side` interface (net.sides):
 
 - `recv_into(buf)` decrypts straight into the caller's buffer (the pump's); when the
@@ -41,12 +41,11 @@ from __future__ import annotations
 import socket
 import ssl
 
-from snirelay.net.sides import RawSide
+from snirelay.net.sides import DONE, WANT_READ, WANT_WRITE, RawSide
 from snirelay.wire.names import is_ip
 
 RECV_CHUNK = 256 * 1024  # ciphertext read from the socket per recv (many records)
 SEND_CHUNK = 64 * 1024  # plaintext encrypted per send (bounds the backlog)
-DONE, WANT_READ, WANT_WRITE = 0, 1, 2
 
 # One receive buffer for every TLS side of the process (a single-threaded loop): the
 # bytes are copied into the side's incoming BIO at once.
@@ -54,7 +53,7 @@ _SCRATCH = memoryview(bytearray(RECV_CHUNK))
 
 
 class TlsSide:
-    """A TLS end; `obj` must be made by `SSLContext.wrap_bio(inc, out, ...)`."""
+    """A TLS end over `sock`, with its own SSL object and BIOs made from `ctx`."""
 
     __slots__ = ("sock", "fd", "obj", "inc", "out", "backlog", "fin", "notify", "expect", "info")
 
@@ -63,12 +62,21 @@ class TlsSide:
     def __init__(
         self,
         sock: RawSide,
-        obj: ssl.SSLObject,
-        inc: ssl.MemoryBIO,
-        out: ssl.MemoryBIO,
+        ctx: ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
         initial: bytes | bytearray = b"",
         expect: str | None = None,
     ) -> None:
+        """`server_side`: terminate (answer a client); else originate toward
+        `server_hostname` (None: no SNI), resuming `session` if given. `initial`: bytes
+        already read from the socket (the sniffed hello)."""
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_side=server_side, server_hostname=server_hostname)
+        if session is not None:
+            obj.session = session
         self.sock = sock
         self.expect = expect  # a backend side: the name its certificate must cover
         # (version, cipher, ALPN) once the handshake is done: OpenSSL forgets them at
@@ -82,7 +90,7 @@ class TlsSide:
         self.fin = False  # shut the TCP write side once the backlog is out
         self.notify = False  # close_notify wanted, waiting for the incoming side to drain
         if initial:
-            inc.write(initial)  # bytes already read from the socket (the sniffed hello)
+            inc.write(initial)
 
     # ---- reading -------------------------------------------------------------------
     def recv(self, n: int, /) -> bytes:
@@ -96,22 +104,14 @@ class TlsSide:
             # Nothing held: read the socket first. Asking OpenSSL first would raise
             # SSLWantReadError, and an exception costs more than the read (one per
             # readiness event: a third of a small request's CPU).
-            k = self.sock.recv_into(_SCRATCH)  # BlockingIOError: wait for readable
-            if k == 0:
-                inc.write_eof()
-            else:
-                inc.write(_SCRATCH[:k])
+            self._feed()
         while True:
             try:
                 n: int = obj.read(len(buf), buf)  # type: ignore[assignment]  # int with a buffer
             except ssl.SSLWantReadError:
                 if inc.eof:
                     return 0  # cannot happen (EOF makes OpenSSL raise SSLEOFError): no spin
-                k = self.sock.recv_into(_SCRATCH)  # BlockingIOError: wait for readable
-                if k == 0:
-                    inc.write_eof()
-                else:
-                    inc.write(_SCRATCH[:k])
+                self._feed()
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
@@ -120,6 +120,16 @@ class TlsSide:
             if self.notify and not inc.pending and not obj.pending():
                 self._close_notify()
             return n
+
+    def _feed(self) -> int:
+        """One socket read into the incoming BIO (0 = the peer's EOF, written as the
+        BIO's EOF). BlockingIOError: nothing to read, wait for readable."""
+        k = self.sock.recv_into(_SCRATCH)
+        if k:
+            self.inc.write(_SCRATCH[:k])
+        else:
+            self.inc.write_eof()
+        return k
 
     def buffered(self) -> int:
         """Bytes held that no readiness event will announce: decrypted ones, and
@@ -198,7 +208,7 @@ class TlsSide:
         """Advance the handshake: DONE, or what to wait for. Raises ssl.SSLError (the
         handshake failed: any alert is already written to the socket, best effort) or
         OSError (the socket failed, or the peer closed: ConnectionAbortedError)."""
-        obj, inc = self.obj, self.inc
+        obj = self.obj
         while True:
             try:
                 obj.do_handshake()
@@ -206,14 +216,10 @@ class TlsSide:
                 if not self._flush():
                     return WANT_WRITE
                 try:
-                    k = self.sock.recv_into(_SCRATCH)
+                    if not self._feed():
+                        raise ConnectionAbortedError("the peer closed during the TLS handshake")
                 except BlockingIOError:
                     return WANT_READ
-                if k == 0:
-                    raise ConnectionAbortedError(
-                        "the peer closed during the TLS handshake"
-                    ) from None
-                inc.write(_SCRATCH[:k])
                 continue
             except ssl.SSLError:
                 try:
@@ -236,11 +242,6 @@ def quickack(side: object) -> None:
             side.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         except OSError:
             pass  # the peer is gone: the pump will say so
-
-
-def bio() -> tuple[ssl.MemoryBIO, ssl.MemoryBIO]:
-    """A new (incoming, outgoing) pair of memory BIOs."""
-    return ssl.MemoryBIO(), ssl.MemoryBIO()
 
 
 def failure(which: str, exc: OSError, backend: object) -> tuple[str, str | None]:
