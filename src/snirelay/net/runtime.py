@@ -52,6 +52,10 @@ class UpstreamRT:
         self.client_tls: ClientTLS | None = None
         lt, rt = cfg.listen_transport, cfg.remote_transport
         where = where or place
+        if rt is not None and rt.tls:
+            from snirelay.net.tlsconf import ClientTLS
+
+            self.client_tls = ClientTLS(rt, f"{where}.remote_transport", cfg.remotes, warn=warn)
         if lt is not None and lt.tls:
             from snirelay.net.tlsconf import ServerTLS
 
@@ -59,12 +63,9 @@ class UpstreamRT:
                 lt,
                 f"{where}.listen_transport",
                 tickets=cfg.network.tls_session_tickets,
+                backend_alpn=self.client_tls.allowed if self.client_tls is not None else None,
                 warn=warn,
             )
-        if rt is not None and rt.tls:
-            from snirelay.net.tlsconf import ClientTLS
-
-            self.client_tls = ClientTLS(rt, f"{where}.remote_transport", cfg.remotes, warn=warn)
 
 
 class EndpointRT:

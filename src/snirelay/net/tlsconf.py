@@ -10,8 +10,9 @@ order), or, when the connection is re-originated, exactly the protocol the backe
 chose (`for_backend`), so ALPN agrees end to end; and `refusing`, whose server-name
 callback answers any ClientHello with a handshake_failure alert (the client's answer
 when the backend's handshake failed). Session tickets toward clients (resumption)
-unless `network.tls_session_tickets` is false. A context is made the first time it is needed
-and kept: the choices are few (none, or one of the protocols offered upstream).
+unless `network.tls_session_tickets` is false. Every context is made at start, the
+files checked once (`_check_pem`): the choices are few (none, or one of the protocols
+the backend may be offered).
 
 `ClientTLS` (a `remote_transport` with `tls`): verification against the system store,
 or `ca=` instead, or none with `insecure`; `client_cert=`/`client_key=` for mutual
@@ -97,7 +98,9 @@ def _expiry_warning(path: str, place: str) -> None:
         LOG.warning("%s: certificate %s expires in %d day(s)", place, path, left.days)
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, place: str, what: str) -> None:
+def _check_pem(cert: str, key: str, place: str, what: str) -> None:
+    """The certificate and key files exist, can be read and hold PEM blocks of their
+    kind (ConfigError naming the key and the file otherwise). Once per transport."""
     key_what = "key" if what == "cert" else "client_key"
     for path, name, marker in (
         (cert, what, b"-----BEGIN CERTIFICATE-----"),
@@ -113,6 +116,12 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, place: str, what: str)
         if marker not in head:
             kind = "certificate" if name == what else "private key"
             raise ConfigError(place, f"{name} file {path!r}: not a PEM {kind}")
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, place: str, what: str) -> None:
+    """Load checked files (`_check_pem`) into `ctx`; a key that does not match, or a
+    file changed since the check, is a ConfigError naming both files."""
+    key_what = "key" if what == "cert" else "client_key"
     try:
         ctx.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -121,7 +130,9 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str, place: str, what: str)
             why = "the key does not match the certificate"
         raise ConfigError(place, f"{what} {cert!r} / {key_what} {key!r}: {why}") from None
     except OSError as exc:
-        raise ConfigError(place, f"{what} {cert!r} / key {key!r}: {exc.strerror or exc}") from None
+        raise ConfigError(
+            place, f"{what} {cert!r} / {key_what} {key!r}: {exc.strerror or exc}"
+        ) from None
 
 
 def _refuse(obj: Any, name: str | None, ctx: ssl.SSLContext) -> int:
@@ -132,8 +143,17 @@ class ServerTLS:
     __slots__ = ("place", "alpn", "tickets", "cert", "key", "pem", "_by_alpn", "refusing", "base")
 
     def __init__(
-        self, t: Transport, place: str, *, tickets: bool = True, warn: bool = True
+        self,
+        t: Transport,
+        place: str,
+        *,
+        tickets: bool = True,
+        backend_alpn: tuple[str, ...] | None = None,
+        warn: bool = True,
     ) -> None:
+        """`backend_alpn`: when the route re-originates, the protocols its backend may
+        choose (what it is offered at most): a context for each is made here, at start,
+        not on the first connection that needs it."""
         self.place = place
         self.alpn = t.alpn
         self.tickets = tickets
@@ -154,8 +174,13 @@ class ServerTLS:
                 place,
                 t.ocsp,
             )
-        self._by_alpn: dict[str | None, ssl.SSLContext] = {}
+        if self.cert is not None and self.key is not None:
+            _check_pem(self.cert, self.key, place, "cert")
         self.base = self._make(t.alpn)
+        self._by_alpn: dict[str | None, ssl.SSLContext] = {}
+        if backend_alpn is not None:
+            for proto in (None, *backend_alpn):
+                self._by_alpn[proto] = self._make((proto,) if proto else ())
         if warn and self.cert is not None:
             _expiry_warning(self.cert, place)
         self.refusing = self._make(())
@@ -176,12 +201,11 @@ class ServerTLS:
         return ctx
 
     def for_backend(self, proto: str | None) -> ssl.SSLContext:
-        """The context that selects exactly `proto` (None: no ALPN) toward the client."""
+        """The context that selects exactly `proto` (None: no ALPN) toward the client.
+        The backend can only choose what it was offered, so `proto` is one of
+        `backend_alpn`; anything else gets no ALPN."""
         ctx = self._by_alpn.get(proto)
-        if ctx is None:
-            ctx = self._make((proto,) if proto else ())
-            self._by_alpn[proto] = ctx
-        return ctx
+        return ctx if ctx is not None else self._by_alpn.get(None, self.base)
 
 
 def _load_pem(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
@@ -207,6 +231,8 @@ class ClientTLS:
         self._by_offer: dict[tuple[str, ...], ssl.SSLContext] = {}
         # (backend address, context) -> the last session, for resumption
         self.sessions: OrderedDict[tuple[Any, ssl.SSLContext], ssl.SSLSession] = OrderedDict()
+        if t.client_cert is not None and t.client_key is not None:
+            _check_pem(t.client_cert, t.client_key, place, "client_cert")
         self.context(())  # build one now: a bad ca= or client certificate fails the start
         if warn:
             if t.insecure:
