@@ -10,8 +10,8 @@
    workers that each serve (`_worker`) and watches over them.
 
 Serving (`Server.serve`, in the single process or in each worker) runs the event loop
-(`snirelay.net.loop`: asyncio with the relay's own epoll core inside): every service (`snirelay.services`; today one TCP listener
-per endpoint) is started, then the connections' shared `Context`; in a worker, the
+(`snirelay.net.loop`: asyncio with the relay's own epoll core inside): every service
+(`snirelay.services`; today one TCP listener per endpoint) is started, then the connections' shared `Context`; in a worker, the
 supervisor is told "ready" over the control channel (`snirelay.control`). Then:
 
 - SIGTERM/SIGINT (or, in a worker, the control channel closing: the supervisor is
@@ -41,7 +41,7 @@ from snirelay import control
 from snirelay.config.model import Addr, Config, ConfigError, Endpoint
 from snirelay.net.listener import Listener
 from snirelay.net.loop import Loop, new_loop
-from snirelay.net.runtime import Context, EndpointRT
+from snirelay.net.runtime import Context, EndpointRT, sniffs
 from snirelay.net.sockopt import make_listener
 from snirelay.observe import log as logsetup
 from snirelay.observe.log import LOG
@@ -88,12 +88,6 @@ def raise_nofile(nofile: int | None) -> None:
         )
     except (ValueError, OSError) as exc:
         LOG.warning("cannot set the open-file limit to %d: %s", want, exc)
-
-
-def sniffs(ep: Endpoint) -> bool:
-    """The endpoint reads the client's first bytes before connecting (net.runtime)."""
-    lt = ep.upstream.listen_transport
-    return bool(ep.routes) or (lt is not None and lt.tls)
 
 
 def check_tls(config: Config) -> None:

@@ -262,12 +262,11 @@ class CopyDir(_Dir):
     destination's half-close is on the wire too (`closing`), so the connection never
     closes a side with its last records still queued."""
 
-    __slots__ = ("held", "off", "closing")
+    __slots__ = ("held", "closing")
 
     def __init__(self, poller: Poller, owner: PumpOwner, src: Side, dst: Side) -> None:
         super().__init__(poller, owner, src, dst)
         self.held: memoryview | None = None  # what the destination did not take yet
-        self.off = 0
         self.closing = False  # EOF passed on; waiting for the destination to flush
 
     def on_readable(self) -> None:
@@ -286,7 +285,7 @@ class CopyDir(_Dir):
                 if m < n or self.dst.unsent():
                     # the shared buffer is the next read's: keep only what is left
                     self.held = memoryview(bytes(view[m:n])) if m < n else None
-                    self.off, self.pending = 0, n - m
+                    self.pending = n - m
                     self._blocked()
                     return
                 if n < len(view) and not self.src.buffered():
@@ -321,18 +320,20 @@ class CopyDir(_Dir):
         dst = self.dst
         try:
             held = self.held
-            m = dst.send(held[self.off : self.off + self.pending] if held is not None else b"")
+            m = dst.send(held if held is not None else b"")
         except BlockingIOError:
             return
         except OSError as exc:
             self.owner.pump_failed(exc)
             return
         self.nbytes += m
-        self.off += m
         self.pending -= m
-        if self.pending or dst.unsent():
+        if self.pending:
+            self.held = held[m:] if held is not None else None
             return
         self.held = None
+        if dst.unsent():
+            return
         if self.closing:
             self.poller.remove_writer(self.dfd)
             self.closing = False

@@ -68,6 +68,13 @@ class UpstreamRT:
             )
 
 
+def sniffs(ep: Endpoint) -> bool:
+    """The endpoint reads the client's first bytes before connecting: to route, or to
+    know the ClientHello a terminating listener answers."""
+    lt = ep.upstream.listen_transport
+    return bool(ep.routes) or (lt is not None and lt.tls)
+
+
 class EndpointRT:
     __slots__ = ("cfg", "default", "routes", "table")
 
@@ -77,9 +84,7 @@ class EndpointRT:
         self.routes = {
             r.place: UpstreamRT(r.upstream, r.place, where=r.place, warn=warn) for r in cfg.routes
         }
-        # sniffed: to route, or to know the ClientHello a terminating listener answers
-        sniff = bool(cfg.routes) or self.default.server_tls is not None
-        self.table = RouteTable(cfg.routes) if sniff else None
+        self.table = RouteTable(cfg.routes) if sniffs(cfg) else None
 
 
 class Context(Observers):
