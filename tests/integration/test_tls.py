@@ -78,6 +78,13 @@ class BioClient:
         return body
 
 
+def endpoint(remote: object, *lines: str) -> str:
+    """One endpoint listening on a port of the kernel's choice, to 127.0.0.1:`remote`,
+    with `lines` (transports) added."""
+    body = "".join(f"{line}\n" for line in lines)
+    return f'[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "127.0.0.1:{remote}"\n{body}'
+
+
 def curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["curl", "-sS", "--max-time", "10", *args, url],
@@ -93,13 +100,11 @@ def test_the_seed_scenario_client_by_ip_backend_gets_its_name(
 ) -> None:
     ca, cert, key = relay_cert(tmp_path)
     port = tls_backends.https["emby.example.com"]
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{port}"
-listen_transport = "tls;cert={cert};key={key}"
-remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"
-"""
+    config = endpoint(
+        port,
+        f'listen_transport = "tls;cert={cert};key={key}"',
+        f'remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"',
+    )
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         res = curl(f"https://127.0.0.1:{relay.port()}/", "--cacert", str(ca))
@@ -116,13 +121,11 @@ def test_a_backend_certificate_for_another_name_fails_the_client_handshake(
 ) -> None:
     ca, cert, key = relay_cert(tmp_path)
     port = tls_backends.https["jellyfin.example.com"]  # its certificate: jellyfin only
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{port}"
-listen_transport = "tls;cert={cert};key={key}"
-remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"
-"""
+    config = endpoint(
+        port,
+        f'listen_transport = "tls;cert={cert};key={key}"',
+        f'remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"',
+    )
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         res = curl(f"https://127.0.0.1:{relay.port()}/", "--cacert", str(ca))
@@ -207,12 +210,7 @@ listen_transport = "tls;cert={cert};key={key}"
 def test_garbage_after_the_hello_closes_with_the_tls_reason(tmp_path: Path) -> None:
     _, cert, key = relay_cert(tmp_path)
     backend = socket.create_server(("127.0.0.1", 0))
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{backend.getsockname()[1]}"
-listen_transport = "tls;cert={cert};key={key}"
-"""
+    config = endpoint(backend.getsockname()[1], f'listen_transport = "tls;cert={cert};key={key}"')
     with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
@@ -372,13 +370,11 @@ def test_alpn_agrees_end_to_end(tmp_path: Path, backend_h2: bool) -> None:
     when it does not."""
     ca, cert, key = relay_cert(tmp_path)
     nginx, port, bca = _nginx_tls(tmp_path, " http2|" if backend_h2 else "|")
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{port}"
-listen_transport = "tls;cert={cert};key={key}"
-remote_transport = "tls;sni=emby.example.com;ca={bca}"
-"""
+    config = endpoint(
+        port,
+        f'listen_transport = "tls;cert={cert};key={key}"',
+        f'remote_transport = "tls;sni=emby.example.com;ca={bca}"',
+    )
     with nginx, RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         res = curl(f"https://127.0.0.1:{relay.port()}/", "--http2", "--cacert", str(ca), "-w",
@@ -530,13 +526,11 @@ def test_upstream_sessions_are_resumed_per_backend(
     tls_backends: TlsBackends, tmp_path: Path
 ) -> None:
     ca, cert, key = relay_cert(tmp_path)
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{tls_backends.https["emby.example.com"]}"
-listen_transport = "tls;cert={cert};key={key}"
-remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"
-"""
+    config = endpoint(
+        tls_backends.https["emby.example.com"],
+        f'listen_transport = "tls;cert={cert};key={key}"',
+        f'remote_transport = "tls;sni=emby.example.com;ca={tls_backends.ca}"',
+    )
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         for _ in range(3):
@@ -553,12 +547,9 @@ def test_a_request_sent_with_the_clients_finished_is_answered(
     TLS side reads both at once and must forward the request although no readiness
     event follows (a client that sends nothing more would wait for ever)."""
     ca, cert, key = relay_cert(tmp_path)
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{tls_backends.http["emby.example.com"]}"
-listen_transport = "tls;cert={cert};key={key}"
-"""
+    config = endpoint(
+        tls_backends.http["emby.example.com"], f'listen_transport = "tls;cert={cert};key={key}"'
+    )
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
@@ -639,12 +630,7 @@ def test_an_ip_as_sni_sends_none_and_verifies_the_ip(tmp_path: Path) -> None:
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{backend.getsockname()[1]}"
-remote_transport = "tls;sni=127.0.0.1;ca={ca}"
-"""
+    config = endpoint(backend.getsockname()[1], f'remote_transport = "tls;sni=127.0.0.1;ca={ca}"')
     with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
@@ -712,12 +698,9 @@ def test_half_a_record_does_not_make_the_relay_spin(
     """A client sends the first bytes of a record and stalls: the relay waits for the
     rest (the socket's readiness announces it) instead of polling its own buffer."""
     ca, cert, key = relay_cert(tmp_path)
-    config = f"""
-[[endpoints]]
-listen = "127.0.0.1:0"
-remote = "127.0.0.1:{tls_backends.http["emby.example.com"]}"
-listen_transport = "tls;cert={cert};key={key}"
-"""
+    config = endpoint(
+        tls_backends.http["emby.example.com"], f'listen_transport = "tls;cert={cert};key={key}"'
+    )
     with RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
