@@ -336,8 +336,8 @@ class Connection:
         from snirelay.net.tls import TlsSide
 
         ctls, b = self.upstream.client_tls, self.backend
-        if ctls is not None and isinstance(b, TlsSide) and b.obj.session is not None:
-            ctls.keep(self.baddr, b.obj.context, b.obj.session)
+        if ctls is not None and isinstance(b, TlsSide) and b.info[0] is not None:
+            ctls.finished(self.baddr, b.obj, b.info[0], self.ctx.poller.time())
 
     def record(self, reason: str, phase: str) -> dict[str, Any]:
         """The connection's one record (observers get it at close); `phase`: the one it
