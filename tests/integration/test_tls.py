@@ -9,12 +9,14 @@ backend with the SNI the backend needs, verified against the test CA.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -540,12 +542,12 @@ def test_upstream_sessions_are_resumed_per_backend(
     assert [r["backend_resumed"] in (True, "yes") for r in recs] == [False, True, True], recs
 
 
-def test_a_request_sent_with_the_clients_finished_is_answered(
+@contextlib.contextmanager
+def terminated_client(
     tls_backends: TlsBackends, tmp_path: Path
-) -> None:
-    """The request arrives in the same segment as the client's Finished: the relay's
-    TLS side reads both at once and must forward the request although no readiness
-    event follows (a client that sends nothing more would wait for ever)."""
+) -> Iterator[tuple[RelayProcess, socket.socket, BioClient]]:
+    """A relay terminating TLS in front of the emby HTTP backend, and a client whose
+    handshake is done up to its Finished (still in `c.out`, not sent)."""
     ca, cert, key = relay_cert(tmp_path)
     config = endpoint(
         tls_backends.http["emby.example.com"], f'listen_transport = "tls;cert={cert};key={key}"'
@@ -555,9 +557,19 @@ def test_a_request_sent_with_the_clients_finished_is_answered(
         with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
             c = BioClient(raw, ca)
             c.handshake()
-            c.obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
-            raw.sendall(c.out.read())  # Finished and the request: one segment
-            body = c.read_head()  # times out (5 s) if the request is stuck
+            yield relay, raw, c
+
+
+def test_a_request_sent_with_the_clients_finished_is_answered(
+    tls_backends: TlsBackends, tmp_path: Path
+) -> None:
+    """The request arrives in the same segment as the client's Finished: the relay's
+    TLS side reads both at once and must forward the request although no readiness
+    event follows (a client that sends nothing more would wait for ever)."""
+    with terminated_client(tls_backends, tmp_path) as (_, raw, c):
+        c.obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
+        raw.sendall(c.out.read())  # Finished and the request: one segment
+        body = c.read_head()  # times out (5 s) if the request is stuck
         assert b"200 OK" in body
 
 
@@ -697,25 +709,17 @@ def test_half_a_record_does_not_make_the_relay_spin(
 ) -> None:
     """A client sends the first bytes of a record and stalls: the relay waits for the
     rest (the socket's readiness announces it) instead of polling its own buffer."""
-    ca, cert, key = relay_cert(tmp_path)
-    config = endpoint(
-        tls_backends.http["emby.example.com"], f'listen_transport = "tls;cert={cert};key={key}"'
-    )
-    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
-        relay.start()
-        with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as raw:
-            c = BioClient(raw, ca)
-            c.handshake()
-            raw.sendall(c.out.read())
-            c.obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
-            record = c.out.read()
-            raw.sendall(record[:10])  # the record's header and a little: the rest later
-            before = _cpu_seconds(relay.pid)
-            window = threading.Event()
-            window.wait(0.5)  # a measuring window, not a wait for a condition
-            spent = _cpu_seconds(relay.pid) - before
-            raw.sendall(record[10:])
-            body = c.read_head()
+    with terminated_client(tls_backends, tmp_path) as (relay, raw, c):
+        raw.sendall(c.out.read())
+        c.obj.write(b"GET / HTTP/1.0\r\nHost: relay.example.com\r\n\r\n")
+        record = c.out.read()
+        raw.sendall(record[:10])  # the record's header and a little: the rest later
+        before = _cpu_seconds(relay.pid)
+        window = threading.Event()
+        window.wait(0.5)  # a measuring window, not a wait for a condition
+        spent = _cpu_seconds(relay.pid) - before
+        raw.sendall(record[10:])
+        body = c.read_head()
         assert b"200 OK" in body
         assert spent < 0.2, f"the relay used {spent:.2f} s of CPU in 0.5 s while waiting"
 

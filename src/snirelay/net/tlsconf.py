@@ -298,7 +298,7 @@ class ClientTLS:
         kept = self.sessions.get((sa, ctx))
         return None if isinstance(kept, float) else kept
 
-    def finished(self, sa: Any, obj: ssl.SSLObject, version: str | None, now: float) -> None:
+    def finished(self, sa: Any, obj: ssl.SSLObject, version: str, now: float) -> None:
         """A connection to backend `sa` ends: keep its session for the next one, when
         that is worth it. Reading `SSLObject.session` copies the session (Python's ssl
         writes it out and parses it back, certificate included: ~160 us per read on
@@ -315,8 +315,10 @@ class ClientTLS:
         elif kept is not None and obj.session_reused:
             return
         session = obj.session
-        usable = session is not None and (session.has_ticket or version == "TLSv1.2")
-        self.sessions[key] = session if usable and session is not None else now + NO_SESSION_RETRY
+        if session is not None and (session.has_ticket or version == "TLSv1.2"):
+            self.sessions[key] = session
+        else:
+            self.sessions[key] = now + NO_SESSION_RETRY
         self.sessions.move_to_end(key)
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
