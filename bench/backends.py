@@ -8,7 +8,10 @@ whole run, so every relay sees the same backend.
   keep-alive connections (new-connection rate with ``ab``, persistent rate with ``wrk``).
 - ``https``: nginx with TLS on two ports, one certificate each (``a.bench.test``,
   ``b.bench.test``, from a CA made at start), answering with the server name it saw;
-  the SNI-routing target.
+  the SNI-routing target. One more port serves ``REORIG_NAME`` with resumption
+  allowed (TLS 1.3 tickets, a shared session cache for TLS 1.2) and logs
+  ``$ssl_session_reused`` per request to ``resume_log``: what the resumption load
+  re-originates to (the other two allow none, so their handshakes are all full).
 - relay certificate (for the ``terminate`` and ``reoriginate`` modes): an ECDSA P-256
   leaf for ``RELAY_NAME`` from the same CA, written where ``relay_tls_files(workdir)``
   says (certificate, key, both in one file for HAProxy, the CA); every relay that
@@ -204,6 +207,7 @@ worker_rlimit_nofile 20000;
 events {{ worker_connections 16384; multi_accept on; }}
 http {{
   access_log off;
+  log_format resume '$ssl_session_reused $ssl_server_name $ssl_protocol';
   keepalive_requests 100000000;
   keepalive_timeout 300s;
   client_body_temp_path {workdir}/tmp;
@@ -246,6 +250,8 @@ class Backends:
     iperf_port: int | None = None
     http_port: int | None = None
     https_ports: dict[str, int] = field(default_factory=dict)
+    resume_port: int | None = None  # HTTPS as REORIG_NAME, resumption allowed
+    resume_log: str | None = None  # its access log: "r" (resumed) or "." per request
     ca_pem: str | None = None
     relay_tls: RelayTLS | None = None  # None: no certificate (nginx/trustme missing)
     integrity: _Acceptor | None = None
@@ -305,9 +311,17 @@ class Backends:
                 f" ssl_certificate {crt}; ssl_certificate_key {key};"
                 f" location / {{ return 200 '{name} $ssl_server_name\\n'; }} }}"
             )
-        self._tls_acceptors(
-            f"{self.workdir}/{REORIG_NAME}.crt", f"{self.workdir}/{REORIG_NAME}.key"
+        crt, key = f"{self.workdir}/{REORIG_NAME}.crt", f"{self.workdir}/{REORIG_NAME}.key"
+        self.resume_port = resume_port = free_port()
+        self.resume_log = f"{self.workdir}/nginx-resume.log"
+        servers.append(
+            f"  server {{ listen {LOOPBACK}:{resume_port} ssl backlog=4096;"
+            f" server_name {REORIG_NAME}; ssl_certificate {crt}; ssl_certificate_key {key};"
+            " ssl_session_tickets on; ssl_session_cache shared:resume:1m;"
+            f" access_log {self.resume_log} resume;"
+            f" location / {{ return 200 '{REORIG_NAME} $ssl_server_name\\n'; }} }}"
         )
+        self._tls_acceptors(crt, key)
         conf = f"{self.workdir}/nginx-backend.conf"
         with open(conf, "w") as f:
             f.write(_nginx_conf(self.workdir, "\n".join(servers)))
@@ -318,12 +332,13 @@ class Backends:
         self._procs.append(p)
         try:
             wait_port(self.http_port, proc=p)
-            for port in self.https_ports.values():
+            for port in (*self.https_ports.values(), resume_port):
                 wait_port(port, proc=p)
         except BenchError as e:
             self.notes.append(f"nginx backend failed to start: {e}")
             self.http_port = None
             self.https_ports = {}
+            self.resume_port = None
 
     def _tls_acceptors(self, crt: str, key: str) -> None:
         """Python TLS backends (stream, idle) serving REORIG_NAME's certificate."""

@@ -83,6 +83,7 @@ TLSTERM_MEM_COLS: tuple[tuple[str, str, str, str, int], ...] = (
 )
 TLSTERM_TABLES = (TLSTERM_COLS, TLSTERM_REQ_COLS, TLSTERM_TPUT_COLS, TLSTERM_MEM_COLS)
 TLS_MODES = ("terminate", "reoriginate")
+RESUME = "tls_reorig_resume"  # a share per relay, shown plain (no ratios)
 # relay CPU per unit of plain forwarding work, user and system apart
 CPU_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("connrate", "cpu_us_per_conn", "µs / new conn", "{:.0f}", -1),
@@ -337,10 +338,45 @@ def _targets(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _resume_share(res: dict[str, Any], relay: str) -> tuple[str, str]:
+    """(median round as "97.5% (390 of 400)", min–max share over the rounds)."""
+    bucket = res["results"][RESUME][relay]
+    good = sorted(
+        (m for m in bucket["rounds"] if "error" not in m), key=lambda m: m["resumed_share"]
+    )
+    if not good:
+        return _why_missing(res, RESUME, relay), "—"
+    mid = good[(len(good) - 1) // 2]
+    text = f"{mid['resumed_share']:.1%} ({mid['resumed']:.0f} of {mid['upstream_hs']:.0f})"
+    return text, f"{good[0]['resumed_share']:.1%}–{good[-1]['resumed_share']:.1%}"
+
+
+def _resume_section(res: dict[str, Any]) -> list[str]:
+    per = res["results"].get(RESUME)
+    if not per:
+        return []
+    out = [
+        "Upstream resumption: each relay re-originates to a second nginx HTTPS block for"
+        " `a.bench.test` that does allow resumption (TLS 1.3 tickets, a shared session cache"
+        " for TLS 1.2), while 400 sequential client connections (one request each, tickets"
+        " still off toward the client) go through it; the share is that of the relay's"
+        " upstream handshakes that nginx logged as resumed (`$ssl_session_reused`), in the"
+        " median round. The first one of a fresh relay is always full. A share, so no ratio"
+        " to HAProxy.",
+        "",
+        "| relay | upstream handshakes resumed | min–max over rounds |",
+        "|---|---|---|",
+    ]
+    for relay in per:
+        text, spread = _resume_share(res, relay)
+        out.append(f"| {res['relays'][relay]['label']} | {text} | {spread} |")
+    return [*out, ""]
+
+
 def _tls_term_section(res: dict[str, Any]) -> list[str]:
     """TLS terminated at the relay / re-originated: only the tables the run measured."""
     tables = [cols for cols in TLSTERM_TABLES if {c[0] for c in cols} & set(res["results"])]
-    if not tables:
+    if not tables and RESUME not in res["results"]:
         return []
     out = [
         "## TLS termination and re-origination",
@@ -364,7 +400,9 @@ def _tls_term_section(res: dict[str, Any]) -> list[str]:
     ]
     for cols in tables:
         out += [*_table(res, cols, spread=False), ""]
-    out += ["Spread:", ""]
+    out += _resume_section(res)
+    if tables:
+        out += ["Spread:", ""]
     for cols in tables:
         out += [*_table(res, cols, spread=True), ""]
     return out

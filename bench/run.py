@@ -69,6 +69,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "tlsterm": (
         "tls_term",
         "tls_reorig",
+        "tls_reorig_resume",
         "tls_term_req",
         "tls_reorig_req",
         "tls_term_tput1",
@@ -77,6 +78,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tls_reorig_idle1000",
     ),
     "tlshs": ("tls_term", "tls_reorig"),
+    "tlsresume": ("tls_reorig_resume",),
     "tlstput": ("tls_term_tput1", "tls_reorig_tput1"),
     "tlsmem": ("tls_term_idle1000", "tls_reorig_idle1000"),
     "forward": ("tput1", "tput8", "connrate", "reqrate", "idle1000", "idle5000"),

@@ -367,6 +367,49 @@ def _tls_relay(inst: Instance, ctx: Context) -> Metrics:
     return _handshakes(inst, {RELAY_NAME: inst.port}, ctx)
 
 
+RESUME_CONNS = 400  # client connections per resumption load
+
+
+def _resumption(inst: Instance, ctx: Context) -> Metrics:
+    """RESUME_CONNS sequential TLS connections to the relay as RELAY_NAME (verified, one
+    request each, 60 s at most), the relay re-originating to the nginx block that allows
+    resumption; the share of the upstream handshakes that resumed a session, counted
+    from the lines that block logged meanwhile ($ssl_session_reused: "r" or ".")."""
+    b = ctx.backends
+    assert b.resume_log is not None
+    tctx = ssl.create_default_context(cafile=b.ca_pem)  # never offers a session itself
+    offset = os.path.getsize(b.resume_log) if os.path.exists(b.resume_log) else 0
+    done = errors = 0
+    deadline = time.monotonic() + 60
+    while done + errors < RESUME_CONNS and time.monotonic() < deadline:
+        try:
+            tlsload.fetch(inst.port, RELAY_NAME, tctx, timeout=10)
+            done += 1
+        except OSError:
+            errors += 1
+    lines: list[list[str]] = []
+    wait = time.monotonic() + 5  # nginx writes each line as its request ends
+    while time.monotonic() < wait:
+        with open(b.resume_log) as f:
+            f.seek(offset)
+            lines = [line.split() for line in f if line.strip()]
+        if len(lines) >= done:
+            break
+        time.sleep(0.05)
+    if not lines:
+        raise BenchError(f"resumption: no upstream request logged ({done} done, {errors} errors)")
+    if any(line[1:2] != [REORIG_NAME] for line in lines):
+        raise BenchError(f"resumption: a logged upstream handshake without SNI {REORIG_NAME}")
+    resumed = sum(line[0] == "r" for line in lines)
+    return {
+        "resumed_share": resumed / len(lines),
+        "resumed": float(resumed),
+        "upstream_hs": float(len(lines)),
+        "conns": float(done),
+        "errors": float(errors),
+    }
+
+
 def _wrk_tls(inst: Instance, ctx: Context) -> Metrics:
     return _wrk(inst, ctx, "https")
 
@@ -394,6 +437,13 @@ def _reorig(b: Backends) -> Mapping[str, int] | None:
     if b.relay_tls is None or REORIG_NAME not in b.https_ports:
         return None
     return {REORIG_NAME: b.https_ports[REORIG_NAME]}
+
+
+def _reorig_resume(b: Backends) -> Mapping[str, int] | None:
+    """The nginx HTTPS block of REORIG_NAME that allows resumption."""
+    if b.relay_tls is None or b.resume_port is None:
+        return None
+    return {REORIG_NAME: b.resume_port}
 
 
 def _term_to(holder_of: Callable[[Backends], Acceptor | None]) -> Callable[[Backends], int | None]:
@@ -475,6 +525,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "tls_reorig", "TLS handshakes/s, terminated and re-originated", "reoriginate", "load",
         _reorig, _tls_relay, needs_relay_process=True, metrics=("hs_s", "cpu_us_per_hs"),
+    ),
+    Scenario(
+        "tls_reorig_resume", "upstream TLS handshakes resumed, re-originated", "reoriginate",
+        "load", _reorig_resume, _resumption, needs_relay_process=True,
+        metrics=("resumed_share",),
     ),
     Scenario(
         "tls_term_req", "req/s on open TLS conns, terminated", "terminate", "load",
