@@ -63,10 +63,6 @@ def unsupported(config: Config) -> str | None:
     """The first configured feature this build cannot serve yet, as a one-line error."""
     for ep in config.endpoints:
         for place, up in ep.upstreams():
-            if up.listen_transport is not None and up.listen_transport.ws:
-                return f"{place}.listen_transport: WebSocket transports are not supported yet"
-            if up.remote_transport is not None and up.remote_transport.ws:
-                return f"{place}.remote_transport: WebSocket transports are not supported yet"
             net = up.network
             if net.use_udp:
                 return f"{place}.network.use_udp: UDP relaying is not supported yet"

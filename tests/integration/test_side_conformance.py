@@ -40,19 +40,23 @@ from snirelay.server import Server
 pytestmark = pytest.mark.integration
 
 PATHS = ["splice", "copy"] if HAVE_SPLICE else ["copy"]
-SIDES = ["raw", "tls"]  # the WebSocket side kind joins here
-# (path, side) pairs: a TLS side is never spliced (its bytes are decrypted in Python)
+SIDES = ["raw", "tls", "ws", "wss"]
+# (path, side) pairs: a TLS or WebSocket side is never spliced (its bytes are decoded
+# in Python)
 KINDS = [(p, s) for p in PATHS for s in SIDES if s == "raw" or p == "copy"]
 
 
 class Collect:
-    """A test observer: every closed connection's record."""
+    """A test observer: every closed connection's record (of the first endpoint: the
+    one the test client talks to)."""
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.cond = threading.Condition()
 
     def closed(self, conn: Connection, record: dict[str, Any]) -> None:
+        if record["listener"] != "endpoints[0]":
+            return  # the ws kinds' second relay
         with self.cond:
             self.records.append(record)
             self.cond.notify_all()
@@ -68,6 +72,11 @@ class Pair:
     """A relay between a test client and a test backend; `accept()` gives the backend's end."""
 
     def __init__(self, path: str, side: str, idle: float = 0.0) -> None:
+        """The ws kinds are two relays in one server, as a tunnel: endpoints[0] takes
+        the test client's TCP and originates WebSocket (wss: over TLS) to endpoints[1],
+        which accepts it and connects to the test backend; the test's observer and
+        idle timeout are endpoints[0]'s. Both WebSocket sides, accepting and
+        originating, carry every byte."""
         self.side = side
         self.backend = socket.create_server(("127.0.0.1", 0))
         self.backend.settimeout(10)
@@ -89,15 +98,16 @@ class Pair:
             self.client_ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
             self.backend_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.backend_ctx.load_cert_chain(d / "backend.test.crt", d / "backend.test.key")
-        up = Upstream(
-            remotes=(Addr("127.0.0.1", self.backend.getsockname()[1]),),
-            network=net,
-            listen_transport=listen,
-            remote_transport=remote,
-        )
-        config = Config(
-            endpoints=(Endpoint(place="endpoints[0]", listen=Addr("127.0.0.1", 0), upstream=up),)
-        )
+        backend = Addr("127.0.0.1", self.backend.getsockname()[1])
+        endpoints: tuple[Endpoint, ...]
+        if side in ("ws", "wss"):
+            endpoints = self._tunnel(backend, net, side == "wss")
+        else:
+            up = Upstream(
+                remotes=(backend,), network=net, listen_transport=listen, remote_transport=remote
+            )
+            endpoints = (Endpoint(place="endpoints[0]", listen=Addr("127.0.0.1", 0), upstream=up),)
+        config = Config(endpoints=endpoints)
         self.loop = new_loop()
         self.server = Server(config, self.loop)
         self.server.ctx.splice = path == "splice"
@@ -109,6 +119,30 @@ class Pair:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self.ready.wait(10), "relay did not start"
+
+    def _tunnel(self, backend: Addr, net: NetworkConfig, tls: bool) -> tuple[Endpoint, ...]:
+        ws = "ws;host=tunnel.test;path=/t"
+        t = {"raw": ws, "ws": True, "host": "tunnel.test", "path": "/t"}
+        listen, remote = Transport(**t), Transport(**t)  # type: ignore[arg-type]
+        if tls:
+            self.tmp = tempfile.TemporaryDirectory(prefix="snirelay-conformance-")
+            d = Path(self.tmp.name)
+            ca = trustme.CA()
+            ca.cert_pem.write_to_path(str(d / "ca.pem"))
+            leaf = ca.issue_cert("tunnel.test")
+            leaf.cert_chain_pems[0].write_to_path(str(d / "t.crt"))
+            leaf.private_key_pem.write_to_path(str(d / "t.key"))
+            listen = replace(listen, tls=True, cert=str(d / "t.crt"), key=str(d / "t.key"))
+            remote = replace(remote, tls=True, sni="tunnel.test", ca=str(d / "ca.pem"))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            inner = probe.getsockname()[1]  # endpoints[1]'s port, free a moment ago
+        first = Upstream(remotes=(Addr("127.0.0.1", inner),), network=net, remote_transport=remote)
+        second = Upstream(remotes=(backend,), listen_transport=listen)  # no idle timeout
+        return (
+            Endpoint(place="endpoints[0]", listen=Addr("127.0.0.1", 0), upstream=first),
+            Endpoint(place="endpoints[1]", listen=Addr("127.0.0.1", inner), upstream=second),
+        )
 
     def _run(self) -> None:
         self.loop.call_soon(self.ready.set)
@@ -140,7 +174,7 @@ class Pair:
         self.thread.join(10)
         self.loop.close()
         self.backend.close()
-        if self.side == "tls":
+        if self.side in ("tls", "wss"):
             self.tmp.cleanup()
 
 

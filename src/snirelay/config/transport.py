@@ -11,7 +11,8 @@ checked against the side it is used on:
 - remote side only: ``sni``, ``insecure``, ``0rtt``, ``ca``, ``client_cert``, ``client_key``;
 - both: ``ws``, ``host``, ``path``, ``tls``, ``alpn`` (snirelay: on the listen side,
   the ALPN protocols the TLS server accepts);
-- TLS options need ``tls``; ``host``/``path`` need ``ws``; ``cert`` needs ``key`` (and
+- TLS options need ``tls``; ``host``/``path`` need ``ws`` and ``ws`` needs both (the
+  request's ``Host`` and target; a path starts with ``/``); ``cert`` needs ``key`` (and
   the reverse), ``client_cert`` needs ``client_key``; a TLS listener needs ``cert``+``key``
   or ``servername``; ``insecure`` and ``ca`` contradict each other.
 
@@ -119,6 +120,12 @@ def _check(seen: dict[str, str | None], raw: str, place: str, side: str) -> None
             raise ConfigError(place, f"{a!r} needs {b!r} too: {raw!r}")
     if "client_key" in seen and "client_cert" not in seen:
         raise ConfigError(place, f"'client_key' needs 'client_cert' too: {raw!r}")
+    if "ws" in seen:
+        for name in NEEDS_WS:
+            if name not in seen:
+                raise ConfigError(place, f"'ws' needs {name}=... too: {raw!r}")
+        if not (seen["path"] or "").startswith("/"):
+            raise ConfigError(place, f"path= must start with '/': {raw!r}")
     if "insecure" in seen and "ca" in seen:
         raise ConfigError(place, f"'insecure' and 'ca' contradict each other: {raw!r}")
     if side == "listen" and "tls" in seen:

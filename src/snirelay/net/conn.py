@@ -6,8 +6,14 @@ A `Connection` holds what a connection is (its id, its client and backend sides,
 route and upstream it was given, what was sniffed, counters) and runs the phases of
 net.phases in order, each handing over to the next through one method here::
 
-    start() -> [Sniff] -> decided() -> Connect -> connected() -> [handshakes]
-            -> [Replay] -> replayed() -> pump (net.pump) -> close() -> one record
+    start() -> [Sniff] -> decided() -> [client's WebSocket upgrade] -> Connect
+            -> connected() -> [handshakes] -> [Replay] -> replayed() -> pump (net.pump)
+            -> close() -> one record
+
+The handshakes are the sides' own: toward the backend TLS then the WebSocket upgrade
+(as configured), then toward the client TLS (after the backend's, so ALPN agrees end
+to end). A WebSocket listener accepts the client's upgrade (and the TLS under it)
+before connecting: it depends on nothing the backend says.
 
 The pump is the connection's last phase: two directions between the sides, spliced
 when both sides are raw sockets, through one bounded buffer each otherwise.
@@ -124,7 +130,7 @@ class Connection:
             self.phase = sniff
             sniff.start(net.sniff_timeout)
         else:
-            self._connect()
+            self._proceed()
 
     def decided(
         self, seen: Sniffed | ProtocolError | SniffTimeout, data: bytes | bytearray
@@ -144,15 +150,47 @@ class Connection:
         self.hint = d.hint if ep.cfg.routes else None  # sniffed for TLS only: no route to miss
         if d.route is not None:
             self.upstream = ep.routes[d.route.place]
-        if self.upstream.server_tls is not None:
-            # terminated here: the ClientHello is the client TLS side's, not the backend's
+        if self.upstream.terminates:
+            # terminated here: the ClientHello (or the upgrade request) is the client
+            # side's, not the backend's
             self.tls_in, self.prefix = data, b""
         for cb in self.ctx.on_routed:
             cb(self)
         if d.close is not None:
             self.close(d.close, d.hint)
             return
+        self._proceed()
+
+    def _proceed(self) -> None:
+        """Decided: connect, or first accept the client's WebSocket upgrade (it does not
+        depend on the backend, and a wrong request then costs no backend connection)."""
+        up = self.upstream
+        if up.server_ws is not None:
+            stls = up.server_tls
+            client = self._client_side(stls.base if stls is not None else None)
+            self._handshake("client", client)
+            return
         self._connect()
+
+    def _client_side(self, ctx: Any) -> Side:
+        """The client's side as this upstream terminates it: TLS with `ctx` (an
+        ssl.SSLContext, None: no TLS), then the WebSocket upgrade if configured; it
+        starts with the bytes sniffed so far."""
+        client: Side = self.client
+        initial, self.tls_in = self.tls_in, b""
+        if ctx is not None:
+            from snirelay.net.tls import TlsSide
+
+            assert isinstance(client, RawSide)
+            client = TlsSide(client, ctx, server_side=True, initial=initial)
+            initial = b""
+        ws = self.upstream.server_ws
+        if ws is not None:
+            from snirelay.net.ws import WsSide
+
+            client = WsSide(client, ws, server_side=True, initial=initial)
+        self.client = client
+        return client
 
     def _connect(self) -> None:
         connect = Connect(self)
@@ -166,15 +204,19 @@ class Connection:
         self.baddr = sa
         for cb in self.ctx.on_connected:
             cb(self)
-        ctls = self.upstream.client_tls
+        up = self.upstream
+        side: Side = backend
+        ctls, ws = up.client_tls, up.client_ws
         if ctls is not None:
             from snirelay.net.tls import TlsSide
 
             hello = self.seen.hello if self.seen is not None else None
-            ctx = ctls.context(ctls.offer(hello.alpn if hello is not None else None))
+            # a WebSocket upgrade is HTTP/1.1: offer only the transport's own alpn=
+            offer = ctls.t.alpn if ws is not None else ctls.offer(hello.alpn if hello else None)
+            ctx = ctls.context(offer)
             sni = self.seen.name if self.seen is not None and not self.seen.name_is_ip else None
             name = ctls.server_hostname(sni, host)
-            tls = TlsSide(
+            side = TlsSide(
                 backend,
                 ctx,
                 server_hostname=name,
@@ -182,8 +224,13 @@ class Connection:
                 # the certificate must cover the name sent, or the remote's own address
                 expect=None if ctls.t.insecure else name or host,
             )
-            self.backend = tls
-            self._handshake("backend", tls)
+        if ws is not None:
+            from snirelay.net.ws import WsSide
+
+            side = WsSide(side, ws, server_side=False)
+        if side is not backend:
+            self.backend = side
+            self._handshake("backend", side)
             return
         self.handshaken("backend")
 
@@ -196,16 +243,15 @@ class Connection:
         """A side's handshake is over (the backend's first, then the client's): the
         next one, then the replay of the sniffed bytes, then the pump."""
         stls = self.upstream.server_tls
-        if which == "backend" and stls is not None:
-            from snirelay.net.tls import TlsSide
-
-            b = self.backend
-            ctx = stls.for_backend(b.info[2]) if isinstance(b, TlsSide) else stls.base
-            assert isinstance(self.client, RawSide)
-            client = TlsSide(self.client, ctx, server_side=True, initial=self.tls_in)
-            self.client = client
-            self.tls_in = b""
-            self._handshake("client", client)
+        if which == "backend" and stls is not None and isinstance(self.client, RawSide):
+            # TLS toward the client after the backend's: ALPN agrees end to end
+            assert self.backend is not None
+            b = self.backend.tls
+            ctx = stls.for_backend(b.info[2]) if b is not None else stls.base
+            self._handshake("client", self._client_side(ctx))
+            return
+        if which == "client" and self.backend is None:
+            self._connect()  # the client's WebSocket upgrade came first (_proceed)
             return
         if which == "client" and stls is not None and not stls.tickets:
             # Nothing follows the client's Finished from our side (no ticket to send), so
@@ -227,7 +273,9 @@ class Connection:
         handshake_failure alert first (its ClientHello is already here)."""
         from snirelay.net.tls import TlsSide, failure
 
-        reason, hint = failure(which, exc, self.backend if which == "backend" else None)
+        side = self.client if which == "client" else self.backend
+        kind = getattr(side, "kind", "tls")
+        reason, hint = failure(which, exc, self.backend if which == "backend" else None, kind)
         stls = self.upstream.server_tls
         if which == "backend" and stls is not None and isinstance(self.client, RawSide):
             refused = TlsSide(self.client, stls.refusing, server_side=True, initial=self.tls_in)
@@ -333,10 +381,9 @@ class Connection:
         self.up = self.down = None
 
     def _keep_session(self) -> None:
-        from snirelay.net.tls import TlsSide
-
         ctls, b = self.upstream.client_tls, self.backend
-        if ctls is not None and isinstance(b, TlsSide) and b.info[0] is not None:
+        b = b.tls if b is not None else None
+        if ctls is not None and b is not None and b.info[0] is not None:
             ctls.finished(self.baddr, b.obj, b.info[0], self.ctx.poller.time())
 
     def record(self, reason: str, phase: str) -> dict[str, Any]:
@@ -368,6 +415,9 @@ class Connection:
             from snirelay.net.tls import describe_sides
 
             fields.update(describe_sides(self.client, self.backend))
+            for which, side in (("client", self.client), ("backend", self.backend)):
+                if getattr(side, "kind", None) == "ws":
+                    fields[f"{which}_ws"] = side.path  # type: ignore[union-attr]
         if self.ctx.worker:
             fields["worker"] = self.ctx.worker
         if self.failed_remotes:

@@ -20,6 +20,7 @@ sniff      network.sniff_timeout         decide on what arrived (timeout rules)
 connect    network.tcp_timeout, each     the next address / remote (failover)
            remote (resolution + connect)
 handshake  network.tls_handshake_timeout close "tls-handshake-timeout"
+           (TLS, WebSocket upgrade)      (or "ws-handshake-timeout")
 replay     network.replay_timeout        close "replay-timeout"
 pump       network.tcp_idle_timeout      close "idle-timeout"
 =========  ============================  =========================================
@@ -360,7 +361,8 @@ class Replay(Phase):
 
 class Handshake(Phase):
     """One side's own handshake (TLS accept toward the client, TLS connect toward the
-    backend), driven by `side.step()`: DONE, or what to wait for."""
+    backend, the WebSocket upgrade either way, over TLS or not), driven by
+    `side.step()`: DONE, or what to wait for."""
 
     __slots__ = ("which", "side", "watching")
     name = "handshake"
@@ -403,9 +405,11 @@ class Handshake(Phase):
     def on_deadline(self) -> None:
         self._unwatch()
         tmo = self.conn.upstream.cfg.network.tls_handshake_timeout
+        kind = self.side.kind  # "tls", or "ws" (a WebSocket upgrade, over TLS or not)
+        what = "TLS handshake" if kind == "tls" else "WebSocket upgrade"
         self.conn.close(
-            "tls-handshake-timeout",
-            f"the {self.which}'s TLS handshake did not finish in {tmo:g}s",
+            f"{kind}-handshake-timeout",
+            f"the {self.which}'s {what} did not finish in {tmo:g}s",
             reset=True,
         )
 

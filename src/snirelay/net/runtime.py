@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from snirelay.balance import Balancer
-from snirelay.config.model import Config, Endpoint, Upstream
+from snirelay.config.model import Config, Endpoint, Transport, Upstream
 from snirelay.net.loop import Loop
 from snirelay.net.pump import HAVE_SPLICE, PipePool
 from snirelay.net.resolve import Resolver, literal
@@ -29,7 +29,17 @@ if TYPE_CHECKING:
 
 
 class UpstreamRT:
-    __slots__ = ("cfg", "place", "balancer", "through", "targets", "server_tls", "client_tls")
+    __slots__ = (
+        "cfg",
+        "place",
+        "balancer",
+        "through",
+        "targets",
+        "server_tls",
+        "client_tls",
+        "server_ws",
+        "client_ws",
+    )
 
     def __init__(
         self, cfg: Upstream, place: str = "default", *, where: str = "", warn: bool = False
@@ -51,6 +61,9 @@ class UpstreamRT:
         self.server_tls: ServerTLS | None = None
         self.client_tls: ClientTLS | None = None
         lt, rt = cfg.listen_transport, cfg.remote_transport
+        # WebSocket transports (net.ws): the transport itself carries host= and path=
+        self.server_ws: Transport | None = lt if lt is not None and lt.ws else None
+        self.client_ws: Transport | None = rt if rt is not None and rt.ws else None
         where = where or place
         if rt is not None and rt.tls:
             from snirelay.net.tlsconf import ClientTLS
@@ -63,9 +76,20 @@ class UpstreamRT:
                 lt,
                 f"{where}.listen_transport",
                 tickets=cfg.network.tls_session_tickets,
-                backend_alpn=self.client_tls.allowed if self.client_tls is not None else None,
+                # over TLS, a WebSocket upgrade is HTTP/1.1 whatever the backend speaks
+                backend_alpn=(
+                    self.client_tls.allowed
+                    if self.client_tls is not None and self.server_ws is None
+                    else None
+                ),
                 warn=warn,
             )
+
+    @property
+    def terminates(self) -> bool:
+        """The client's transport ends here (TLS, WebSocket): what it sends first is
+        its side's to read, not the backend's."""
+        return self.server_tls is not None or self.server_ws is not None
 
 
 def sniffs(ep: Endpoint) -> bool:

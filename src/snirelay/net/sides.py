@@ -34,7 +34,7 @@ from __future__ import annotations
 import _socket
 import socket
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
 _LINGER0 = struct.pack("ii", 1, 0)
 
@@ -51,6 +51,9 @@ class Handshake(Protocol):
 
 class Side(Protocol):
     raw: bool
+
+    @property
+    def tls(self) -> Any: ...  # the TLS side this side is or runs over (net.tls), or None
 
     @property
     def fd(self) -> int: ...
@@ -77,6 +80,7 @@ class RawSide(_socket.socket):
     __slots__ = ()
 
     raw = True
+    tls = None  # no TLS side underneath (a TlsSide is its own; a WsSide's may be one)
 
     @property
     def fd(self) -> int:

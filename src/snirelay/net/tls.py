@@ -58,6 +58,7 @@ class TlsSide:
     __slots__ = ("sock", "fd", "obj", "inc", "out", "backlog", "fin", "notify", "expect", "info")
 
     raw = False
+    kind = "tls"  # names the handshake in close reasons
 
     def __init__(
         self,
@@ -91,6 +92,10 @@ class TlsSide:
         self.notify = False  # close_notify wanted, waiting for the incoming side to drain
         if initial:
             inc.write(initial)
+
+    @property
+    def tls(self) -> TlsSide:
+        return self
 
     # ---- reading -------------------------------------------------------------------
     def recv(self, n: int, /) -> bytes:
@@ -237,6 +242,7 @@ class TlsSide:
 
 def quickack(side: object) -> None:
     """Send a pending (delayed) ACK on a TLS side's socket at once (TCP_QUICKACK)."""
+    side = getattr(side, "tls", None)
     if isinstance(side, TlsSide):
         try:
             side.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
@@ -244,10 +250,12 @@ def quickack(side: object) -> None:
             pass  # the peer is gone: the pump will say so
 
 
-def failure(which: str, exc: OSError, backend: object) -> tuple[str, str | None]:
-    """The record's close reason and hint for a failed handshake on side `which`."""
+def failure(which: str, exc: OSError, backend: object, kind: str = "tls") -> tuple[str, str | None]:
+    """The record's close reason and hint for a failed handshake on side `which`
+    (`kind`: the side's, "tls" or "ws"; TLS errors are named "tls" whatever runs over)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        sent = backend.obj.server_hostname if isinstance(backend, TlsSide) else None
+        tls = getattr(backend, "tls", None)
+        sent = tls.obj.server_hostname if isinstance(tls, TlsSide) else None
         return f"tls-{which}: certificate verify failed", (
             f"{exc.verify_message} (sent SNI: {sent or 'none'})"
         )
@@ -256,8 +264,8 @@ def failure(which: str, exc: OSError, backend: object) -> tuple[str, str | None]
     if isinstance(exc, ssl.SSLError):
         return f"tls-{which}: {(exc.reason or str(exc)).lower().replace('_', ' ')}", None
     if isinstance(exc, ConnectionAbortedError):
-        return f"tls-{which}: {exc}", None
-    return f"tls-{which}: {exc.strerror or exc}", None
+        return f"{kind}-{which}: {exc}", None
+    return f"{kind}-{which}: {exc.strerror or exc}", None
 
 
 class NameMismatch(OSError):
@@ -289,6 +297,7 @@ def describe_sides(client: object, backend: object) -> dict[str, object]:
     session was resumed."""
     out: dict[str, object] = {}
     for which, side in (("client", client), ("backend", backend)):
+        side = getattr(side, "tls", None)
         if not isinstance(side, TlsSide):
             continue
         version, cipher, alpn = side.info

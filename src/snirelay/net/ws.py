@@ -1,0 +1,336 @@
+"""WebSocket sides: one end of a connection carried in WebSocket binary frames (realm's
+`ws;host=H;path=P` transport), over a raw TCP side or a TLS side (wss).
+
+How it works
+------------
+A `WsSide` wraps an inner side (net.sides `RawSide` or net.tls `TlsSide`) and has the
+same `Side` interface, driven by the same readiness callbacks; the WebSocket protocol
+itself is wsproto's (sans-IO): the upgrade by its `H11Handshake` (h11 underneath),
+frames by its `FrameProtocol`. snirelay writes no framing of its own.
+
+- `step()` (the side's handshake, run by the connection's handshake phase): the inner
+  TLS handshake first when there is one, then the upgrade. Accepting, the request must
+  be a valid WebSocket upgrade whose `Host` is `host=` and whose target is `path=`,
+  both exactly (realm's rule); anything else is answered with an HTTP error (400 not
+  an upgrade or not HTTP, 404 another path, 403 another host) and fails the handshake
+  with `WsRefused`. Originating, the request carries `GET path` and `Host: host`; any
+  answer but 101 fails it.
+- `recv_into(buf)`: one read of the inner side, fed to the frame parser; the payload
+  of binary (and text) frames is the byte stream, delivered as it arrives, a frame
+  need not be whole (bounded memory: what one read decodes, at most). A ping is
+  answered with a pong. Client frames must be masked, as RFC 6455 says; realm's client
+  masks with a zero key, which is a masked frame like any other.
+- `send(data)`: at most `SEND_CHUNK` bytes as one binary frame; the frame bytes the
+  inner side did not take wait in one backlog (`unsent()`), flushed by `send(b"")`.
+- Half-close: `shutdown_write()` (the other side's TCP FIN) sends a Close frame and
+  nothing more in this direction; the other direction keeps flowing (RFC 6455 lets the
+  answering Close wait until the peer's own data is sent). A Close frame received, or
+  the transport's EOF without one (how realm ends a stream), is the end of the peer's
+  stream. Once both directions have ended, the inner side is shut down too (a FIN, or
+  close_notify then FIN under TLS). So between two snirelays, or snirelay and realm,
+  each direction ends on its own, and every byte arrives.
+
+wsproto's `FrameProtocol` is reached through `Connection._proto` (the established
+connection object keeps the bytes that followed the upgrade); wsproto's public
+`Connection` refuses to send data after a Close was received, which half-close needs.
+wsproto is pinned below 2 in pyproject.toml for that.
+
+Error handling: a malformed frame or a protocol violation raises `WsProtocolError` (an
+`OSError`: the pump's error path ends the connection with a reset) after a Close frame
+with the RFC's code is queued to the peer, best effort.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
+
+from snirelay.net.sides import DONE, WANT_READ, WANT_WRITE
+
+if TYPE_CHECKING:
+    from snirelay.config.model import Transport
+    from snirelay.net.sides import Handshake, Side
+
+RECV_CHUNK = 64 * 1024  # bytes read from the inner side per recv
+SEND_CHUNK = 64 * 1024  # payload per binary frame
+
+# One receive buffer for every WebSocket side of the process (a single-threaded loop):
+# its bytes are handed to the frame parser at once.
+_SCRATCH = memoryview(bytearray(RECV_CHUNK))
+_CONTROL = (Opcode.PING, Opcode.PONG, Opcode.CLOSE)
+
+
+class WsRefused(OSError):
+    """The upgrade failed: the peer's request or answer was not the one configured."""
+
+
+class WsProtocolError(OSError):
+    """The peer broke the WebSocket protocol after the upgrade."""
+
+
+class WsSide:
+    """A WebSocket end over `inner`, accepting (`server_side`) or originating."""
+
+    __slots__ = (
+        "inner",
+        "tls",
+        "fd",
+        "host",
+        "path",
+        "server",
+        "under",
+        "hs",
+        "started",
+        "proto",
+        "held",
+        "backlog",
+        "ended",
+        "closed_out",
+        "refusal",
+    )
+
+    raw = False
+    kind = "ws"
+
+    def __init__(
+        self, inner: Side, t: Transport, *, server_side: bool, initial: bytes | bytearray = b""
+    ) -> None:
+        """`t`: the transport (`host=`, `path=`); `initial`: bytes already read from the
+        client (the sniffed request head)."""
+        self.inner = inner
+        self.tls = getattr(inner, "tls", None)  # the TLS side underneath (wss), for records
+        self.fd = inner.fd
+        assert t.host is not None and t.path is not None
+        self.host, self.path = t.host, t.path
+        self.server = server_side
+        self.under: Handshake | None = inner.handshake()  # the inner TLS handshake, if any
+        self.hs: H11Handshake | None = H11Handshake(
+            ConnectionType.SERVER if server_side else ConnectionType.CLIENT
+        )
+        self.started = False  # originating: the request is queued
+        self.proto: FrameProtocol | None = None
+        self.held = bytearray()  # payload decoded and not yet delivered
+        self.backlog: memoryview | None = None  # frame bytes the inner side did not take
+        self.ended = False  # the peer's stream ended (its Close, or the transport's EOF)
+        self.closed_out = False  # our Close is queued: no data frame may follow
+        self.refusal: str | None = None  # accepting: why the upgrade was refused
+        if initial:
+            assert self.hs is not None
+            self._receive_upgrade(bytes(initial))
+
+    # ---- handshake -----------------------------------------------------------------
+    def handshake(self) -> WsSide:
+        return self
+
+    def step(self) -> int:
+        """Advance the inner TLS handshake, then the upgrade: DONE, or what to wait
+        for. Raises WsRefused (after writing the HTTP error when accepting), ssl.SSLError
+        from TLS underneath, or OSError."""
+        if self.under is not None:
+            want = self.under.step()
+            if want != DONE:
+                return want
+            self.under = None
+        hs = self.hs
+        assert hs is not None
+        if not self.server and not self.started:
+            self.started = True
+            self._queue(hs.send(Request(host=self.host, target=self.path)))
+        while True:
+            if self.refusal is not None:
+                self._flush()  # the error response, best effort
+                raise WsRefused(self.refusal)
+            if not self._flush():
+                return WANT_WRITE
+            if self.proto is not None:
+                self.hs = None
+                return DONE
+            try:
+                k = self.inner.recv_into(_SCRATCH)
+            except BlockingIOError:
+                return WANT_READ
+            if not k:
+                raise ConnectionAbortedError("the peer closed during the WebSocket upgrade")
+            self._receive_upgrade(bytes(_SCRATCH[:k]))
+
+    def _receive_upgrade(self, data: bytes) -> None:
+        hs = self.hs
+        assert hs is not None
+        try:
+            hs.receive_data(data)
+            events = list(hs.events())
+        except RemoteProtocolError as exc:
+            if self.server:
+                self._refuse(400, f"not a WebSocket upgrade: {exc}")
+                return
+            raise WsRefused(f"the remote's answer to the upgrade is not HTTP: {exc}") from None
+        for ev in events:
+            if isinstance(ev, Request):
+                if ev.target != self.path:
+                    self._refuse(
+                        404, f"the upgrade asked for path {ev.target!r}, not {self.path!r}"
+                    )
+                elif ev.host != self.host:
+                    self._refuse(403, f"the upgrade asked for host {ev.host!r}, not {self.host!r}")
+                else:
+                    self._queue(hs.send(AcceptConnection()))
+                    self._established(hs)
+                return
+            if isinstance(ev, AcceptConnection):
+                self._established(hs)
+                return
+            if isinstance(ev, RejectConnection):
+                raise WsRefused(f"the remote refused the upgrade: HTTP {ev.status_code}")
+
+    def _established(self, hs: H11Handshake) -> None:
+        conn: Any = hs.connection
+        self.proto = conn._proto  # holds any bytes that came after the upgrade
+
+    def _refuse(self, status: int, why: str) -> None:
+        """Queue an HTTP error response to the client and remember why."""
+        self.refusal = why
+        body = f"{why}\n".encode()
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        assert self.hs is not None
+        try:
+            data = self.hs.send(
+                RejectConnection(status_code=status, headers=headers, has_body=True)
+            )
+            data += self.hs.send(RejectData(data=body))
+        except Exception:  # h11 refused to answer a request it could not parse
+            reason = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found"}[status]
+            data = (
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+            )
+        self._queue(data)
+
+    # ---- reading -------------------------------------------------------------------
+    def recv(self, n: int, /) -> bytes:
+        buf = bytearray(n)
+        k = self.recv_into(memoryview(buf))
+        return bytes(buf[:k])
+
+    def recv_into(self, buf: memoryview, /) -> int:
+        held = self.held
+        while not held:
+            if self.ended:
+                return 0
+            k = self.inner.recv_into(_SCRATCH)  # BlockingIOError: nothing yet
+            if not k:
+                self._peer_ended()
+                return 0
+            self._frames(bytes(_SCRATCH[:k]))
+            if not held and not self.ended and not self.inner.buffered():
+                raise BlockingIOError("only control frames arrived")
+        n = min(len(buf), len(held))
+        buf[:n] = held[:n]
+        del held[:n]
+        return n
+
+    def _frames(self, data: bytes) -> None:
+        proto = self.proto
+        assert proto is not None
+        proto.receive_bytes(data)
+        try:
+            for frame in proto.received_frames():
+                op = frame.opcode
+                payload = frame.payload
+                if op not in _CONTROL:
+                    # text frames are passed on as their UTF-8 bytes
+                    self.held += payload.encode() if isinstance(payload, str) else payload  # type: ignore[arg-type]
+                elif op is Opcode.PING:
+                    if not self.closed_out:
+                        self._queue(proto.pong(payload))  # type: ignore[arg-type]
+                elif op is Opcode.CLOSE:
+                    self._peer_ended()
+                    break
+        except ParseFailed as exc:
+            if not self.closed_out:
+                self.closed_out = True
+                self._queue(proto.close(exc.code, str(exc)[:100]))
+            try:
+                self._flush()
+            except OSError:
+                pass
+            raise WsProtocolError(f"WebSocket: {exc}") from None
+        if self.backlog is not None:
+            self._flush()  # a pong
+
+    def _peer_ended(self) -> None:
+        self.ended = True
+        if self.closed_out:
+            self._finish()
+
+    def buffered(self) -> int:
+        """Decoded payload not yet delivered, the inner side's own, and an end of
+        stream still to report (a Close read behind data: no readiness event follows
+        it)."""
+        return len(self.held) + self.inner.buffered() + self.ended
+
+    # ---- writing -------------------------------------------------------------------
+    def send(self, data: memoryview | bytes, /) -> int:
+        if (self.backlog is not None or self.inner.unsent()) and not self._flush():
+            raise BlockingIOError("WebSocket backlog not written yet")
+        if not data:
+            return 0
+        proto = self.proto
+        assert proto is not None and not self.closed_out
+        chunk = bytes(data[:SEND_CHUNK])
+        self._queue(proto.send_data(chunk, True))
+        self._flush()
+        return len(chunk)
+
+    def unsent(self) -> int:
+        return (len(self.backlog) if self.backlog is not None else 0) + self.inner.unsent()
+
+    def _queue(self, data: bytes | bytearray) -> None:
+        if self.backlog is not None:
+            data = bytes(self.backlog) + data  # rare: a pong behind a blocked frame
+        self.backlog = memoryview(data)
+
+    def _flush(self) -> bool:
+        """Hand the backlog to the inner side; True when all of it (and the inner
+        side's own backlog) is on the socket."""
+        inner = self.inner
+        backlog = self.backlog
+        try:
+            while backlog is not None:
+                k = inner.send(backlog)
+                backlog = backlog[k:] if k < len(backlog) else None
+            self.backlog = None
+            if inner.unsent():
+                inner.send(b"")
+        except BlockingIOError:
+            self.backlog = backlog
+            return False
+        return not inner.unsent()
+
+    def shutdown_write(self) -> None:
+        """The end of this direction: a Close frame (see the module docstring)."""
+        if self.closed_out or self.proto is None:
+            return
+        self.closed_out = True
+        self._queue(self.proto.close(CloseReason.NORMAL_CLOSURE))
+        try:
+            self._flush()
+        except OSError:
+            pass  # the peer is gone already; reading from it will say so
+        if self.ended:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Both directions have ended: end the transport too, once the Close is out."""
+        try:
+            if self._flush():
+                self.inner.shutdown_write()
+        except OSError:
+            pass  # the peer is gone already
+
+    def close(self, reset: bool = False) -> None:
+        self.inner.close(reset)
