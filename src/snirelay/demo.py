@@ -15,8 +15,10 @@ How it works:
    thread and its event loop) until Ctrl-C, or for `--duration S` seconds.
 
 Ports: `--ports BASE` uses BASE (echo backend), BASE+1 (forward endpoint), BASE+2 (SNI
-endpoint), BASE+3..BASE+5 (TLS backends) and BASE+6 (the rewrite endpoint); without it
-every port is chosen by the kernel.
+endpoint), BASE+3..BASE+5 (TLS backends), BASE+6 (the rewrite endpoint) and BASE+7,
+BASE+8 (the WebSocket tunnel's entry and exit: plain TCP in, realm's `ws` transport
+between them, plain TCP out to the echo server); without it every port is chosen by
+the kernel.
 
 Resource handling: the backend thread is stopped and joined, and the temporary directory
 removed, however the relay returns (Ctrl-C, duration elapsed, error).
@@ -155,8 +157,6 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write(data)
             await writer.drain()
             data = await reader.read(65536)
-            writer.write(data)
-            await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
     except OSError:
@@ -278,12 +278,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _two_more_ports(taken: set[int]) -> tuple[int, int]:
+    out: list[int] = []
+    while len(out) < 2:
+        port = _free_port()
+        if port not in taken and port not in out:
+            out.append(port)
+    return out[0], out[1]
+
+
 def relay_config(
     forward_port: int,
     sni_port: int,
     ports: dict[str, int],
     rewrite_port: int | None = None,
     certs: Certs | None = None,
+    tunnel: tuple[int, int] | None = None,
 ) -> str:
     routes = "".join(
         f'  [[endpoints.routes]]\n  server_names = ["{name}"]\n'
@@ -300,6 +310,21 @@ def relay_config(
         f'  [[endpoints.routes]]\n  when = "no_sni"\n'
         f'  remote = "127.0.0.1:{ports[DEFAULT_NAME]}"\n'
         + (_rewrite(rewrite_port, ports, certs) if rewrite_port and certs else "")
+        + (_tunnel(*tunnel, ports["echo"]) if tunnel else "")
+    )
+
+
+TUNNEL_WS = "ws;host=tunnel.example.com;path=/tunnel"
+
+
+def _tunnel(entry: int, exit_: int, echo: int) -> str:
+    return (
+        "\n# A WebSocket tunnel (realm's ws transport): TCP in at the entry, WebSocket binary\n"
+        "# frames between entry and exit (what a CDN or an HTTP proxy would carry), TCP out\n"
+        f'[[endpoints]]\nlisten = "127.0.0.1:{entry}"\nremote = "127.0.0.1:{exit_}"\n'
+        f'remote_transport = "{TUNNEL_WS}"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{exit_}"\nremote = "127.0.0.1:{echo}"\n'
+        f'listen_transport = "{TUNNEL_WS}"\n'
     )
 
 
@@ -317,7 +342,12 @@ def _rewrite(port: int, ports: dict[str, int], certs: Certs) -> str:
 
 
 def instructions(
-    forward_port: int, sni_port: int, ca: Path, config: Path, rewrite_port: int
+    forward_port: int,
+    sni_port: int,
+    ca: Path,
+    config: Path,
+    rewrite_port: int,
+    tunnel: tuple[int, int] | None = None,
 ) -> str:
     emby, jellyfin = NAMES
     return f"""\
@@ -340,8 +370,45 @@ No SNI (connecting by IP) goes to the no_sni route; an unknown name is closed wi
   curl -k https://127.0.0.1:{sni_port}/
   openssl s_client -connect 127.0.0.1:{sni_port} -servername other.example.net </dev/null
 
-Running; Ctrl-C to stop.
+{_tunnel_lines(tunnel)}Running; Ctrl-C to stop.
 """
+
+
+def _tunnel_lines(tunnel: tuple[int, int] | None) -> str:
+    if tunnel is None:
+        return ""
+    entry, exit_ = tunnel
+    return f"""A WebSocket tunnel (127.0.0.1:{entry} -> ws frames -> 127.0.0.1:{exit_} -> the echo server):
+  curl http://127.0.0.1:{entry}/      (the echo comes back through both relays)
+
+"""
+
+
+def show_tunnel(port: int, timeout: float = 10) -> None:
+    """Once the relay listens, 64 KiB through the WebSocket tunnel and back, with a
+    half-close (bounded: gives up after `timeout` seconds)."""
+    import time
+
+    data = os.urandom(64 * 1024)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
+                c.sendall(data)
+                c.shutdown(socket.SHUT_WR)
+                back = b""
+                while chunk := c.recv(65536):
+                    back += chunk
+        except ConnectionRefusedError:
+            time.sleep(0.05)  # not listening yet
+            continue
+        except OSError as exc:
+            print(f"tunnel check failed: {exc}", flush=True)
+            return
+        verdict = "every byte back" if back == data else f"{len(back)} of {len(data)} bytes back"
+        print(f"tunnel check: 64 KiB in at 127.0.0.1:{port}, through ws, echoed: {verdict}")
+        return
+    print("tunnel check: the relay did not listen in time", flush=True)
 
 
 def show_rewrite(port: int, ca: Path, timeout: float = 10) -> None:
@@ -402,14 +469,14 @@ def main(argv: list[str]) -> int:
         type=int,
         default=0,
         metavar="BASE",
-        help="use ports BASE..BASE+6 (default: ports chosen by the system)",
+        help="use ports BASE..BASE+8 (default: ports chosen by the system)",
     )
     parser.add_argument(
         "--duration", type=float, default=0, metavar="S", help="stop after S seconds"
     )
     args = parser.parse_args(argv)
-    if args.ports and not 1 <= args.ports <= 65530:
-        parser.error("--ports: BASE must be between 1 and 65530")
+    if args.ports and not 1 <= args.ports <= 65527:
+        parser.error("--ports: BASE must be between 1 and 65527")
 
     with tempfile.TemporaryDirectory(prefix="snirelay-demo-") as tmp:
         directory = Path(tmp)
@@ -432,15 +499,23 @@ def main(argv: list[str]) -> int:
             rewrite_port = args.ports + 6 if args.ports else _free_port()
             while not args.ports and rewrite_port in (forward_port, sni_port):
                 rewrite_port = _free_port()
+            tunnel = (
+                (args.ports + 7, args.ports + 8)
+                if args.ports
+                else _two_more_ports({forward_port, sni_port, rewrite_port})
+            )
             config_path.write_text(
-                relay_config(forward_port, sni_port, backends.ports, rewrite_port, certs)
+                relay_config(forward_port, sni_port, backends.ports, rewrite_port, certs, tunnel)
             )
             print(
-                instructions(forward_port, sni_port, certs.ca, config_path, rewrite_port),
+                instructions(forward_port, sni_port, certs.ca, config_path, rewrite_port, tunnel),
                 flush=True,
             )
-            show = threading.Thread(target=show_rewrite, args=(rewrite_port, certs.ca), daemon=True)
-            show.start()
+            for check, check_args in (
+                (show_rewrite, (rewrite_port, certs.ca)),
+                (show_tunnel, (tunnel[0],)),
+            ):
+                threading.Thread(target=check, args=check_args, daemon=True).start()
             if args.duration > 0:
                 # SIGINT, as Ctrl-C would: the relay drains and returns.
                 timer = threading.Timer(args.duration, os.kill, (os.getpid(), signal.SIGINT))

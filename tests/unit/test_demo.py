@@ -39,13 +39,12 @@ def https_get(port: int, name: str | None, ca: Path) -> str:
     return body.decode()
 
 
-def _line_with(lines: queue.Queue[str], needle: str) -> str | None:
-    """The first queued line containing `needle` (others are dropped), or None yet."""
+def _line_with(lines: queue.Queue[str], needle: str, seen: list[str]) -> str | None:
+    """The first line containing `needle` among those printed so far (each queued line
+    is moved to `seen`), or None yet."""
     while not lines.empty():
-        line = lines.get_nowait()
-        if needle in line:
-            return line
-    return None
+        seen.append(lines.get_nowait())
+    return next((line for line in seen if needle in line), None)
 
 
 def echo(port: int, payload: bytes) -> bytes:
@@ -141,8 +140,16 @@ def test_demo_runs_and_serves(tmp_path: Path) -> None:
         want = f"name={NAMES[0]} sni={NAMES[0]}\n"
         assert https_get(rewrite, "127.0.0.1", ca) == want
         assert https_get(rewrite, "relay.example.com", ca) == want
-        shown = wait_until(lambda: _line_with(lines, "rewrite check:"), TIMEOUT, "rewrite check")
+        seen: list[str] = []
+        shown = wait_until(
+            lambda: _line_with(lines, "rewrite check:", seen), TIMEOUT, "rewrite check"
+        )
         assert f"backend answered: name={NAMES[0]} sni={NAMES[0]}" in shown, shown
+        # the WebSocket tunnel: 64 KiB in, through two relays and ws frames, echoed
+        tunnel = wait_until(
+            lambda: _line_with(lines, "tunnel check:", seen), TIMEOUT, "tunnel check"
+        )
+        assert tunnel.rstrip().endswith("echoed: every byte back"), tunnel
         assert proc.wait(timeout=TIMEOUT + 8) == 0, log_path.read_text()
         assert not ca.exists(), "demo left its temporary directory behind"
     finally:
