@@ -538,3 +538,33 @@ def test_a_ping_with_a_zero_masking_key_gets_a_pong_with_its_payload(tmp_path: P
         assert _read_binary(frames, 15) == b"before the ping"  # the tunnel is up
         frames.sock.sendall(_frame(0x9, b"are you there?"))
         assert frames.read() == (True, 0xA, b"are you there?")
+
+
+def _peak_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def test_one_huge_frame_streams_through_in_bounded_memory(tmp_path: Path) -> None:
+    """A single 128 MiB binary frame (masked with realm's zero key) is passed on as it
+    arrives: the relay's peak memory grows by far less than the frame."""
+    size = 128 << 20
+    with StreamServer(0, "after_eof", timeout=60) as backend:
+        config = endpoint(backend.port, f'listen_transport = "{WS}"')
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start()
+            assert relay.proc is not None
+            before = _peak_rss_kb(relay.proc.pid)
+            with socket.create_connection(("127.0.0.1", relay.port()), timeout=30) as c:
+                _upgrade(c)
+                c.sendall(struct.pack("!BBQ", 0x82, 0x80 | 127, size) + b"\0\0\0\0")
+                chunk, h = os.urandom(1 << 20), hashlib.sha256()
+                for _ in range(size // len(chunk)):
+                    c.sendall(chunk)
+                    h.update(chunk)
+                c.sendall(_frame(0x8, struct.pack("!H", 1000)))  # Close: the end of it
+                [srv] = backend.wait_results(1, timeout=60)
+            assert srv.error is None, repr(srv.error)
+            assert (srv.received, srv.received_sha) == (size, h.hexdigest())
+            grown = _peak_rss_kb(relay.proc.pid) - before
+            assert grown < 32 * 1024, f"peak memory grew by {grown} KB for a {size >> 20} MiB frame"
