@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -384,64 +384,63 @@ def _tunnel_lines(tunnel: tuple[int, int] | None) -> str:
 """
 
 
-def show_tunnel(port: int, timeout: float = 10) -> None:
-    """Once the relay listens, 64 KiB through the WebSocket tunnel and back, with a
-    half-close (bounded: gives up after `timeout` seconds)."""
+def _check_once(
+    port: int, what: str, attempt: Callable[[socket.socket], str], timeout: float
+) -> None:
+    """Once the relay listens on `port`, run `attempt` on one connection to it and print
+    its line (bounded: gives up after `timeout` seconds)."""
     import time
 
-    data = os.urandom(64 * 1024)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=timeout) as c:
-                c.sendall(data)
-                c.shutdown(socket.SHUT_WR)
-                back = b""
-                while chunk := c.recv(65536):
-                    back += chunk
+                line = attempt(c)
         except ConnectionRefusedError:
             time.sleep(0.05)  # not listening yet
             continue
-        except OSError as exc:
-            print(f"tunnel check failed: {exc}", flush=True)
+        except OSError as exc:  # ssl.SSLError included
+            print(f"{what} check failed: {exc}", flush=True)
             return
-        verdict = "every byte back" if back == data else f"{len(back)} of {len(data)} bytes back"
-        print(f"tunnel check: 64 KiB in at 127.0.0.1:{port}, through ws, echoed: {verdict}")
+        print(f"{what} check: {line}", flush=True)
         return
-    print("tunnel check: the relay did not listen in time", flush=True)
+    print(f"{what} check: the relay did not listen in time", flush=True)
+
+
+def _read_to_eof(sock: socket.socket | ssl.SSLSocket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def show_tunnel(port: int, timeout: float = 10) -> None:
+    """64 KiB through the WebSocket tunnel and back, with a half-close."""
+    data = os.urandom(64 * 1024)
+
+    def attempt(c: socket.socket) -> str:
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        back = _read_to_eof(c)
+        verdict = "every byte back" if back == data else f"{len(back)} of {len(data)} bytes back"
+        return f"64 KiB in at 127.0.0.1:{port}, through ws, echoed: {verdict}"
+
+    _check_once(port, "tunnel", attempt, timeout)
 
 
 def show_rewrite(port: int, ca: Path, timeout: float = 10) -> None:
-    """Once the relay listens, one request to the rewrite endpoint by IP, printed side
-    by side with what the backend saw (bounded: gives up after `timeout` seconds)."""
-    import time
-
+    """One request to the rewrite endpoint by IP, printed side by side with what the
+    backend saw."""
     ctx = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with (
-                socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-            ):
-                tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                data = b""
-                while chunk := tls.recv(4096):
-                    data += chunk
-        except ConnectionRefusedError:
-            time.sleep(0.05)  # not listening yet
-            continue
-        except (OSError, ssl.SSLError) as exc:
-            print(f"rewrite check failed: {exc}", flush=True)
-            return
+
+    def attempt(raw: socket.socket) -> str:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = _read_to_eof(tls)
         seen = data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
-        print(
-            f"rewrite check: client -> https://127.0.0.1:{port}/ (by IP, no SNI)"
-            f"  |  backend answered: {seen}",
-            flush=True,
-        )
-        return
-    print("rewrite check: the relay did not listen in time", flush=True)
+        return f"client -> https://127.0.0.1:{port}/ (by IP, no SNI)  |  backend answered: {seen}"
+
+    _check_once(port, "rewrite", attempt, timeout)
 
 
 def _run_relay(config_path: Path) -> int:

@@ -92,35 +92,16 @@ def _log_after(relay: RelayProcess, start: int) -> str:
 # -- 1, 2: the websockets client against a ws / wss listener ---------------------------------
 
 
-def test_a_websockets_client_reaches_a_tcp_backend_through_a_ws_listener(tmp_path: Path) -> None:
-    with EchoServer(timeout=30) as backend:
-        config = endpoint(backend.port, f'listen_transport = "{WS}"')
-        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
-            relay.start()
-            sent = _messages()
-            total = sum(map(len, sent))
-            sock = _ws_socket(relay.port())
-            # the URI's host and port make the Host header: HOST, port 80 (not written)
-            with ws_connect(f"ws://{HOST}{PATH}", sock=sock, open_timeout=10) as ws:
-                for msg in sent:
-                    ws.send(msg)
-                assert _recv_bytes(ws, total) == b"".join(sent)
-                ws.close()
-                # the relay answered our Close (after the backend's EOF)
-                assert ws.protocol.close_rcvd is not None, relay.log
-            [rec] = relay.wait_records(1)
-            assert rec["bytes_up"] == total and rec["bytes_down"] == total, rec
-
-
-@pytest.mark.parametrize("cert", ["trustme", "servername"])
-def test_a_websockets_client_reaches_a_tcp_backend_through_a_wss_listener(
-    tmp_path: Path, cert: str
+@pytest.mark.parametrize("listener", ["ws", "wss-trustme", "wss-servername"])
+def test_a_websockets_client_reaches_a_tcp_backend_through_a_ws_listener(
+    tmp_path: Path, listener: str
 ) -> None:
-    ca, crt, key = relay_cert(tmp_path)
-    if cert == "trustme":
+    listen, ctx = WS, None
+    if listener == "wss-trustme":
+        ca, crt, key = relay_cert(tmp_path)
         listen = f"{WS};tls;cert={crt};key={key}"
         ctx = ssl.create_default_context(cafile=str(ca))
-    else:  # a self-signed certificate for the name: checked below by its SAN
+    elif listener == "wss-servername":  # a self-signed certificate: checked by its SAN
         listen = f"{WS};tls;servername={HOST}"
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
@@ -132,20 +113,26 @@ def test_a_websockets_client_reaches_a_tcp_backend_through_a_wss_listener(
             sent = _messages()
             total = sum(map(len, sent))
             sock = _ws_socket(relay.port())
-            with ws_connect(f"wss://{HOST}{PATH}", sock=sock, ssl=ctx, open_timeout=10) as ws:
-                tls = ws.socket
-                assert isinstance(tls, ssl.SSLSocket)
-                der = tls.getpeercert(binary_form=True)
-                assert der is not None
-                names = (
-                    x509.load_der_x509_certificate(der)
-                    .extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                    .value.get_values_for_type(x509.DNSName)
-                )
-                assert HOST in names, names
+            # the URI's host and port make the Host header: HOST, default port (not written)
+            url = f"{'wss' if ctx else 'ws'}://{HOST}{PATH}"
+            with ws_connect(url, sock=sock, ssl=ctx, open_timeout=10) as ws:
+                if ctx is not None:
+                    tls = ws.socket
+                    assert isinstance(tls, ssl.SSLSocket)
+                    der = tls.getpeercert(binary_form=True)
+                    assert der is not None
+                    names = (
+                        x509.load_der_x509_certificate(der)
+                        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                        .value.get_values_for_type(x509.DNSName)
+                    )
+                    assert HOST in names, names
                 for msg in sent:
                     ws.send(msg)
                 assert _recv_bytes(ws, total) == b"".join(sent)
+                ws.close()
+                # the relay answered our Close (after the backend's EOF)
+                assert ws.protocol.close_rcvd is not None, relay.log
             [rec] = relay.wait_records(1)
             assert rec["bytes_up"] == total and rec["bytes_down"] == total, rec
 
