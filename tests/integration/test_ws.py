@@ -555,3 +555,25 @@ def test_one_huge_frame_streams_through_in_bounded_memory(tmp_path: Path) -> Non
             assert (srv.received, srv.received_sha) == (size, h.hexdigest())
             grown = _peak_rss_kb(relay.proc.pid) - before
             assert grown < 32 * 1024, f"peak memory grew by {grown} KB for a {size >> 20} MiB frame"
+
+
+def test_routes_by_host_each_with_its_own_ws_path(tmp_path: Path) -> None:
+    """One listener, plain HTTP routed by Host as for any request: each route accepts
+    the upgrade for its own host and path, and a client gets the route its Host names."""
+    with EchoServer(timeout=30) as a, EchoServer(timeout=30) as b:
+        routes = "".join(
+            f'[[endpoints.routes]]\nserver_names = ["{name}.example.com"]\n'
+            f'remote = "127.0.0.1:{srv.port}"\n'
+            f'listen_transport = "ws;host={name}.example.com;path=/{name}"\n'
+            for name, srv in (("a", a), ("b", b))
+        )
+        config = f'[[endpoints]]\nlisten = "127.0.0.1:0"\n{routes}'
+        with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+            relay.start()
+            sock = _ws_socket(relay.port())
+            with ws_connect("ws://b.example.com/b", sock=sock, open_timeout=10) as ws:
+                ws.send(b"to b")
+                assert _recv_bytes(ws, 4) == b"to b"
+            [rec] = relay.wait_records(1)
+            assert rec["route"] == "endpoints[0].routes[1]" and rec["kind"] == "http", rec
+            assert (a.connections, b.connections) == (0, 1)
