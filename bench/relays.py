@@ -14,6 +14,14 @@ how to start one instance (one worker / one thread) for a mode:
   (``routes`` is ``{server_name: port}`` with one entry: the backend's name, sent as SNI
   and verified against the run's CA).
 
+- ``tunnel``: two snirelays chained, client -> A -> B -> one backend port, each one
+  worker, on loopback. ``hop`` says what runs between A and B: ``tcp`` (two plain
+  endpoints) or ``ws`` (A ``remote_transport = TUNNEL_WS``, B ``listen_transport =
+  TUNNEL_WS``: the stream as WebSocket binary frames). Only the two chain relays have
+  this mode. They run as one process tree, like nginx's master and worker: ``sh``
+  starts B in the background and execs A, so B is A's child and the tree's CPU,
+  memory and descriptors (and the stop by process group) cover A and B together.
+
 sniproxy can only route (TLS or HTTP by name): it has ``sni`` and no ``forward``;
 sniproxy, socat and the direct path have neither TLS mode.
 Every relay runs in the foreground as our child, with a config written to the work
@@ -30,6 +38,7 @@ import os
 import pwd
 import re
 import resource
+import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -41,6 +50,8 @@ from common import LOOPBACK, free_port, run_text, start, wait_port, which
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 TLS_MODES = frozenset({"terminate", "reoriginate"})
+TUNNEL = "tunnel"  # two snirelays chained (see Relay.hop)
+TUNNEL_WS = "ws;host=tunnel.bench.test;path=/tunnel"  # the A -> B transport of the ws chain
 
 
 @dataclass
@@ -73,6 +84,7 @@ class Relay:
     tool: str | None = None  # executable to look for; None = always available
     kind: str = ""
     src: str = os.path.join(REPO, "src")  # snirelay kind only: the source tree to run
+    hop: str = ""  # mode tunnel only: "tcp" or "ws" between the two snirelays
 
     def __post_init__(self) -> None:
         if not self.kind:
@@ -131,10 +143,41 @@ class Relay:
             port = backend if isinstance(backend, int) else next(iter(backend.values()))
             return Instance(self, port, None)
         port = free_port()
-        argv = self.argv_for(mode, port, backend, workdir, tag)
+        inner = free_port() if mode == TUNNEL else None  # B's listen port
+        if inner is None:
+            argv = self.argv_for(mode, port, backend, workdir, tag)
+        else:
+            argv = self.chain_argv(port, inner, backend, workdir, tag)
         proc = start(argv, f"{workdir}/{self.file_tag}-{tag}.log", env=self.env())
+        if inner is not None:
+            wait_port(inner, timeout=20, proc=proc)
         wait_port(port, timeout=20, proc=proc)
         return Instance(self, port, proc)
+
+    def chain_argv(
+        self, port: int, inner: int, backend: int | Mapping[str, int], workdir: str, tag: str
+    ) -> list[str]:
+        """Two snirelays, A on ``port`` -> B on ``inner`` -> the backend (mode tunnel):
+        ``sh -c 'B & exec A'``, one log for both (level error)."""
+        if self.kind != "snirelay" or self.hop not in ("tcp", "ws"):
+            raise ValueError(f"{self.name}: mode {TUNNEL} not supported")
+        default = backend if isinstance(backend, int) else next(iter(backend.values()))
+        ws = self.hop == "ws"
+        argv = []
+        for side, listen, remote in (("b", inner, default), ("a", port, inner)):
+            conf = f"{workdir}/{self.file_tag}-{tag}-{side}.toml"
+            lines = [
+                '[log]\nlevel = "error"\n',
+                "[[endpoints]]",
+                f'listen = "{LOOPBACK}:{listen}"',
+                f'remote = "{LOOPBACK}:{remote}"',
+            ]
+            if ws:
+                key = "listen_transport" if side == "b" else "remote_transport"
+                lines.append(f'{key} = "{TUNNEL_WS}"')
+            _write(conf, "\n".join(lines) + "\n")
+            argv.append(shlex.join([sys.executable, "-m", "snirelay", "-c", conf]))
+        return ["/bin/sh", "-c", f"{argv[0]} & exec {argv[1]}"]
 
     @property
     def file_tag(self) -> str:
@@ -348,4 +391,18 @@ RELAYS: tuple[Relay, ...] = (
     Relay("nginx", "nginx stream (1 worker)", frozenset({"forward", "sni"}) | TLS_MODES, "nginx"),
     Relay("sniproxy", "sniproxy (SNI only)", frozenset({"sni"}), "sniproxy"),
     Relay("socat", "socat (fork per connection)", frozenset({"forward"}), "socat"),
+    Relay(
+        "chain-tcp",
+        "two snirelays, plain TCP between",
+        frozenset({TUNNEL}),
+        kind="snirelay",
+        hop="tcp",
+    ),
+    Relay(
+        "chain-ws",
+        "two snirelays, WebSocket between",
+        frozenset({TUNNEL}),
+        kind="snirelay",
+        hop="ws",
+    ),
 )

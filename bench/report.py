@@ -84,6 +84,20 @@ TLSTERM_MEM_COLS: tuple[tuple[str, str, str, str, int], ...] = (
 TLSTERM_TABLES = (TLSTERM_COLS, TLSTERM_REQ_COLS, TLSTERM_TPUT_COLS, TLSTERM_MEM_COLS)
 TLS_MODES = ("terminate", "reoriginate")
 RESUME = "tls_reorig_resume"  # a share per relay, shown plain (no ratios)
+# two snirelays chained (relays chain-tcp, chain-ws; mode tunnel): figures for A+B together
+TUNNEL = "tunnel"
+CHAINS = ("chain-tcp", "chain-ws")  # plain TCP between A and B, WebSocket between
+TUNNEL_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("tunnel_tput1", "gbit_s", "1 stream Gbit/s", "{:.2f}", 1),
+    ("tunnel_tput1", "cpu_s_per_gb", "A+B CPU s / GB", "{:.2f}", -1),
+    ("tunnel_connrate", "conn_s", "new conn/s", "{:,.0f}", 1),
+    ("tunnel_connrate", "p99_ms", "p99 ms", "{:.2f}", -1),
+    ("tunnel_connrate", "cpu_us_per_conn", "A+B CPU µs / new conn", "{:.0f}", -1),
+    ("tunnel_idle1000", "mem_mb", "A+B MB at 1,000 idle", "{:.1f}", -1),
+    ("tunnel_idle1000", "kb_per_conn", "A+B KB / idle conn", "{:.2f}", -1),
+    ("tunnel_idle1000", "fds_per_conn", "A+B fds / idle conn", "{:.1f}", -1),
+)
+WS_TPUT_TARGET = 0.7  # ws chain single-stream throughput over the plain chain's
 # relay CPU per unit of plain forwarding work, user and system apart
 CPU_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("connrate", "cpu_us_per_conn", "µs / new conn", "{:.0f}", -1),
@@ -200,10 +214,15 @@ def _table(
     if not relays:
         return ["(not measured in this run)"]
     modes = {res["scenarios"].get(c[0], {}).get("mode") for c in cols}
+    chain = TUNNEL in modes  # the chain relays show only in the tunnel tables
     relays = [  # keep the run's order; a relay that failed a check or is missing shows why
         r
         for r, info in res["relays"].items()
-        if r in relays or info.get("skipped") or modes & set(info.get("failed", {}))
+        if r in relays
+        or (
+            (info.get("skipped") or modes & set(info.get("failed", {})))
+            and (TUNNEL in info.get("modes", ())) == chain
+        )
     ]
     head = "| relay | " + " | ".join(c[2] for c in cols) + " |"
     lines = [head, "|" + "---|" * (len(cols) + 1)]
@@ -226,12 +245,14 @@ def _check_cell(info: dict[str, Any], name: str, mode: str) -> str:
             "sni": "n/a (no SNI routing)",
             "terminate": "n/a (no TLS termination)",
             "reoriginate": "n/a (no TLS re-origination)",
+            TUNNEL: "n/a (not a chain)",
         }[mode]
     checks = {
         "forward": ("integrity", "integrity_rev"),
         "sni": ("sni_check",),
         "terminate": ("tls_term_check",),
         "reoriginate": ("tls_reorig_check",),
+        TUNNEL: ("tunnel_check", "tunnel_check_rev"),
     }[mode]
     done = [c for c in checks if c in info.get("checked", [])]
     if len(done) == len(checks):
@@ -408,6 +429,54 @@ def _tls_term_section(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _tunnel_section(res: dict[str, Any]) -> list[str]:
+    """Two snirelays chained, plain TCP or WebSocket between them: rows and ws / plain."""
+    if not {c[0] for c in TUNNEL_COLS} & set(res["scenarios"]):
+        return []
+    plain, ws = CHAINS
+    out = [
+        "## WebSocket tunnel (two snirelays)",
+        "",
+        "Two snirelays chained on loopback, one worker each: client -> A -> B -> backend. Plain"
+        " chain: two plain TCP endpoints; ws chain: A has `remote_transport ="
+        ' "ws;host=tunnel.bench.test;path=/tunnel"` and B the same as `listen_transport`, so the'
+        " stream crosses from A to B as WebSocket binary frames. A and B run as one process"
+        " tree and every CPU, memory and descriptor figure is A and B together. 1 stream:"
+        " iperf3 `-t D` to the iperf3 backend; new conn/s: ab `-c 32 -t D` against the nginx"
+        " HTTP backend, a new connection (and, for ws, a new WebSocket upgrade from A to B) per"
+        " request; idle: 1,000 client connections that send nothing, A+B's RSS read once the"
+        " idle backend holds all 1,000, KB / idle conn = (that - before) / 1,000. Medians over"
+        " the rounds; the last row is the ws chain's median over the plain chain's (above 1 is"
+        " better for rates, below 1 for latency, CPU and memory).",
+        "",
+        "| chain | checks (byte-exact, half-close each way) | "
+        + " | ".join(c[2] for c in TUNNEL_COLS)
+        + " |",
+        "|" + "---|" * (len(TUNNEL_COLS) + 2),
+    ]
+    for name in (n for n in CHAINS if n in res["relays"]):
+        info = res["relays"][name]
+        if info.get("skipped"):
+            check = f"skipped: {info['skipped']}"
+        else:
+            check = _check_cell(info, name, TUNNEL)
+        cells = []
+        for scen, metric, _, fmt, _ in TUNNEL_COLS:
+            v = _median(res, scen, name, metric)
+            cells.append(_why_missing(res, scen, name) if v is None else fmt.format(v))
+        out.append(f"| {info['label']} | {check} | " + " | ".join(cells) + " |")
+    ratios = [_ratio(_median(res, s, ws, m), _median(res, s, plain, m)) for s, m, *_ in TUNNEL_COLS]
+    out += ["| **ws / plain** | | " + " | ".join(ratios) + " |", ""]
+    a, b = _median(res, "tunnel_tput1", ws, "gbit_s"), _median(res, "tunnel_tput1", plain, "gbit_s")
+    target = f"ws chain single-stream throughput >= {WS_TPUT_TARGET}x the plain chain's"
+    if a is None or not b:
+        out += [f"Target: {target}: not measured.", ""]
+    else:
+        met = "met" if a / b >= WS_TPUT_TARGET else "**not met**"
+        out += [f"Target: {target}: {a / b:.2f}, {met}.", ""]
+    return [*out, "Spread:", "", *_table(res, TUNNEL_COLS, spread=True), ""]
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     base = res.get("baseline")
@@ -481,6 +550,8 @@ def render(res: dict[str, Any]) -> str:
         "|---|---|" + "---|" * len(titles),
     ]
     for name, info in res["relays"].items():
+        if TUNNEL in info.get("modes", ()):
+            continue  # the chains' checks are in their own section
         if info.get("skipped"):
             rest = " | skipped" * (len(titles) - 1)
             out.append(f"| {info['label']} | — | skipped: {info['skipped']}{rest} |")
@@ -517,6 +588,7 @@ def render(res: dict[str, Any]) -> str:
         *_table(res, SNI_COLS, spread=True),
         "",
         *_tls_term_section(res),
+        *_tunnel_section(res),
         *_before_after(res),
         *_targets(res),
     ]

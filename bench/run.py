@@ -81,6 +81,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "tlsresume": ("tls_reorig_resume",),
     "tlstput": ("tls_term_tput1", "tls_reorig_tput1"),
     "tlsmem": ("tls_term_idle1000", "tls_reorig_idle1000"),
+    "ws": ("tunnel_tput1", "tunnel_connrate", "tunnel_idle1000"),
     "forward": ("tput1", "tput8", "connrate", "reqrate", "idle1000", "idle5000"),
 }
 

@@ -38,7 +38,7 @@ from backends import (
     Backends,
 )
 from common import LOOPBACK, BenchError, CpuMeter, tree_fds, tree_memory, which
-from relays import Instance
+from relays import TUNNEL, Instance
 
 
 @dataclass
@@ -481,6 +481,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         "sni_check", "SNI routing reaches each backend", "sni", "check", _https, _check_sni,
     ),
     Scenario(
+        "tunnel_check", "byte-exact 16 MiB + half-close through A and B", TUNNEL, "check",
+        lambda b: b.integrity.port if b.integrity else None, _check_integrity,
+    ),
+    Scenario(
+        "tunnel_check_rev", "backend half-closes first, through A and B", TUNNEL, "check",
+        lambda b: b.integrity.port if b.integrity else None, _check_reverse,
+    ),
+    Scenario(
         "tls_term_check", "TLS ended at the relay, plain HTTP backend answers", "terminate",
         "check", _term, _check_tls_relay(lambda: ["ok"]),
     ),
@@ -560,6 +568,22 @@ SCENARIOS: tuple[Scenario, ...] = (
         "tls_reorig_idle1000", "memory at 1,000 idle TLS conns, re-originated",
         "reoriginate", "load", _reorig_to(lambda b: b.idle_tls),
         _idle(1000, lambda b: b.idle_tls, tls=True), needs_relay_process=True,
+        metrics=("mem_mb", "kb_per_conn"),
+    ),
+    # two snirelays chained (relays chain-tcp, chain-ws): the loads above, through A and B
+    Scenario(
+        "tunnel_tput1", "1 stream through two snirelays", TUNNEL, "load",
+        lambda b: b.iperf_port, _iperf(1), ("iperf3",), needs_relay_process=True,
+        metrics=("gbit_s", "cpu_s_per_gb"),
+    ),
+    Scenario(
+        "tunnel_connrate", "new conn/s through two snirelays", TUNNEL, "load", _http, _ab,
+        ("ab",), needs_relay_process=True,
+        metrics=("conn_s", "p50_ms", "p99_ms", "cpu_us_per_conn"),
+    ),
+    Scenario(
+        "tunnel_idle1000", "memory of A+B at 1,000 idle conns", TUNNEL, "load",
+        lambda b: b.idle.port if b.idle else None, _idle(1000), needs_relay_process=True,
         metrics=("mem_mb", "kb_per_conn"),
     ),
 )  # fmt: skip
