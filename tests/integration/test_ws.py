@@ -36,7 +36,7 @@ from helpers.peers import EchoServer, StreamServer, duplex, recv_all
 from helpers.relay import RelayProcess, parse_text_record
 from helpers.wait import wait_until
 from integration.servers import Nginx, make_certs, nginx_available, pick_port
-from integration.test_tls import endpoint, relay_cert
+from integration.test_tls import _nginx_tls, endpoint, relay_cert
 
 pytestmark = pytest.mark.integration
 
@@ -577,3 +577,66 @@ def test_routes_by_host_each_with_its_own_ws_path(tmp_path: Path) -> None:
             [rec] = relay.wait_records(1)
             assert rec["route"] == "endpoints[0].routes[1]" and rec["kind"] == "http", rec
             assert (a.connections, b.connections) == (0, 1)
+
+
+def test_receive_ws_send_tls_the_backend_sees_its_name(tmp_path: Path) -> None:
+    """A mix: WebSocket in, TLS out. The relay accepts the websockets client's upgrade
+    and re-originates TLS with sni= to nginx, which answers the request carried in the
+    frames with the name it was asked for."""
+    reason = nginx_available()
+    if reason:
+        pytest.skip(reason)
+    nginx, port, ca = _nginx_tls(tmp_path, "")
+    config = endpoint(
+        port,
+        f'listen_transport = "{WS}"',
+        f'remote_transport = "tls;sni=emby.example.com;ca={ca}"',
+    )
+    with nginx, RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        sock = _ws_socket(relay.port())
+        with ws_connect(f"ws://{HOST}{PATH}", sock=sock, open_timeout=10) as ws:
+            ws.send(b"GET / HTTP/1.1\r\nHost: emby.example.com\r\nConnection: close\r\n\r\n")
+            answer = bytearray()
+            with contextlib.suppress(ConnectionClosed):
+                while b"\n" not in answer.partition(b"\r\n\r\n")[2]:
+                    msg = ws.recv(timeout=10)
+                    assert isinstance(msg, bytes)
+                    answer += msg
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b"sni=emby.example.com" in answer, answer
+        [rec] = relay.wait_records(1)
+        assert rec["client_ws"] == PATH and rec["upstream_sni"] == "emby.example.com", rec
+
+
+def test_receive_tls_send_ws_through_a_second_relay(tmp_path: Path) -> None:
+    """The other mix: TLS in (terminated at A), WebSocket from A to B, TCP out."""
+    ca, crt, key = relay_cert(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with EchoServer(timeout=30) as backend:
+        b_conf = endpoint(backend.port, f'listen_transport = "{WS}"')
+        with RelayProcess(config=b_conf, tmp_path=tmp_path / "b") as b:
+            b.start()
+            a_conf = endpoint(
+                b.port(),
+                f'listen_transport = "tls;cert={crt};key={key}"',
+                f'remote_transport = "{WS}"',
+            )
+            with RelayProcess(config=a_conf, tmp_path=tmp_path / "a") as a:
+                a.start()
+                ctx = ssl.create_default_context(cafile=str(ca))
+                payload = os.urandom(300_000)
+                with (
+                    socket.create_connection(("127.0.0.1", a.port()), timeout=10) as raw,
+                    ctx.wrap_socket(raw, server_hostname=HOST) as c,
+                ):
+                    c.sendall(payload)
+                    got = bytearray()
+                    while len(got) < len(payload):
+                        chunk = c.recv(65536)
+                        assert chunk, f"EOF after {len(got)} bytes"
+                        got += chunk
+                assert bytes(got) == payload
+                [rec] = a.wait_records(1)
+                assert rec["client_tls"] and rec["backend_ws"] == PATH, rec
