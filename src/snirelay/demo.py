@@ -278,13 +278,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _two_more_ports(taken: set[int]) -> tuple[int, int]:
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports the kernel gave as free just now."""
     out: list[int] = []
-    while len(out) < 2:
+    while len(out) < count:
         port = _free_port()
-        if port not in taken and port not in out:
+        if port not in out:
             out.append(port)
-    return out[0], out[1]
+    return out
 
 
 def relay_config(
@@ -488,21 +489,12 @@ def main(argv: list[str]) -> int:
             return 3
         timer: threading.Timer | None = None
         try:
-            if args.ports:
-                forward_port, sni_port = args.ports + 1, args.ports + 2
-            else:
-                forward_port, sni_port = _free_port(), _free_port()
-                while sni_port == forward_port:
-                    sni_port = _free_port()
+            # the relay's ports: forward, SNI, rewrite, the tunnel's entry and exit
+            base = args.ports
+            ports = [base + i for i in (1, 2, 6, 7, 8)] if base else _free_ports(5)
+            forward_port, sni_port, rewrite_port = ports[:3]
+            tunnel = (ports[3], ports[4])
             config_path = directory / "relay.toml"
-            rewrite_port = args.ports + 6 if args.ports else _free_port()
-            while not args.ports and rewrite_port in (forward_port, sni_port):
-                rewrite_port = _free_port()
-            tunnel = (
-                (args.ports + 7, args.ports + 8)
-                if args.ports
-                else _two_more_ports({forward_port, sni_port, rewrite_port})
-            )
             config_path.write_text(
                 relay_config(forward_port, sni_port, backends.ports, rewrite_port, certs, tunnel)
             )

@@ -344,7 +344,7 @@ def _drive(
     assert got == size, got
 
 
-def _nginx_tls(
+def nginx_https(
     tmp: Path, extra: str, leaf_name: str = "emby.example.com"
 ) -> tuple[Nginx, int, Path]:
     """A dedicated nginx https server for `leaf_name` (a fresh test CA), with `extra`
@@ -371,7 +371,7 @@ def test_alpn_agrees_end_to_end(tmp_path: Path, backend_h2: bool) -> None:
     toward curl what the backend chose: HTTP/2 end to end when nginx speaks it, HTTP/1.1
     when it does not."""
     ca, cert, key = relay_cert(tmp_path)
-    nginx, port, bca = _nginx_tls(tmp_path, " http2|" if backend_h2 else "|")
+    nginx, port, bca = nginx_https(tmp_path, " http2|" if backend_h2 else "|")
     config = endpoint(
         port,
         f'listen_transport = "tls;cert={cert};key={key}"',
@@ -392,7 +392,7 @@ def test_alpn_agrees_end_to_end(tmp_path: Path, backend_h2: bool) -> None:
 
 def test_mutual_tls_to_a_backend_that_requires_a_client_certificate(tmp_path: Path) -> None:
     ca, cert, key = relay_cert(tmp_path)
-    nginx, port, bca = _nginx_tls(
+    nginx, port, bca = nginx_https(
         tmp_path,
         f"|        ssl_verify_client on;\n        ssl_client_certificate {tmp_path}/certs/ca.pem;",
     )

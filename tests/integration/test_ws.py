@@ -36,7 +36,7 @@ from helpers.peers import EchoServer, StreamServer, duplex, recv_all
 from helpers.relay import RelayProcess, parse_text_record
 from helpers.wait import wait_until
 from integration.servers import Nginx, make_certs, nginx_available, pick_port
-from integration.test_tls import _nginx_tls, endpoint, relay_cert
+from integration.test_tls import endpoint, nginx_https, relay_cert
 
 pytestmark = pytest.mark.integration
 
@@ -235,6 +235,15 @@ def _transfer(port: int, server: StreamServer, up: int, timeout: float) -> None:
     )
 
 
+@contextlib.contextmanager
+def _relay(tmp: Path, name: str, remote: int, *lines: str) -> Iterator[RelayProcess]:
+    """One of the relays of a test with two (A and B), started, in its own directory."""
+    (tmp / name).mkdir()
+    with RelayProcess(config=endpoint(remote, *lines), tmp_path=tmp / name) as relay:
+        relay.start()
+        yield relay
+
+
 def _check_records(relays: tuple[RelayProcess, ...], up: int, down: int) -> None:
     for relay in relays:
         [rec] = relay.wait_records(1, timeout=30)
@@ -263,17 +272,13 @@ def test_relay_to_relay_over_ws_every_byte_both_ways_with_half_close(
     ca, crt, key = relay_cert(tmp_path)
     a_remote, b_listen = (s.format(ca=ca, crt=crt, key=key) for s in TUNNELS[tunnel])
     timeout = 60 if up < (64 << 20) else 300
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with StreamServer(down, "after_eof", timeout=timeout) as backend:
-        b_conf = endpoint(backend.port, f'listen_transport = "{b_listen}"')
-        with RelayProcess(config=b_conf, tmp_path=tmp_path / "b") as b:
-            b.start()
-            a_conf = endpoint(b.port(), f'remote_transport = "{a_remote}"')
-            with RelayProcess(config=a_conf, tmp_path=tmp_path / "a") as a:
-                a.start()
-                _transfer(a.port(), backend, up, timeout)
-                _check_records((a, b), up, down)
+    with (
+        StreamServer(down, "after_eof", timeout=timeout) as backend,
+        _relay(tmp_path, "b", backend.port, f'listen_transport = "{b_listen}"') as b,
+        _relay(tmp_path, "a", b.port(), f'remote_transport = "{a_remote}"') as a,
+    ):
+        _transfer(a.port(), backend, up, timeout)
+        _check_records((a, b), up, down)
 
 
 def _nginx_tunnel(tmp: Path, relay_b: int, tls: bool) -> tuple[Nginx, int, Path | None]:
@@ -319,27 +324,21 @@ def test_through_nginx_every_byte_both_ways_with_half_close(
     if reason:
         pytest.skip(reason)
     timeout = 60 if up < (64 << 20) else 300
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with StreamServer(down, "after_eof", timeout=timeout) as backend:
-        b_conf = endpoint(backend.port, f'listen_transport = "{WS}"')
-        with RelayProcess(config=b_conf, tmp_path=tmp_path / "b") as b:
-            b.start()
-            nginx, nport, ca = _nginx_tunnel(tmp_path, b.port(), tls)
-            a_remote = f"{WS};tls;sni={HOST};ca={ca}" if tls else WS
-            a_conf = endpoint(nport, f'remote_transport = "{a_remote}"')
-            with nginx, RelayProcess(config=a_conf, tmp_path=tmp_path / "a") as a:
-                a.start()
-                _transfer(a.port(), backend, up, timeout)
-                _check_records((a, b), up, down)
-                access = nginx.dir / "logs" / "access.log"
-                wait_until(
-                    lambda: f'"GET {PATH} HTTP/1.1" 101' in access.read_text(),
-                    10,
-                    lambda: (
-                        f"nginx did not log the upgrade:\n{access.read_text()}{nginx.error_log}"
-                    ),
-                )
+    with (
+        StreamServer(down, "after_eof", timeout=timeout) as backend,
+        _relay(tmp_path, "b", backend.port, f'listen_transport = "{WS}"') as b,
+    ):
+        nginx, nport, ca = _nginx_tunnel(tmp_path, b.port(), tls)
+        a_remote = f"{WS};tls;sni={HOST};ca={ca}" if tls else WS
+        with nginx, _relay(tmp_path, "a", nport, f'remote_transport = "{a_remote}"') as a:
+            _transfer(a.port(), backend, up, timeout)
+            _check_records((a, b), up, down)
+            access = nginx.dir / "logs" / "access.log"
+            wait_until(
+                lambda: f'"GET {PATH} HTTP/1.1" 101' in access.read_text(),
+                10,
+                lambda: f"nginx did not log the upgrade:\n{access.read_text()}{nginx.error_log}",
+            )
 
 
 # -- 6: refusals ----------------------------------------------------------------------------
@@ -586,7 +585,7 @@ def test_receive_ws_send_tls_the_backend_sees_its_name(tmp_path: Path) -> None:
     reason = nginx_available()
     if reason:
         pytest.skip(reason)
-    nginx, port, ca = _nginx_tls(tmp_path, "")
+    nginx, port, ca = nginx_https(tmp_path, "")
     config = endpoint(
         port,
         f'listen_transport = "{WS}"',
@@ -612,31 +611,24 @@ def test_receive_ws_send_tls_the_backend_sees_its_name(tmp_path: Path) -> None:
 def test_receive_tls_send_ws_through_a_second_relay(tmp_path: Path) -> None:
     """The other mix: TLS in (terminated at A), WebSocket from A to B, TCP out."""
     ca, crt, key = relay_cert(tmp_path)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with EchoServer(timeout=30) as backend:
-        b_conf = endpoint(backend.port, f'listen_transport = "{WS}"')
-        with RelayProcess(config=b_conf, tmp_path=tmp_path / "b") as b:
-            b.start()
-            a_conf = endpoint(
-                b.port(),
-                f'listen_transport = "tls;cert={crt};key={key}"',
-                f'remote_transport = "{WS}"',
-            )
-            with RelayProcess(config=a_conf, tmp_path=tmp_path / "a") as a:
-                a.start()
-                ctx = ssl.create_default_context(cafile=str(ca))
-                payload = os.urandom(300_000)
-                with (
-                    socket.create_connection(("127.0.0.1", a.port()), timeout=10) as raw,
-                    ctx.wrap_socket(raw, server_hostname=HOST) as c,
-                ):
-                    c.sendall(payload)
-                    got = bytearray()
-                    while len(got) < len(payload):
-                        chunk = c.recv(65536)
-                        assert chunk, f"EOF after {len(got)} bytes"
-                        got += chunk
-                assert bytes(got) == payload
-                [rec] = a.wait_records(1)
-                assert rec["client_tls"] and rec["backend_ws"] == PATH, rec
+    a_lines = (f'listen_transport = "tls;cert={crt};key={key}"', f'remote_transport = "{WS}"')
+    with (
+        EchoServer(timeout=30) as backend,
+        _relay(tmp_path, "b", backend.port, f'listen_transport = "{WS}"') as b,
+        _relay(tmp_path, "a", b.port(), *a_lines) as a,
+    ):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        payload = os.urandom(300_000)
+        with (
+            socket.create_connection(("127.0.0.1", a.port()), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=HOST) as c,
+        ):
+            c.sendall(payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = c.recv(65536)
+                assert chunk, f"EOF after {len(got)} bytes"
+                got += chunk
+        assert bytes(got) == payload
+        [rec] = a.wait_records(1)
+        assert rec["client_tls"] and rec["backend_ws"] == PATH, rec

@@ -274,8 +274,8 @@ class Connection:
         from snirelay.net.tls import TlsSide, failure
 
         side = self.client if which == "client" else self.backend
-        kind = getattr(side, "kind", "tls")
-        reason, hint = failure(which, exc, self.backend if which == "backend" else None, kind)
+        assert side is not None
+        reason, hint = failure(which, exc, self.backend if which == "backend" else None, side.kind)
         stls = self.upstream.server_tls
         if which == "backend" and stls is not None and isinstance(self.client, RawSide):
             refused = TlsSide(self.client, stls.refusing, server_side=True, initial=self.tls_in)
@@ -381,8 +381,8 @@ class Connection:
         self.up = self.down = None
 
     def _keep_session(self) -> None:
-        ctls, b = self.upstream.client_tls, self.backend
-        b = b.tls if b is not None else None
+        ctls = self.upstream.client_tls
+        b = self.backend.tls if self.backend is not None else None
         if ctls is not None and b is not None and b.info[0] is not None:
             ctls.finished(self.baddr, b.obj, b.info[0], self.ctx.poller.time())
 
@@ -416,8 +416,8 @@ class Connection:
 
             fields.update(describe_sides(self.client, self.backend))
             for which, side in (("client", self.client), ("backend", self.backend)):
-                if getattr(side, "kind", None) == "ws":
-                    fields[f"{which}_ws"] = side.path  # type: ignore[union-attr]
+                if side is not None and side.kind == "ws":
+                    fields[f"{which}_ws"] = side.path  # type: ignore[attr-defined]
         if self.ctx.worker:
             fields["worker"] = self.ctx.worker
         if self.failed_remotes:

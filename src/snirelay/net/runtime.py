@@ -64,6 +64,10 @@ class UpstreamRT:
         # WebSocket transports (net.ws): the transport itself carries host= and path=
         self.server_ws: Transport | None = lt if lt is not None and lt.ws else None
         self.client_ws: Transport | None = rt if rt is not None and rt.ws else None
+        if self.server_ws is not None or self.client_ws is not None:
+            # wsproto, h11 and websockets take ~60 ms to import: at start (before any
+            # fork), not inside the event loop at the first WebSocket connection
+            import snirelay.net.ws  # noqa: F401
         where = where or place
         if rt is not None and rt.tls:
             from snirelay.net.tlsconf import ClientTLS

@@ -51,6 +51,7 @@ class Handshake(Protocol):
 
 class Side(Protocol):
     raw: bool
+    kind: str  # "tcp", "tls", "ws": names the side's handshake in close reasons
 
     @property
     def tls(self) -> Any: ...  # the TLS side this side is or runs over (net.tls), or None
@@ -68,6 +69,21 @@ class Side(Protocol):
     def handshake(self) -> Handshake | None: ...
 
 
+class DecodingSide:
+    """What the sides that decode their bytes (TLS, WebSocket) share: `recv` by way of
+    their own `recv_into`."""
+
+    __slots__ = ()
+
+    def recv_into(self, buf: memoryview, /) -> int:
+        raise NotImplementedError
+
+    def recv(self, n: int, /) -> bytes:
+        buf = bytearray(n)
+        k = self.recv_into(memoryview(buf))
+        return bytes(buf[:k])
+
+
 class RawSide(_socket.socket):
     """A plain TCP socket that is its own side: `recv_into`/`send` are the socket's C
     methods, and an idle connection carries no extra object per end.
@@ -80,6 +96,7 @@ class RawSide(_socket.socket):
     __slots__ = ()
 
     raw = True
+    kind = "tcp"
     tls = None  # no TLS side underneath (a TlsSide is its own; a WsSide's may be one)
 
     @property

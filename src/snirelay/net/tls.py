@@ -41,7 +41,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from snirelay.net.sides import DONE, WANT_READ, WANT_WRITE, RawSide
+from snirelay.net.sides import DONE, WANT_READ, WANT_WRITE, DecodingSide, RawSide
 from snirelay.wire.names import is_ip
 
 RECV_CHUNK = 256 * 1024  # ciphertext read from the socket per recv (many records)
@@ -52,7 +52,7 @@ SEND_CHUNK = 64 * 1024  # plaintext encrypted per send (bounds the backlog)
 _SCRATCH = memoryview(bytearray(RECV_CHUNK))
 
 
-class TlsSide:
+class TlsSide(DecodingSide):
     """A TLS end over `sock`, with its own SSL object and BIOs made from `ctx`."""
 
     __slots__ = ("sock", "fd", "obj", "inc", "out", "backlog", "fin", "notify", "expect", "info")
@@ -98,11 +98,6 @@ class TlsSide:
         return self
 
     # ---- reading -------------------------------------------------------------------
-    def recv(self, n: int, /) -> bytes:
-        buf = bytearray(n)
-        k = self.recv_into(memoryview(buf))
-        return bytes(buf[:k])
-
     def recv_into(self, buf: memoryview, /) -> int:
         obj, inc = self.obj, self.inc
         if not inc.pending and not obj.pending():

@@ -60,7 +60,7 @@ from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFail
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
-from snirelay.net.sides import DONE, WANT_READ, WANT_WRITE
+from snirelay.net.sides import DONE, WANT_READ, WANT_WRITE, DecodingSide
 
 if TYPE_CHECKING:
     from snirelay.config.model import Transport
@@ -116,7 +116,7 @@ class WsProtocolError(OSError):
     """The peer broke the WebSocket protocol after the upgrade."""
 
 
-class WsSide:
+class WsSide(DecodingSide):
     """A WebSocket end over `inner`, accepting (`server_side`) or originating."""
 
     __slots__ = (
@@ -147,7 +147,7 @@ class WsSide:
         """`t`: the transport (`host=`, `path=`); `initial`: bytes already read from the
         client (the sniffed request head)."""
         self.inner = inner
-        self.tls = getattr(inner, "tls", None)  # the TLS side underneath (wss), for records
+        self.tls = inner.tls  # the TLS side underneath (wss), for records
         self.fd = inner.fd
         assert t.host is not None and t.path is not None
         self.host, self.path = t.host, t.path
@@ -244,25 +244,11 @@ class WsSide:
         body = f"{why}\n".encode()
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
         assert self.hs is not None
-        try:
-            data = self.hs.send(
-                RejectConnection(status_code=status, headers=headers, has_body=True)
-            )
-            data += self.hs.send(RejectData(data=body))
-        except Exception:  # h11 refused to answer a request it could not parse
-            reason = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found"}[status]
-            data = (
-                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
-            )
-        self._queue(data)
+        # h11 answers a request it could not parse too (its state allows the response)
+        data = self.hs.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+        self._queue(data + self.hs.send(RejectData(data=body)))
 
     # ---- reading -------------------------------------------------------------------
-    def recv(self, n: int, /) -> bytes:
-        buf = bytearray(n)
-        k = self.recv_into(memoryview(buf))
-        return bytes(buf[:k])
-
     def recv_into(self, buf: memoryview, /) -> int:
         held = self.held
         while not held:
