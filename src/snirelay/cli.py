@@ -2,9 +2,9 @@
 
 How it works
 ------------
-`main(argv)` looks at the first argument: ``convert``, ``hello`` and ``demo`` are
-subcommands (``hello`` and ``demo`` are imported lazily from their own modules and get
-the rest of the arguments); anything else is the relay itself, parsed with argparse
+`main(argv)` looks at the first argument: ``convert``, ``hello``, ``check``,
+``explain`` and ``demo`` are subcommands (all but ``convert`` are imported lazily from their own
+modules and get the rest of the arguments); anything else is the relay itself, parsed with argparse
 using realm's short and long flag names; the network flags (``-u``, ``--tcp-timeout``,
 ...) are made from the network option table (`config.network.FLAGS`). The flags fill a
 `CliOptions` (None = not given) and `load_config` merges them with the config file
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snirelay",
         description="A realm-compatible TCP/UDP relay that understands TLS server names.",
         epilog="subcommands: snirelay convert OLD.json [-t toml|json] [-o OUT] | "
-        "snirelay hello ... | snirelay demo ...",
+        "snirelay hello ... | snirelay check HOST:PORT ... | snirelay explain -c CONFIG | snirelay demo ...",
     )
     a = p.add_argument
     a("-c", "--config", metavar="PATH", help="TOML/JSON file or a directory of them")
@@ -138,7 +138,12 @@ def options_from(ns: argparse.Namespace) -> CliOptions:
     )
 
 
-_SUBCOMMANDS = {"hello": "snirelay.diagnose.hello", "demo": "snirelay.demo"}
+_SUBCOMMANDS = {
+    "hello": "snirelay.diagnose.hello",
+    "check": "snirelay.diagnose.check",
+    "explain": "snirelay.diagnose.explain",
+    "demo": "snirelay.demo",
+}
 
 
 def _run_subcommand(module: str, rest: list[str]) -> int:

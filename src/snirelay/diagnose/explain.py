@@ -1,0 +1,797 @@
+"""`snirelay explain -c CONFIG [--probe] [--timeout S] [--json]`: read a config as a
+reviewer would.
+
+How it works
+------------
+The config is loaded as the relay loads it (`load_config`), and every endpoint's
+runtime is built as the relay builds it before it listens (`net.runtime.EndpointRT`:
+certificate and key files, CA bundles), so a config `explain` accepts is one the relay
+starts with, and one it refuses is refused here with the same one-line error.
+
+Per endpoint, in plain words: the mode of its default route and of each route, the
+routing table in order, and for a client using each configured name, and for one
+connecting by IP (no SNI), the route the relay's own decision picks
+(`routing.decide`, the function the relay runs on every connection) and the SNI the
+backend then receives (`ClientTLS.server_hostname` when the relay re-originates, the
+client's own SNI when TLS passes through). Then the warnings (`review`), and for each
+route the client commands that test it through the relay.
+
+With `--probe`, each backend is probed as `snirelay check` probes (`diagnose.probe`)
+with the SNI the relay would send: a passthrough route's backend with each of the
+route's exact names (does its certificate cover it and verify against the system
+store, as the client will require?), a re-originating route's backend with the
+configured `sni=`, `ca=` and client certificate (does it verify as the relay will
+require?). What fails is a warning on that route.
+
+Warning codes (stable; docs/reference/explain.md): remote-ip-no-sni, insecure,
+route-shadowed, h2-coalescing, passthrough-overlaps-terminate, send-proxy,
+self-signed-listener, certificate-expiry, and probe-CODE for what a probe
+found (CODE as in `snirelay check`).
+
+Exit codes: 0 nothing to warn about, 1 warnings, 2 an invalid config, one the relay
+would refuse at start (`server.unsupported`), or a usage error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from snirelay.config.model import Addr, Config, ConfigError, Endpoint, Transport, Upstream
+from snirelay.routing import Decision, decide
+from snirelay.wire.names import certificate_covers, is_ip, normalize_name
+from snirelay.wire.sniff import Sniffed
+
+PROG = "snirelay explain"
+SAMPLE_LABEL = "any-name"  # stands for the left-most label a wildcard matches
+FORWARD_SNI = "forward: the relay does not read the bytes, the backend gets what the client sent"
+UNMATCHED = "unmatched.invalid"  # a name no route takes (RFC 6761 reserves .invalid)
+MAX_PROBED_NAMES = 8  # per route, with --probe
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _Usage(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog=PROG,
+        description="Say what a config does with each name and address, warn about what"
+        " will go wrong, and give the commands that test each route.",
+    )
+    p.add_argument("-c", "--config", metavar="CONFIG", required=True, help="file or directory")
+    p.add_argument("--probe", action="store_true", help="also probe each TLS backend")
+    p.add_argument("--timeout", metavar="S", type=float, default=5.0, help="per probe step")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    return p
+
+
+# -- the model of the explanation ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Note:
+    """One warning: `place` is the config path it is about."""
+
+    code: str
+    place: str
+    message: str
+    fix: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"code": self.code, "place": self.place, "message": self.message, "fix": self.fix}
+
+
+@dataclass
+class RouteView:
+    """A route (or an endpoint's default) as explained."""
+
+    place: str  # "endpoints[0].routes[1]", or the endpoint's place for its default
+    match: str  # "emby.example.com, *.example.com" / 'when = "no_sni"' / "default"
+    mode: str  # key: forward, passthrough, terminate, reoriginate, terminate+reoriginate, ws
+    words: str  # the mode in a sentence
+    remotes: list[str]
+    balance: str | None
+    certificate: list[str] | None  # names the relay's certificate covers (terminating)
+    commands: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NameView:
+    """Where a client using `name` goes (`name` None: a client by IP, sending no SNI)."""
+
+    name: str | None
+    route: str  # place, or "default"
+    closed: str | None  # the close reason when the relay closes instead
+    backend_sni: str | None
+    sni_why: str
+
+
+@dataclass
+class EndpointView:
+    place: str
+    listen: str
+    routes: list[RouteView]
+    names: list[NameView]
+
+
+# -- modes ---------------------------------------------------------------------------------
+
+
+def _side(t: Transport | None) -> str:
+    if t is None:
+        return "tcp"
+    if t.ws:
+        return "wss" if t.tls else "ws"
+    return "tls" if t.tls else "tcp"
+
+
+def mode_of(up: Upstream, routed: bool) -> tuple[str, str]:
+    """(key, sentence) for what the relay does on this route."""
+    client, backend = _side(up.listen_transport), _side(up.remote_transport)
+    if "ws" in client or "ws" in backend:
+        return "ws", (
+            f"WebSocket tunnel: accepts {client}, sends {backend} (realm's transports;"
+            " the bytes inside are relayed as they are)"
+        )
+    if client == "tcp" and backend == "tcp":
+        if routed:
+            return "passthrough", (
+                "passthrough routing: TLS stays end to end, the route is chosen by the SNI"
+                " (or the HTTP Host); the client sees the backend's certificate"
+            )
+        return "forward", "forward: bytes relayed untouched (realm)"
+    if client == "tls" and backend == "tls":
+        return "terminate+reoriginate", (
+            "terminate and re-originate (the SNI rewrite): the relay answers with its own"
+            " certificate and opens a new, verified TLS connection to the backend"
+        )
+    if client == "tls":
+        return "terminate", (
+            "terminate: the relay answers with its own certificate and sends plain bytes"
+            " to the backend"
+        )
+    return "reoriginate", (
+        "originate TLS: plain bytes from the client, a verified TLS connection to the backend"
+    )
+
+
+def _match(route_names: tuple[str, ...], when: str | None) -> str:
+    if when is not None:
+        return f'when = "{when}"'
+    return ", ".join(route_names)
+
+
+def _balance(up: Upstream) -> str | None:
+    if len(up.remotes) < 2:
+        return None
+    weights = ", ".join(str(w) for w in up.balance.weights)
+    return f"{up.balance.strategy}: {weights}"
+
+
+# -- the certificate the relay serves ------------------------------------------------------
+
+
+def served_names(rt: Any) -> list[tuple[str, str]] | None:
+    """The subjectAltName entries of the certificate a terminating upstream serves
+    (None when it does not terminate; [] when the file has none)."""
+    tls = rt.server_tls
+    if tls is None:
+        return None
+    from cryptography import x509
+
+    from snirelay.diagnose.probe import cert_sans
+
+    pem = tls.pem[0] if tls.pem is not None else _read(tls.cert)
+    try:
+        return cert_sans(x509.load_pem_x509_certificate(pem))
+    except ValueError:
+        return []
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _expiry(rt: Any, place: str, now: datetime.datetime) -> Note | None:
+    tls = rt.server_tls
+    if tls is None or tls.cert is None:
+        return None
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(_read(tls.cert))
+    except (OSError, ValueError):
+        return None
+    from snirelay.net.tlsconf import EXPIRY_WARNING_DAYS
+
+    left = cert.not_valid_after_utc - now
+    if left.days >= EXPIRY_WARNING_DAYS:
+        return None
+    when = f"expired {-left.days} day(s) ago" if left.total_seconds() <= 0 else (
+        f"expires in {left.days} day(s)"
+    )  # fmt: skip
+    return Note(
+        "certificate-expiry",
+        f"{place}.listen_transport",
+        f"the certificate {tls.cert} {when} ({cert.not_valid_after_utc:%Y-%m-%d})",
+        "renew it and reload the relay",
+    )
+
+
+# -- the decision for a name ---------------------------------------------------------------
+
+
+def _sniffed(name: str | None) -> Sniffed:
+    return Sniffed("tls", name, False, None, None)
+
+
+def sample(pattern: str) -> str | None:
+    """A name the `server_names` entry matches (None for a regex: no sample is made)."""
+    if pattern.startswith("~"):
+        return None
+    norm = normalize_name(pattern)
+    return f"{SAMPLE_LABEL}.{norm[2:]}" if norm.startswith("*.") else norm
+
+
+def backend_sni(rt: Any, up: Upstream, client_sni: str | None) -> tuple[str | None, str]:
+    """The SNI the backend receives, and why (words)."""
+    if rt.client_tls is not None:
+        remote = up.remotes[0].host if up.remotes else ""
+        sent = rt.client_tls.server_hostname(client_sni, remote)
+        t = up.remote_transport
+        assert t is not None
+        if t.sni == "$sni":
+            why = "sni=$sni: the client's own SNI"
+        elif t.sni is not None:
+            why = f"sni={t.sni}" + (" (an IP: no SNI, the IP is verified)" if is_ip(t.sni) else "")
+        elif client_sni is not None:
+            why = "no sni=: the client's SNI"
+        elif remote and not is_ip(remote):
+            why = "no sni=, no SNI from the client: the remote's name"
+        else:
+            why = "no sni=, no SNI from the client and the remote is an IP: none"
+        return sent, why
+    if rt.server_tls is not None or rt.server_ws is not None:
+        return None, "the relay terminates and sends plain bytes: no TLS to the backend"
+    if rt.client_ws is not None:
+        return None, "plain WebSocket to the backend: no TLS"
+    if client_sni is None:
+        return None, "passthrough: the client sent none"
+    return client_sni, "passthrough: what the client sent"
+
+
+def _where(ep: Endpoint, ert: Any, name: str | None) -> tuple[Decision, Upstream, Any]:
+    if ert.table is not None:
+        d = decide(ert.table, _sniffed(name), has_default=bool(ep.upstream.remotes))
+    else:
+        d = Decision(None, None, None, "unsniffed")
+    if d.route is None:
+        return d, ep.upstream, ert.default
+    return d, d.route.upstream, ert.routes[d.route.place]
+
+
+def name_view(ep: Endpoint, ert: Any, name: str | None, shown: str | None = None) -> NameView:
+    d, up, rt = _where(ep, ert, name)
+    sni, why = backend_sni(rt, up, name)
+    if d.close:
+        sni, why = None, d.hint or "closed"
+    if sni is not None and shown is not None and name is not None and sni == name:
+        sni = shown  # a wildcard's sample: the backend gets whatever name matched it
+    return NameView(shown or name, d.place, d.close, sni, why)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _client_host(listen: Addr) -> str:
+    """The address a test client on this machine uses for a listen address."""
+    if listen.host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if listen.host == "::":
+        return "::1"
+    return listen.host
+
+
+def commands(listen: Addr, view: RouteView, up: Upstream, names: list[str]) -> list[str]:
+    """Client commands that test one route through the relay."""
+    host = _client_host(listen)
+    bracket = f"[{host}]" if ":" in host else host
+    port = listen.port
+    lt = up.listen_transport
+    if lt is not None and lt.ws:
+        scheme = "https" if lt.tls else "http"
+        k = " -k" if lt.tls else ""
+        return [
+            f"curl -si{k} --max-time 5 -H 'Host: {lt.host}' -H 'Connection: Upgrade'"
+            " -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13'"
+            " -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='"
+            f" {scheme}://{bracket}:{port}{lt.path}   # expect 101"
+        ]
+    if view.mode == "forward":
+        return [f"nc -vz {host} {port}", f"snirelay check {bracket}:{port}"]
+    if view.match == 'when = "not_tls"':
+        return [f"curl -sv http://{bracket}:{port}/ -o /dev/null"]
+    out: list[str] = []
+    for name in names:
+        out += [
+            f"curl -sv --resolve {name}:{port}:{host} https://{name}:{port}/ -o /dev/null",
+            f"openssl s_client -connect {bracket}:{port} -servername {name} -brief </dev/null",
+            f"snirelay check {name}:{port} --connect {host}",
+        ]
+    if not names:
+        out += [
+            f"curl -sv https://{bracket}:{port}/ -o /dev/null",
+            f"openssl s_client -connect {bracket}:{port} -noservername -brief </dev/null",
+            f"snirelay check {bracket}:{port}",
+        ]
+    return out
+
+
+# -- the review ----------------------------------------------------------------------------
+
+
+def explain_endpoint(ep: Endpoint, ert: Any) -> EndpointView:
+    routed = bool(ep.routes)
+    views: list[RouteView] = []
+    for route in ep.routes:
+        rt = ert.routes[route.place]
+        key, words = mode_of(route.upstream, routed)
+        view = RouteView(
+            route.place,
+            _match(route.server_names, route.when),
+            key,
+            words,
+            [str(a) for a in route.upstream.remotes],
+            _balance(route.upstream),
+            _names_of(served_names(rt)),
+        )
+        names = [s for s in (sample(n) for n in route.server_names) if s is not None]
+        view.commands = commands(ep.listen, view, route.upstream, names)
+        views.append(view)
+    key, words = mode_of(ep.upstream, routed)
+    default = RouteView(
+        ep.place,
+        "default" + (f" ({', '.join(_default_takes(ert))})" if routed else ""),
+        key,
+        words,
+        [str(a) for a in ep.upstream.remotes],
+        _balance(ep.upstream),
+        _names_of(served_names(ert.default)),
+    )
+    takes_bare = ert.table is None or "no SNI" in default.match
+    default.commands = commands(ep.listen, default, ep.upstream, [] if takes_bare else [UNMATCHED])
+    views.append(default)
+    seen: list[NameView] = []
+    for route in ep.routes:
+        for pattern in route.server_names:
+            name = sample(pattern)
+            if name is None:
+                continue
+            seen.append(name_view(ep, ert, name, pattern))
+    if key == "forward":
+        seen.append(NameView(None, "default", None, None, FORWARD_SNI))
+    else:
+        seen.append(name_view(ep, ert, None))
+    return EndpointView(ep.place, str(ep.listen), views, seen)
+
+
+def _default_takes(ert: Any) -> list[str]:
+    """What reaches an endpoint's default route, besides names no route matches."""
+    table = ert.table
+    out = ["names no route matches"]
+    if table.pick(None, tls=True, name_is_ip=False) is None:
+        out.append("no SNI")
+    if table.pick("192.0.2.1", tls=True, name_is_ip=True) is None:
+        out.append("an IP as SNI")
+    if table.pick(None, tls=False, name_is_ip=False) is None:
+        out.append("not TLS")
+    return out
+
+
+def _names_of(sans: list[tuple[str, str]] | None) -> list[str] | None:
+    return None if sans is None else [v for _, v in sans]
+
+
+def review(config: Config, rts: list[Any], now: datetime.datetime) -> list[Note]:
+    """Every warning for the config, in config order."""
+    notes: list[Note] = []
+    for ep, ert in zip(config.endpoints, rts, strict=True):
+        ups = [(ep.place, ep.upstream, ert.default)] + [
+            (r.place, r.upstream, ert.routes[r.place]) for r in ep.routes
+        ]
+        for place, up, rt in ups:
+            notes += _upstream_notes(place, up, rt, now)
+        notes += _shadowed(ep, ert)
+        notes += _coalescing(ep, ert)
+        notes += _overlaps(ep, ert)
+    return notes
+
+
+def _upstream_notes(place: str, up: Upstream, rt: Any, now: datetime.datetime) -> list[Note]:
+    out: list[Note] = []
+    t = up.remote_transport
+    if t is not None and t.tls:
+        if t.sni is None and any(is_ip(a.host) for a in up.remotes):
+            out.append(
+                Note(
+                    "remote-ip-no-sni",
+                    f"{place}.remote_transport",
+                    "the remote is an IP address and there is no sni=: the backend gets the"
+                    " client's SNI, and none at all from clients that connect by IP (a"
+                    " backend with several names then sends its default certificate, or"
+                    " refuses), and its certificate is checked against that name or the IP",
+                    'add the backend\'s name: remote_transport = "tls;sni=NAME" (solution C)',
+                )
+            )
+        if t.insecure:
+            out.append(
+                Note(
+                    "insecure",
+                    f"{place}.remote_transport",
+                    "insecure: the backend's certificate is not verified, so anything on"
+                    " the path to it can pose as the backend",
+                    "verify it: ca=FILE for a private CA, or nothing for a public one",
+                )
+            )
+    lt = up.listen_transport
+    if lt is not None and lt.tls and lt.servername is not None:
+        out.append(
+            Note(
+                "self-signed-listener",
+                f"{place}.listen_transport",
+                f"servername={lt.servername}: a self-signed certificate is made at start;"
+                " clients refuse it unless told to trust it",
+                "give cert=FILE;key=FILE from a CA the clients trust (solution B)",
+            )
+        )
+    expiry = _expiry(rt, place, now)
+    if expiry is not None:
+        out.append(expiry)
+    if up.network.send_proxy:
+        out.append(
+            Note(
+                "send-proxy",
+                f"{place}.network.send_proxy",
+                f"the backend receives a PROXY protocol v{up.network.send_proxy_version}"
+                " header before the client's bytes: it must expect it, or it sees garbage"
+                " (a TLS backend then fails every handshake)",
+                "enable it on the backend (nginx: listen ... proxy_protocol; HAProxy:"
+                " accept-proxy), or remove send_proxy",
+            )
+        )
+    return out
+
+
+def _shadowed(ep: Endpoint, ert: Any) -> list[Note]:
+    """Routes (or names of routes) that an earlier route always takes first."""
+    if ert.table is None:
+        return []
+    out: list[Note] = []
+    index = {r.place: i for i, r in enumerate(ep.routes)}
+    seen_when: dict[str, str] = {}
+    for i, route in enumerate(ep.routes):
+        if route.when is not None:
+            if route.when in seen_when:
+                out.append(
+                    Note(
+                        "route-shadowed",
+                        route.place,
+                        f'when = "{route.when}" is already taken by {seen_when[route.when]}:'
+                        " this route is never chosen for it",
+                        "remove one of them, or merge them",
+                    )
+                )
+            else:
+                seen_when[route.when] = route.place
+        taken: list[str] = []
+        for pattern in route.server_names:
+            earlier = _earlier(ep, ert, pattern, i, index)
+            if earlier is not None:
+                taken.append(f"{pattern} (by {earlier})")
+        if taken and len(taken) == len(route.server_names) and route.when is None:
+            out.append(
+                Note(
+                    "route-shadowed",
+                    route.place,
+                    "every name of this route is taken by an earlier route, so it is never"
+                    f" chosen: {', '.join(taken)}",
+                    "move it before the route that takes its names, or remove it",
+                )
+            )
+        elif taken:
+            out.append(
+                Note(
+                    "route-shadowed",
+                    route.place,
+                    f"an earlier route takes some of its names: {', '.join(taken)}",
+                    "move it before the route that takes them, or remove those names",
+                )
+            )
+    return out
+
+
+def _earlier(ep: Endpoint, ert: Any, pattern: str, i: int, index: dict[str, int]) -> str | None:
+    """The earlier route that takes the names of `pattern` (route i's), or None."""
+    if pattern.startswith("~"):
+        for route in ep.routes[:i]:
+            if pattern in route.server_names:
+                return route.place
+        return None
+    name = sample(pattern)
+    assert name is not None
+    picked = ert.table.pick(name, tls=True, name_is_ip=False)
+    if picked is None or index[picked.place] >= i:
+        return None
+    if pattern.startswith("*.") and not any(p.startswith(("*.", "~")) for p in picked.server_names):
+        return None  # an exact name that happens to be the sample: not the whole wildcard
+    return str(picked.place)
+
+
+def _terminating(ep: Endpoint, ert: Any) -> list[tuple[str, Upstream, list[tuple[str, str]]]]:
+    out = []
+    for route in ep.routes:
+        sans = served_names(ert.routes[route.place])
+        if sans is not None:
+            out.append((route.place, route.upstream, sans))
+    sans = served_names(ert.default)
+    if sans is not None:
+        out.append((ep.place, ep.upstream, sans))
+    return out
+
+
+def _route_names(ep: Endpoint, place: str) -> tuple[str, ...]:
+    for route in ep.routes:
+        if route.place == place:
+            return route.server_names
+    return ()
+
+
+def _coalescing(ep: Endpoint, ert: Any) -> list[Note]:
+    """A certificate served on one terminating route that also covers the names of
+    another terminating route with different backends: a browser that has an HTTP/2
+    connection for one name reuses it for the other (RFC 7540 §9.1.1), and the relay,
+    which routes per connection, sends those requests to the first route's backend."""
+    out: list[Note] = []
+    terms = _terminating(ep, ert)
+    for place, up, sans in terms:
+        if not any(v.startswith("*.") for k, v in sans if k == "DNS"):
+            continue
+        for other, oup, _ in terms:
+            if other == place or oup.remotes == up.remotes:
+                continue
+            hit = [
+                n
+                for n in (sample(p) for p in _route_names(ep, other))
+                if n is not None and certificate_covers(sans, n)
+            ]
+            if hit:
+                shown = ", ".join(h.replace(SAMPLE_LABEL, "*") for h in hit)
+                out.append(
+                    Note(
+                        "h2-coalescing",
+                        place,
+                        f"its wildcard certificate also covers {shown} of {other}, which goes"
+                        " to other backends: a browser with an HTTP/2 connection for one name"
+                        " reuses it for the other, and the relay (routing per connection)"
+                        " sends those requests to this route's backend",
+                        "give each route a certificate for its own names only, or offer only"
+                        " alpn=http/1.1 on these listen transports",
+                    )
+                )
+    return out
+
+
+def _overlaps(ep: Endpoint, ert: Any) -> list[Note]:
+    """A passthrough route for names the endpoint also terminates: whether the relay's
+    certificate or the backend's reaches a client depends on the route order."""
+    out: list[Note] = []
+    terms = _terminating(ep, ert)
+    for route in ep.routes:
+        rt = ert.routes[route.place]
+        if rt.server_tls is not None or rt.server_ws is not None or route.when is not None:
+            continue
+        for place, _, sans in terms:
+            hit = [
+                p
+                for p in route.server_names
+                if (n := sample(p)) is not None and certificate_covers(sans, n)
+            ]
+            if hit:
+                out.append(
+                    Note(
+                        "passthrough-overlaps-terminate",
+                        route.place,
+                        f"passes {', '.join(hit)} through untouched, while {place} terminates"
+                        " with a certificate that covers them too: clients of these names get"
+                        " the backend's certificate, clients of the others the relay's",
+                        "check that this is meant (the route order decides), or terminate"
+                        " these names as well",
+                    )
+                )
+    return out
+
+
+# -- probing -------------------------------------------------------------------------------
+
+
+def probe_notes(config: Config, rts: list[Any], timeout: float) -> list[Note]:
+    """--probe: the backends, checked with the SNI the relay would send."""
+    import datetime as dt
+
+    from snirelay.diagnose.findings import Target, findings
+    from snirelay.diagnose.probe import contexts, probe
+
+    now = dt.datetime.now(dt.UTC)
+    out: list[Note] = []
+    for ep, ert in zip(config.endpoints, rts, strict=True):
+        ups = [(ep.place, (), ep.upstream, ert.default)] + [
+            (r.place, r.server_names, r.upstream, ert.routes[r.place]) for r in ep.routes
+        ]
+        for place, patterns, up, rt in ups:
+            if not up.remotes:
+                continue
+            remote = up.remotes[0]
+            t = up.remote_transport
+            if rt.client_tls is not None and t is not None:
+                if t.insecure:
+                    continue
+                sni = rt.client_tls.server_hostname(None, remote.host)
+                names = [s for s in (sample(p) for p in patterns) if s] if t.sni == "$sni" else []
+                ctx = rt.client_tls.context(t.alpn)
+                jobs = [(n, t.ca) for n in names[:MAX_PROBED_NAMES]] or [(sni, t.ca)]
+                what = "re-originating"
+            elif rt.client_ws is None and rt.server_tls is None and rt.server_ws is None:
+                exact = [p for p in patterns if not p.startswith(("~", "*."))]
+                if not exact:
+                    continue  # not known to be TLS, or no name to ask for
+                jobs = [(n, None) for n in exact[:MAX_PROBED_NAMES]]
+                ctx = None
+                what = "passthrough"
+            else:
+                continue
+            for name, ca in jobs:
+                ctxs = contexts(ca, ())
+                if ctx is not None:
+                    ctxs = (ctx, ctxs[1])
+                target = Target(remote.host, remote.port, name, ca=ca)
+                p = probe("sni", remote.host, remote.port, sni=name, connect=None, ctxs=ctxs,
+                          timeout=timeout)  # fmt: skip
+                for f in findings(target, [p], now):
+                    out.append(
+                        Note(
+                            f"probe-{f.code}",
+                            place,
+                            f"{what} backend {remote} with SNI {name or 'none'}: {f.message}",
+                            f"{f.fix} (confirm: {f.confirm})",
+                        )
+                    )
+    return out
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def as_document(views: list[EndpointView], notes: list[Note]) -> dict[str, Any]:
+    return {
+        "endpoints": [
+            {
+                "place": v.place,
+                "listen": v.listen,
+                "routes": [
+                    {
+                        "place": r.place,
+                        "match": r.match,
+                        "mode": r.mode,
+                        "description": r.words,
+                        "remotes": r.remotes,
+                        "balance": r.balance,
+                        "certificate": r.certificate,
+                        "commands": r.commands,
+                    }
+                    for r in v.routes
+                ],
+                "names": [
+                    {
+                        "name": n.name,
+                        "route": n.route,
+                        "closed": n.closed,
+                        "backend_sni": n.backend_sni,
+                        "why": n.sni_why,
+                    }
+                    for n in v.names
+                ],
+            }
+            for v in views
+        ],
+        "warnings": [n.as_json() for n in notes],
+    }
+
+
+def render(views: list[EndpointView], notes: list[Note]) -> str:
+    lines: list[str] = []
+    for v in views:
+        lines.append(f"{v.place}: listen {v.listen}")
+        lines.append("  routes, in order:")
+        for i, r in enumerate(v.routes, 1):
+            to = ", ".join(r.remotes) or "nowhere (closed)"
+            bal = f" ({r.balance})" if r.balance else ""
+            label = r.place if r.match.startswith("default") else f"{r.place}  {r.match}"
+            lines.append(f"    {i}. {label}")
+            if r.match.startswith("default"):
+                lines.append(f"       {r.match}")
+            lines.append(f"       -> {to}{bal}")
+            lines.append(f"       {r.words}")
+            if r.certificate is not None:
+                lines.append(f"       the relay's certificate covers: {', '.join(r.certificate)}")
+            for c in r.commands:
+                lines.append(f"       try: {c}")
+        lines.append("  a client that uses:")
+        for n in v.names:
+            who = n.name or "no name (connects by IP, sends no SNI)"
+            if n.closed:
+                lines.append(f"    {who}: closed ({n.closed}): {n.sni_why}")
+                continue
+            if n.sni_why == FORWARD_SNI:
+                lines.append(f"    any client: {n.route}; {n.sni_why}")
+                continue
+            sni = n.backend_sni or "none"
+            lines.append(f"    {who}: {n.route}; the backend gets SNI {sni} ({n.sni_why})")
+        lines.append("")
+    if not notes:
+        lines.append("nothing to warn about")
+    for note in notes:
+        lines.append(f"warning [{note.code}] {note.place}: {note.message}")
+        lines.append(f"  fix: {note.fix}")
+    lines.append(f"{len(notes)} warning(s)")
+    return "\n".join(lines) + "\n"
+
+
+def load(path: str) -> tuple[Config, list[Any]]:
+    """The config and its endpoints' runtimes, as the relay builds them (ConfigError)."""
+    from snirelay.config.load import load_config
+    from snirelay.net.runtime import EndpointRT
+
+    config = load_config(path)
+    return config, [EndpointRT(ep) for ep in config.endpoints]
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if not args.timeout > 0:
+            raise _Usage("--timeout: seconds, more than 0")
+    except _Usage as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    try:
+        config, rts = load(args.config)
+    except (ConfigError, ValueError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    from snirelay.server import unsupported
+
+    missing = unsupported(config)  # the relay refuses these at start: so does explain
+    if missing is not None:
+        print(f"{PROG}: {missing}", file=sys.stderr)
+        return 2
+    now = datetime.datetime.now(datetime.UTC)
+    views = [explain_endpoint(ep, ert) for ep, ert in zip(config.endpoints, rts, strict=True)]
+    notes = review(config, rts, now)
+    if args.probe:
+        notes += probe_notes(config, rts, args.timeout)
+    if args.json:
+        print(json.dumps(as_document(views, notes), indent=2))
+    else:
+        sys.stdout.write(render(views, notes))
+    return 1 if notes else 0
