@@ -211,7 +211,7 @@ def as_document(
     }
 
 
-def _wrap(text: str, indent: str) -> list[str]:
+def wrap(text: str, indent: str) -> list[str]:
     """Words at most WIDTH wide, continued with `indent`."""
     return textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_on_hyphens=False,
                          break_long_words=False)  # fmt: skip
@@ -273,8 +273,8 @@ def render(
     if not found:
         lines.append("no problems found")
     for f in found:
-        lines += _wrap(f"{f.severity} [{f.code}] {f.message}", "  ")
-        lines += _wrap(f"  fix: {f.fix}", "    ")
+        lines += wrap(f"{f.severity} [{f.code}] {f.message}", "  ")
+        lines += wrap(f"  fix: {f.fix}", "    ")
         lines.append(f"  confirm: {f.confirm}")  # a command: not wrapped, to copy it whole
     errors = sum(f.severity == "error" for f in found)
     lines.append(f"{errors} error(s), {len(found) - errors} warning(s)")

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snirelay.config.model import Addr, Config, ConfigError, Endpoint, Transport, Upstream
+from snirelay.diagnose.check import wrap
 from snirelay.routing import Decision, decide
 from snirelay.wire.names import certificate_covers, is_ip, normalize_name
 from snirelay.wire.sniff import Sniffed
@@ -479,27 +480,13 @@ def _shadowed(ep: Endpoint, ert: Any) -> list[Note]:
         return []
     out: list[Note] = []
     index = {r.place: i for i, r in enumerate(ep.routes)}
-    seen_when: dict[str, str] = {}
-    for i, route in enumerate(ep.routes):
-        if route.when is not None:
-            if route.when in seen_when:
-                out.append(
-                    Note(
-                        "route-shadowed",
-                        route.place,
-                        f'when = "{route.when}" is already taken by {seen_when[route.when]}:'
-                        " this route is never chosen for it",
-                        "remove one of them, or merge them",
-                    )
-                )
-            else:
-                seen_when[route.when] = route.place
+    for i, route in enumerate(ep.routes):  # (a repeated name or `when` is a config error)
         taken: list[str] = []
         for pattern in route.server_names:
             earlier = _earlier(ep, ert, pattern, i, index)
             if earlier is not None:
                 taken.append(f"{pattern} (by {earlier})")
-        if taken and len(taken) == len(route.server_names) and route.when is None:
+        if taken and len(taken) == len(route.server_names):
             out.append(
                 Note(
                     "route-shadowed",
@@ -731,7 +718,7 @@ def render(views: list[EndpointView], notes: list[Note]) -> str:
             if r.match.startswith("default"):
                 lines.append(f"       {r.match}")
             lines.append(f"       -> {to}{bal}")
-            lines.append(f"       {r.words}")
+            lines += wrap(f"       {r.words}", "       ")
             if r.certificate is not None:
                 lines.append(f"       the relay's certificate covers: {', '.join(r.certificate)}")
             for c in r.commands:
@@ -746,13 +733,15 @@ def render(views: list[EndpointView], notes: list[Note]) -> str:
                 lines.append(f"    any client: {n.route}; {n.sni_why}")
                 continue
             sni = n.backend_sni or "none"
-            lines.append(f"    {who}: {n.route}; the backend gets SNI {sni} ({n.sni_why})")
+            lines += wrap(
+                f"    {who}: {n.route}; the backend gets SNI {sni} ({n.sni_why})", "      "
+            )
         lines.append("")
     if not notes:
         lines.append("nothing to warn about")
     for note in notes:
-        lines.append(f"warning [{note.code}] {note.place}: {note.message}")
-        lines.append(f"  fix: {note.fix}")
+        lines += wrap(f"warning [{note.code}] {note.place}: {note.message}", "  ")
+        lines += wrap(f"  fix: {note.fix}", "    ")
     lines.append(f"{len(notes)} warning(s)")
     return "\n".join(lines) + "\n"
 

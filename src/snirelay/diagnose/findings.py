@@ -291,8 +291,8 @@ def _chain_finding(p: Probe, t: Target, severity: str, subject: str) -> Finding 
     assert leaf is not None
     store = f"the CA file {t.ca}" if t.ca else "the system store"
     trust = (
-        f"or trust it explicitly: clients with --cacert, the relay with ca= in"
-        f' remote_transport ("tls;sni={p.sni or "NAME"};ca=FILE")'
+        "clients with --cacert FILE (curl) or their own trust store, the relay with ca=FILE"
+        f' in remote_transport ("tls;sni={p.sni or "NAME"};ca=FILE")'
     )
     confirm = s_client(t, p.sni)
     code = p.verify_code
@@ -303,7 +303,8 @@ def _chain_finding(p: Probe, t: Target, severity: str, subject: str) -> Finding 
             "self-signed",
             severity,
             f"{subject} is self-signed: no client trusts it unless told to",
-            f"B: serve a certificate from a CA the clients trust (ACME / Let's Encrypt); {trust}",
+            "B: serve a certificate from a CA the clients trust (ACME / Let's Encrypt); or"
+            f" trust this one explicitly: {trust}",
             confirm,
         )
     last = p.chain[-1]
@@ -312,7 +313,7 @@ def _chain_finding(p: Probe, t: Target, severity: str, subject: str) -> Finding 
             "unknown-ca",
             severity,
             f"{subject} leads to the CA {last.subject}, which {store} does not trust",
-            f"if it is a private CA, trust it: --ca FILE here, {trust[3:]}; else serve a"
+            f"if it is a private CA, trust it: here with --ca FILE, {trust}; else serve a"
             " certificate from a public CA",
             confirm,
         )
@@ -337,7 +338,7 @@ def _chain_finding(p: Probe, t: Target, severity: str, subject: str) -> Finding 
             severity,
             f"{subject} is issued by {last.issuer}, which is neither sent by the server nor"
             f" in {store} (a private CA, or the intermediate is missing from the chain)",
-            f"if it is a private CA, trust it: --ca FILE here, {trust[3:]}; else serve the"
+            f"if it is a private CA, trust it: here with --ca FILE, {trust}; else serve the"
             " full chain (the leaf followed by its intermediate)",
             confirm,
         )
