@@ -8,7 +8,7 @@ and one with none, both to the same address (`--connect IP` reaches that address
 using the name, as `curl --resolve` does). Then `diagnose.findings` names each problem
 with its severity, the fix and a command to confirm it, and this module prints the
 probes and the findings as text, or as one JSON document (`--json`; its shape is in
-docs/reference/check.md and `as_json` below).
+docs/reference/doctor.md and `as_document` below).
 
 Exit codes: 0 no errors (warnings are printed), 1 at least one error (with --strict,
 also a warning), 2 a usage error (one line on stderr). An unreachable or silent target

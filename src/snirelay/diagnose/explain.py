@@ -23,7 +23,7 @@ store, as the client will require?), a re-originating route's backend with the
 configured `sni=`, `ca=` and client certificate (does it verify as the relay will
 require?). What fails is a warning on that route.
 
-Warning codes (stable; docs/reference/explain.md): remote-ip-no-sni, insecure,
+Warning codes (stable; docs/reference/doctor.md): remote-ip-no-sni, insecure,
 route-shadowed, h2-coalescing, passthrough-overlaps-terminate, send-proxy,
 self-signed-listener, certificate-expiry, and probe-CODE for what a probe
 found (CODE as in `snirelay check`).

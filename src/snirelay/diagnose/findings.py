@@ -18,7 +18,7 @@ The fixes are the solution matrix of docs/design.md §1: A, the client uses the 
 certificate that covers what clients use (at the server, or at the relay that
 terminates); C, the relay terminates and re-originates with `sni=`.
 
-Codes are stable (docs/reference/check.md lists them); messages may change wording.
+Codes are stable (docs/reference/doctor.md lists them); messages may change wording.
 """
 
 from __future__ import annotations
