@@ -136,9 +136,13 @@ def drain_one(
     res = duplex(sock, 0, "concurrent")
     assert res.error is None, res.error
     assert len(first) + res.received == total
-    # probes accepted before the listener closed reach the backend too: find ours
-    wait_until(lambda: any(r.sent == total for r in srv.results), 20, lambda: str(srv.results))
-    assert any(r.sent == total and r.error is None for r in srv.results), srv.results
+    # probes accepted before the listener closed reach the backend too, and may finish first
+    # (with an error, as their client is gone): wait for ours, the one that ended cleanly
+    wait_until(
+        lambda: any(r.sent == total and r.error is None for r in srv.results),
+        20,
+        lambda: str(srv.results),
+    )
 
     assert relay.wait(timeout=15) == 0, relay.log
     drained = [r for r in relay.records() if r["bytes_down"] == total]
