@@ -5,6 +5,7 @@
   `name=<name> sni=$ssl_server_name`), a default https server (`default sni=...`,
   certificate for default.example.com) and plaintext servers `http name=<name> host=$host`.
   Certificates come from a CA made at test time (`tls_backends.ca` is its PEM).
+- `doctor_zoo` (session): nginx servers with one TLS problem each (integration/doctor_zoo.py).
 - `haproxy`: a factory `haproxy(body, ports) -> HAProxy`, started, stopped at test end.
 
 A missing nginx/haproxy binary skips with the reason; CI installs both (`make system-deps`).
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from integration.doctor_zoo import DoctorZoo, start_doctor_zoo
 from integration.servers import (
     HAProxy,
     TlsBackends,
@@ -36,6 +38,18 @@ def tls_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBacken
         yield backends
     finally:
         backends.nginx.stop()
+
+
+@pytest.fixture(scope="session")
+def doctor_zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoctorZoo]:
+    reason = nginx_available()
+    if reason:
+        pytest.skip(reason)
+    zoo = start_doctor_zoo(tmp_path_factory.mktemp("doctor-zoo"))
+    try:
+        yield zoo
+    finally:
+        zoo.stop()
 
 
 @pytest.fixture
