@@ -234,3 +234,26 @@ def test_explain_probe_finds_the_wrong_backend_certificate(
     # without --probe nothing is probed
     code, doc = explain(config)
     assert not any(w["code"].startswith("probe-") for w in doc["warnings"])
+
+
+def test_explain_probe_tells_the_relay_to_send_the_name(
+    doctor_zoo: DoctorZoo, tmp_path: Path
+) -> None:
+    """Re-originating to a backend IP without sni=: the backend refuses clients without
+    SNI, and the relay is such a client; the fix is sni=, not the client-side A or B."""
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        '[[endpoints]]\nlisten = "127.0.0.1:8443"\n'
+        f'remote = "127.0.0.1:{doctor_zoo.ports["reject_no_sni"]}"\n'
+        'listen_transport = "tls;servername=relay.example.com"\n'
+        f'remote_transport = "tls;ca={doctor_zoo.ca}"\n'
+    )
+    code, doc = explain(config, "--probe")
+    assert code == 1
+    [refused] = [w for w in doc["warnings"] if w["code"] == "probe-no-sni-refused"]
+    assert "unrecognized_name" in refused["message"]
+    assert refused["fix"].startswith('send the backend its name: remote_transport = "tls;sni=')
+    config.write_text(config.read_text().replace(
+        "tls;ca=", f"tls;sni={doctor_zoo.server_names['reject_no_sni']};ca="))  # fmt: skip
+    code, doc = explain(config, "--probe")
+    assert not any(w["code"].startswith("probe-") for w in doc["warnings"]), doc["warnings"]

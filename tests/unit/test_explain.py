@@ -177,8 +177,20 @@ def test_which_sni_the_backend_gets(tmp_path: Path) -> None:
     assert names["relay.example.com"]["route"] == "endpoints[0].routes[0]"
     assert names["*.example.org"]["backend_sni"] == "*.example.org"  # whatever matched
     assert names[None]["route"] == "default" and names[None]["backend_sni"] is None
+    other = names[explain.UNMATCHED]  # a name no route matches: the default, passed through
+    assert other["route"] == "default" and other["backend_sni"] == explain.UNMATCHED
     modes = [r["mode"] for r in json.loads(out)["endpoints"][0]["routes"]]
     assert modes == ["terminate+reoriginate", "passthrough", "passthrough"]
+
+
+def test_an_endpoint_without_routes_is_tried_by_ip_and_by_any_name(tmp_path: Path) -> None:
+    text = EP + 'listen_transport = "tls;servername=relay.example.com"\nremote_transport = "tls"\n'
+    code, out, _ = run(tmp_path, text)
+    assert code == 1  # self-signed listener, IP remote without sni=
+    assert "try: curl -sv https://127.0.0.1:8443/ -o /dev/null" in out
+    assert "unmatched.invalid" not in out
+    assert "any name: default; the backend gets SNI that name (no sni=: the client's SNI)" in out
+    assert "sends no SNI): default; the backend gets SNI none" in out
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.iterdir()))

@@ -50,6 +50,14 @@ from snirelay.wire.sniff import Sniffed
 PROG = "snirelay explain"
 SAMPLE_LABEL = "any-name"  # stands for the left-most label a wildcard matches
 FORWARD_SNI = "forward: the relay does not read the bytes, the backend gets what the client sent"
+# findings about a server's answer to a client without SNI; when that client is the relay
+# re-originating, solutions A and B do not apply: the relay must send the name
+NAMELESS = ("no-sni-refused", "no-sni-different-certificate", "address-not-covered",
+            "name-not-covered")  # fmt: skip
+NAMELESS_FIX = (
+    'send the backend its name: remote_transport = "tls;sni=NAME" (solution C); until then'
+    " every client that sends no SNI fails here"
+)
 UNMATCHED = "unmatched.invalid"  # a name no route takes (RFC 6761 reserves .invalid)
 MAX_PROBED_NAMES = 8  # per route, with --probe
 
@@ -370,7 +378,7 @@ def explain_endpoint(ep: Endpoint, ert: Any) -> EndpointView:
         _balance(ep.upstream),
         _names_of(served_names(ert.default)),
     )
-    takes_bare = ert.table is None or "no SNI" in default.match
+    takes_bare = not routed or "no SNI" in default.match
     default.commands = commands(ep.listen, default, ep.upstream, [] if takes_bare else [UNMATCHED])
     views.append(default)
     seen: list[NameView] = []
@@ -383,6 +391,7 @@ def explain_endpoint(ep: Endpoint, ert: Any) -> EndpointView:
     if key == "forward":
         seen.append(NameView(None, "default", None, None, FORWARD_SNI))
     else:
+        seen.append(name_view(ep, ert, UNMATCHED))
         seen.append(name_view(ep, ert, None))
     return EndpointView(ep.place, str(ep.listen), views, seen)
 
@@ -655,12 +664,15 @@ def probe_notes(config: Config, rts: list[Any], timeout: float) -> list[Note]:
                 p = probe("sni", remote.host, remote.port, sni=name, connect=None, ctxs=ctxs,
                           timeout=timeout)  # fmt: skip
                 for f in findings(target, [p], now):
+                    fix = f.fix
+                    if name is None and f.code in NAMELESS:
+                        fix = NAMELESS_FIX  # the client here is the relay: give it the name
                     out.append(
                         Note(
                             f"probe-{f.code}",
                             place,
                             f"{what} backend {remote} with SNI {name or 'none'}: {f.message}",
-                            f"{f.fix} (confirm: {f.confirm})",
+                            f"{fix} (confirm: {f.confirm})",
                         )
                     )
     return out
@@ -726,6 +738,8 @@ def render(views: list[EndpointView], notes: list[Note]) -> str:
         lines.append("  a client that uses:")
         for n in v.names:
             who = n.name or "no name (connects by IP, sends no SNI)"
+            if n.name == UNMATCHED:
+                who = "any other name" if len(v.routes) > 1 else "any name"
             if n.closed:
                 lines.append(f"    {who}: closed ({n.closed}): {n.sni_why}")
                 continue
@@ -733,6 +747,8 @@ def render(views: list[EndpointView], notes: list[Note]) -> str:
                 lines.append(f"    any client: {n.route}; {n.sni_why}")
                 continue
             sni = n.backend_sni or "none"
+            if n.name == UNMATCHED and sni == UNMATCHED:
+                sni = "that name"
             lines += wrap(
                 f"    {who}: {n.route}; the backend gets SNI {sni} ({n.sni_why})", "      "
             )

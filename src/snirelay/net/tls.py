@@ -288,8 +288,8 @@ def check_name(side: TlsSide, name: str | None) -> None:
 
 def describe_sides(client: object, backend: object) -> dict[str, object]:
     """The record's TLS fields: per TLS side its version, cipher and ALPN; toward the
-    backend also the SNI sent, whether the certificate was verified and whether the
-    session was resumed."""
+    backend also the SNI sent, whether the certificate was verified (None while the
+    handshake is not done) and whether the session was resumed."""
     out: dict[str, object] = {}
     for which, side in (("client", client), ("backend", backend)):
         side = getattr(side, "tls", None)
@@ -301,6 +301,8 @@ def describe_sides(client: object, backend: object) -> dict[str, object]:
         out[f"{which}_alpn"] = alpn
         if which == "backend":
             out["upstream_sni"] = side.obj.server_hostname
-            out["verified"] = side.obj.context.verify_mode == ssl.CERT_REQUIRED
+            # unknown (None) until the handshake is done: "yes" then means it was checked
+            checked = side.obj.context.verify_mode == ssl.CERT_REQUIRED
+            out["verified"] = checked if version is not None else None
             out["backend_resumed"] = side.obj.session_reused
     return out
