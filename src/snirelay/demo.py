@@ -75,9 +75,10 @@ def _sans(name: str) -> list[x509.GeneralName]:
 
 
 def make_certs(directory: Path, names: Sequence[str]) -> Certs:
-    """A CA (`ca.pem`) and per name `NAME.crt` / `NAME.key`, valid for a day."""
+    """A CA (`ca.pem`) and per name `NAME.crt` / `NAME.key`, valid for 90 days
+    (they live as long as the demo does; a shorter life would make `check` warn)."""
     now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=90)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_subject = _name("snirelay demo CA")
     ca_cert = (
@@ -371,7 +372,12 @@ No SNI (connecting by IP) goes to the no_sni route; an unknown name is closed wi
   curl -k https://127.0.0.1:{sni_port}/
   openssl s_client -connect 127.0.0.1:{sni_port} -servername other.example.net </dev/null
 
-{_tunnel_lines(tunnel)}Running; Ctrl-C to stop.
+{_tunnel_lines(tunnel)}Ask the doctor what a client with the name, and one by IP, gets (and why); review
+the config in plain words:
+  snirelay check {emby}:{sni_port} --connect 127.0.0.1 --ca {ca}
+  snirelay explain -c {config}
+
+Running; Ctrl-C to stop.
 """
 
 
@@ -444,6 +450,26 @@ def show_rewrite(port: int, ca: Path, timeout: float = 10) -> None:
     _check_once(port, "rewrite", attempt, timeout)
 
 
+def show_doctor(port: int, ca: Path, timeout: float = 10) -> None:
+    """`snirelay check` on the SNI port, as a user would run it, summed up in one line."""
+    import time
+
+    from snirelay.diagnose import check
+    from snirelay.diagnose.findings import Target, findings
+
+    name = NAMES[0]
+    target = Target(name, port, name, connect="127.0.0.1", ca=str(ca))
+    deadline = time.monotonic() + timeout
+    while True:  # until the relay listens: a refused probe is a finding, not an exception
+        probes = check.run(target, (), 5.0)
+        if probes[0].outcome != "connect-refused" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    found = findings(target, probes, datetime.datetime.now(datetime.UTC))
+    said = "; ".join(f"{f.severity} [{f.code}]" for f in found) or "no problems found"
+    print(f"doctor check: {name}:{port} -> {said} (the check above shows why)", flush=True)
+
+
 def _run_relay(config_path: Path) -> int:
     """Load the written config and run the relay; expected failures become one line."""
     from snirelay.config.load import load_config
@@ -505,6 +531,7 @@ def main(argv: list[str]) -> int:
             for check, check_args in (
                 (show_rewrite, (rewrite_port, certs.ca)),
                 (show_tunnel, (tunnel[0],)),
+                (show_doctor, (sni_port, certs.ca)),
             ):
                 threading.Thread(target=check, args=check_args, daemon=True).start()
             if args.duration > 0:

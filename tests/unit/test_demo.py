@@ -150,6 +150,12 @@ def test_demo_runs_and_serves(tmp_path: Path) -> None:
             lambda: _line_with(lines, "tunnel check:", seen), TIMEOUT, "tunnel check"
         )
         assert tunnel.rstrip().endswith("echoed: every byte back"), tunnel
+        # the doctor: the name verifies; by IP the no_sni route's backend sends its own
+        # certificate, which check names as a warning (and nothing else)
+        doctor = wait_until(
+            lambda: _line_with(lines, "doctor check:", seen), TIMEOUT, "doctor check"
+        )
+        assert "-> warning [no-sni-different-certificate] (" in doctor, doctor
         assert proc.wait(timeout=TIMEOUT + 8) == 0, log_path.read_text()
         assert not ca.exists(), "demo left its temporary directory behind"
     finally:
