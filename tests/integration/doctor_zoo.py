@@ -78,29 +78,16 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _ca_usage() -> x509.KeyUsage:
+def _usage(ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf signs handshakes."""
     return x509.KeyUsage(
-        digital_signature=False,
+        digital_signature=not ca,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _leaf_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )
@@ -121,7 +108,7 @@ def _make_ca(common_name: str, now: datetime.datetime, parent: _Issuer | None = 
             x509.BasicConstraints(ca=True, path_length=None if parent is None else 0),
             critical=True,
         )
-        .add_extension(_ca_usage(), critical=True)
+        .add_extension(_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if parent is not None:
@@ -163,7 +150,7 @@ def _make_leaf(
     if issuer is not None:
         # keyUsage without keyCertSign would stop OpenSSL from seeing a self-signed
         # certificate as self-signed (it would report "unable to get local issuer").
-        builder = builder.add_extension(_leaf_usage(), critical=True)
+        builder = builder.add_extension(_usage(ca=False), critical=True)
     if aia:
         builder = builder.add_extension(
             x509.AuthorityInformationAccess(

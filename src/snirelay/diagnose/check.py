@@ -18,7 +18,6 @@ each of resolve, connect and handshake).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import ssl
@@ -28,23 +27,15 @@ from typing import Any
 
 from snirelay.diagnose.findings import Finding, Target, findings
 from snirelay.diagnose.probe import Cert, Probe, contexts, probe
+from snirelay.diagnose.usage import Parser, Usage
 from snirelay.wire.names import host_name, is_ip
 
 PROG = "snirelay check"
 WIDTH = 96  # of the words in the text report
 
 
-class _Usage(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print usage and exit itself
-        raise _Usage(message)
-
-
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> Parser:
+    p = Parser(
         prog=PROG,
         description="Probe a TLS server with and without SNI, show the certificate chain,"
         " the name match and the verification, and say what to change.",
@@ -61,16 +52,16 @@ def _parser() -> _Parser:
 
 
 def split_target(text: str) -> tuple[str, int]:
-    """HOST:PORT, [V6]:PORT -> (host, port); _Usage otherwise."""
+    """HOST:PORT, [V6]:PORT -> (host, port); Usage otherwise."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _Usage(f"{text!r}: give HOST:PORT (e.g. example.com:443, [::1]:8443)")
+        raise Usage(f"{text!r}: give HOST:PORT (e.g. example.com:443, [::1]:8443)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise _Usage(f"{text!r}: an IPv6 address goes in brackets: [{host}]:{port}")
+        raise Usage(f"{text!r}: an IPv6 address goes in brackets: [{host}]:{port}")
     if not host or (not is_ip(host) and host_name(host) is None):
-        raise _Usage(f"{text!r}: {host!r} is not a host name or an IP address")
+        raise Usage(f"{text!r}: {host!r} is not a host name or an IP address")
     return host, int(port)
 
 
@@ -79,11 +70,11 @@ def parse(argv: list[str]) -> tuple[Target, tuple[str, ...], float, bool, bool]:
     host, port = split_target(args.target)
     sni = args.sni
     if sni is not None and (is_ip(sni) or host_name(sni) is None):
-        raise _Usage(f"--sni {sni!r}: a host name (an IP cannot be sent as SNI)")
+        raise Usage(f"--sni {sni!r}: a host name (an IP cannot be sent as SNI)")
     if args.connect is not None and not is_ip(args.connect):
-        raise _Usage(f"--connect {args.connect!r}: an IP address")
+        raise Usage(f"--connect {args.connect!r}: an IP address")
     if not args.timeout > 0 or args.timeout > 3600:
-        raise _Usage("--timeout: seconds, more than 0")
+        raise Usage("--timeout: seconds, more than 0")
     alpn = tuple(a.strip() for a in args.alpn.split(",") if a.strip()) if args.alpn else ()
     name = sni or (None if is_ip(host) else host_name(host))
     target = Target(host, port, name, connect=args.connect, ca=args.ca)
@@ -133,8 +124,8 @@ def main(argv: list[str]) -> int:
             probes = run(target, alpn, timeout)
         except (OSError, ssl.SSLError) as exc:  # the CA file: nothing else raises
             why = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-            raise _Usage(f"--ca {target.ca}: {why}") from None
-    except _Usage as e:
+            raise Usage(f"--ca {target.ca}: {why}") from None
+    except Usage as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     now = datetime.datetime.now(datetime.UTC)

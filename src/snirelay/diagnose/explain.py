@@ -34,7 +34,6 @@ would refuse at start (`server.unsupported`), or a usage error (one line on stde
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -43,6 +42,7 @@ from typing import Any
 
 from snirelay.config.model import Addr, Config, ConfigError, Endpoint, Transport, Upstream
 from snirelay.diagnose.check import wrap
+from snirelay.diagnose.usage import Parser, Usage
 from snirelay.routing import Decision, decide
 from snirelay.wire.names import certificate_covers, is_ip, normalize_name
 from snirelay.wire.sniff import Sniffed
@@ -62,17 +62,8 @@ UNMATCHED = "unmatched.invalid"  # a name no route takes (RFC 6761 reserves .inv
 MAX_PROBED_NAMES = 8  # per route, with --probe
 
 
-class _Usage(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _Usage(message)
-
-
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> Parser:
+    p = Parser(
         prog=PROG,
         description="Say what a config does with each name and address, warn about what"
         " will go wrong, and give the commands that test each route.",
@@ -775,8 +766,8 @@ def main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
         if not args.timeout > 0:
-            raise _Usage("--timeout: seconds, more than 0")
-    except _Usage as e:
+            raise Usage("--timeout: seconds, more than 0")
+    except Usage as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     try:

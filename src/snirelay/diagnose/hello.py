@@ -34,12 +34,12 @@ tracebacks.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
 
 from snirelay.config.model import Config
+from snirelay.diagnose.usage import Parser, Usage
 from snirelay.wire.errors import NeedData, ProtocolError
 from snirelay.wire.sniff import Sniffed, sniff
 
@@ -47,17 +47,8 @@ PROG = "snirelay hello"
 DEFAULT_MAX = 65536
 
 
-class _Usage(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would print usage and exit itself
-        raise _Usage(message)
-
-
-def _parser() -> _Parser:
-    p = _Parser(
+def _parser() -> Parser:
+    p = Parser(
         prog=PROG,
         description="Show the server name, ALPN and versions in a captured ClientHello "
         "(or the Host of a plaintext HTTP request), and the route a config would pick.",
@@ -71,12 +62,12 @@ def _parser() -> _Parser:
 def main(argv: list[str]) -> int:
     try:
         args = _parser().parse_args(argv)
-    except _Usage as e:
+    except Usage as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     try:
         data = _read(args.file, args.hex)
-    except _Usage as e:
+    except Usage as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
 
@@ -128,7 +119,7 @@ def _read(path: str, is_hex: bool) -> bytes:
             with open(path, "rb") as f:
                 raw = f.read()
     except OSError as e:
-        raise _Usage(f"cannot read {path}: {e.strerror or e}") from None
+        raise Usage(f"cannot read {path}: {e.strerror or e}") from None
     if not is_hex:
         return raw
     text = "".join(raw.decode("ascii", "replace").split())
@@ -137,7 +128,7 @@ def _read(path: str, is_hex: bool) -> bytes:
     try:
         return bytes.fromhex(text)
     except ValueError as e:
-        raise _Usage(f"{path} is not hex: {e}") from None
+        raise Usage(f"{path} is not hex: {e}") from None
 
 
 def describe(res: Sniffed) -> dict[str, Any]:
