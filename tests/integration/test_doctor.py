@@ -45,6 +45,19 @@ def by_name(zoo: DoctorZoo, key: str, name: str, *extra: str) -> tuple[int, dict
                       str(zoo.ca), *extra)  # fmt: skip
 
 
+def by_name_text(zoo: DoctorZoo, key: str, name: str) -> subprocess.CompletedProcess[str]:
+    """The text report of `by_name`'s check."""
+    return check(f"{name}:{zoo.ports[key]}", "--connect", "127.0.0.1", "--ca", str(zoo.ca))
+
+
+def same_in_text(res: subprocess.CompletedProcess[str], code: int, doc: dict[str, Any]) -> None:
+    """The text report has the exit code and every finding of the JSON document."""
+    assert res.returncode == code and res.stderr == "", res.stderr
+    for f in doc["findings"]:
+        assert f"{f['severity']} [{f['code']}]" in res.stdout, res.stdout
+    assert res.stdout.rstrip().endswith(f"{doc['errors']} error(s), {doc['warnings']} warning(s)")
+
+
 def test_a_good_server_verifies_and_only_the_ip_is_a_warning(doctor_zoo: DoctorZoo) -> None:
     code, doc = by_name(doctor_zoo, "full_chain", "chain.example.com")
     assert codes(doc) == [("address-not-covered", "warning")]
@@ -91,6 +104,7 @@ def test_certificate_problems_are_errors(
     errors = [c for c, s in codes(doc) if s == "error"]
     assert errors == [want], doc["findings"]
     assert doc["errors"] == 1
+    same_in_text(by_name_text(doctor_zoo, key, name), code, doc)
 
 
 def test_the_missing_intermediate_names_where_it_lives(doctor_zoo: DoctorZoo) -> None:
@@ -118,6 +132,7 @@ def test_a_refusal_without_sni_names_the_alert(doctor_zoo: DoctorZoo) -> None:
     bare = doc["probes"][1]
     assert bare["outcome"] == "alert" and bare["alert"], bare
     assert f"alert {bare['alert']}" in doc["findings"][0]["message"]
+    same_in_text(by_name_text(doctor_zoo, "reject_no_sni", "strict.example.com"), code, doc)
     # an unknown name is refused too: with that name it is an error
     code, doc = by_name(doctor_zoo, "reject_no_sni", "nosuch.example.com")
     assert code == 1 and codes(doc)[0] == ("handshake-refused", "error")
@@ -133,11 +148,13 @@ def test_plain_http_is_named(doctor_zoo: DoctorZoo) -> None:
         assert codes(doc) == [("not-tls", "error")]
         assert "plain HTTP" in doc["findings"][0]["message"]
         assert doc["findings"][0]["confirm"].startswith("curl -sv http://127.0.0.1:")
+        same_in_text(check(*args), code, doc)
 
 
 def test_nothing_listening_is_a_refused_connection(doctor_zoo: DoctorZoo) -> None:
     code, doc = check_json(f"127.0.0.1:{doctor_zoo.ports['closed']}")
     assert code == 1 and codes(doc) == [("connect-refused", "error")]
+    same_in_text(check(f"127.0.0.1:{doctor_zoo.ports['closed']}"), code, doc)
 
 
 def test_a_silent_service_ends_at_the_deadline(doctor_zoo: DoctorZoo) -> None:
