@@ -41,7 +41,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from snirelay.net.phases import Connect, Handshake, Phase, Replay, Sniff, close_reason, fmt_addr
-from snirelay.net.pump import CopyDir, SpliceDir
+from snirelay.net.pump import CopyDir, SpliceDir, ViewCopyDir
 from snirelay.net.sides import RawSide
 from snirelay.routing import Decision, SniffTimeout, decide
 from snirelay.wire.errors import ProtocolError
@@ -50,6 +50,7 @@ from snirelay.wire.sniff import Sniffed
 IDLE_CHECKS = 4  # idle checks per tcp_idle_timeout
 
 if TYPE_CHECKING:
+    from snirelay.net.poller import Poller
     from snirelay.net.runtime import Context, EndpointRT, UpstreamRT
     from snirelay.net.sides import Side
 
@@ -296,8 +297,8 @@ class Connection:
             self.up = SpliceDir(ctx.poller, self, client, b, ctx.pipes)
             self.down = SpliceDir(ctx.poller, self, b, client, ctx.pipes)
         else:
-            self.up = CopyDir(ctx.poller, self, client, b)
-            self.down = CopyDir(ctx.poller, self, b, client)
+            self.up = _copy_dir(ctx.poller, self, client, b)
+            self.down = _copy_dir(ctx.poller, self, b, client)
         self.phase = _PUMPING
         self.up.start()
         # One epoll_ctl for the backend: read for `down`, and drop a connect/replay writer.
@@ -442,3 +443,15 @@ _ACCEPTED = _Marker("accept")
 _DECIDING = _Marker("decide")
 _PUMPING = _Marker("pump")
 _CLOSED = _Marker("closed")
+
+
+def _copy_dir(poller: Poller, conn: Connection, src: Side, dst: Side) -> CopyDir:
+    """A buffered direction: from a WebSocket side, its decoded payload is sent as it
+    is held (no copy into the shared buffer); toward one, reads fill whole frames."""
+    if src.kind == "ws":
+        return ViewCopyDir(poller, conn, src, dst)
+    if dst.kind == "ws":
+        from snirelay.net.ws import FRAME_VIEW  # imported at start when ws is configured
+
+        return CopyDir(poller, conn, src, dst, FRAME_VIEW)
+    return CopyDir(poller, conn, src, dst)

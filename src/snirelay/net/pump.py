@@ -262,15 +262,25 @@ class CopyDir(_Dir):
     destination's half-close is on the wire too (`closing`), so the connection never
     closes a side with its last records still queued."""
 
-    __slots__ = ("held", "closing")
+    __slots__ = ("held", "closing", "view")
 
-    def __init__(self, poller: Poller, owner: PumpOwner, src: Side, dst: Side) -> None:
+    def __init__(
+        self,
+        poller: Poller,
+        owner: PumpOwner,
+        src: Side,
+        dst: Side,
+        view: memoryview = _COPY,
+    ) -> None:
+        """`view`: the read buffer, shared (the module's, or one sized to what the
+        destination takes per send: a WebSocket side's frame)."""
         super().__init__(poller, owner, src, dst)
         self.held: memoryview | None = None  # what the destination did not take yet
         self.closing = False  # EOF passed on; waiting for the destination to flush
+        self.view = view
 
     def on_readable(self) -> None:
-        recv_into, send, view = self.src.recv_into, self.dst.send, _COPY
+        recv_into, send, view = self.src.recv_into, self.dst.send, self.view
         try:
             for _ in range(MAX_ROUNDS):
                 n = recv_into(view)
@@ -355,3 +365,40 @@ class CopyDir(_Dir):
     def release(self) -> None:
         self.reading = False  # a pending `_again` finds nothing to do
         self.held = None
+
+
+class ViewCopyDir(CopyDir):
+    """A buffered direction from a side that holds what it decoded as views of its own
+    (a WebSocket side: `recv_view()`, the payload as the frame parser left it): each
+    part is sent as it is, one copy fewer per byte than reading it into the shared
+    buffer; a part the destination does not take whole is kept as it is, too."""
+
+    __slots__ = ()
+
+    def on_readable(self) -> None:
+        recv_view, send = self.src.recv_view, self.dst.send  # type: ignore[attr-defined]
+        try:
+            for _ in range(MAX_ROUNDS):
+                data = recv_view()
+                n = len(data)
+                if n == 0:
+                    self._eof()
+                    return
+                try:
+                    m = send(data)
+                except BlockingIOError:
+                    m = 0
+                self.nbytes += m
+                if m < n or self.dst.unsent():
+                    self.held = data[m:] if m < n else None
+                    self.pending = n - m
+                    self._blocked()
+                    return
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self.owner.pump_failed(exc)
+            return
+        self._wait_read()
+        if self.src.buffered():
+            self.poller.call_soon(self._again)

@@ -20,6 +20,10 @@ frames by its `FrameProtocol`. snirelay writes no framing of its own.
   need not be whole (bounded memory: what one read decodes, at most). A ping is
   answered with a pong. Client frames must be masked, as RFC 6455 says; realm's client
   masks with a zero key, which is a masked frame like any other.
+- `recv_view()`: the same payload without the copy into the reader's buffer: each
+  read is kept as bytes and the frame parser hands out views of it (`_ViewBuffer`
+  in place of wsproto's copying buffer); the pump sends them as they are
+  (net.pump.ViewCopyDir).
 - `send(data)`: at most `SEND_CHUNK` bytes as one binary frame; the frame bytes the
   inner side did not take wait in one backlog (`unsent()`), flushed by `send(b"")`.
 - Half-close: `shutdown_write()` (the other side's TCP FIN) sends a Close frame and
@@ -67,12 +71,13 @@ if TYPE_CHECKING:
     from snirelay.net.sides import Handshake, Side
 
 
-def _fast_masking() -> None:
-    """Mask and unmask with websockets' C `apply_mask` inside wsproto (see above)."""
+def _fast_masking() -> bool:
+    """Mask and unmask with websockets' C `apply_mask` inside wsproto (see above); True
+    when installed."""
     try:
         from websockets.speedups import apply_mask
     except ImportError:  # a pure-Python websockets (or none): keep wsproto's masker
-        return
+        return False
     from wsproto import frame_protocol
 
     class Masker:
@@ -92,18 +97,105 @@ def _fast_masking() -> None:
                 self.key = key[turn:] + key[:turn]
             return out
 
+    class Unmasked:
+        """wsproto's null masker (frames from a server), returning bytes: the payload
+        comes as a view of the read (`_ViewBuffer`), and wsproto adds to it as bytes."""
+
+        __slots__ = ()
+
+        def process(self, data: bytes | memoryview) -> bytes:
+            return bytes(data)
+
     frame_protocol.XorMaskerSimple = Masker  # type: ignore[misc,assignment]
+    frame_protocol.XorMaskerNull = Unmasked  # type: ignore[misc,assignment]
+    return True
 
 
-_fast_masking()
+_FAST = _fast_masking()
 
-# bytes read from the inner side per recv: 128 KiB measured best for a ws tunnel's
-# throughput here (64 KiB: ~15% less, more calls; 256 KiB: ~30% less, out of cache)
-RECV_CHUNK = 128 * 1024
-SEND_CHUNK = 64 * 1024  # payload per binary frame
 
-# One receive buffer for every WebSocket side of the process (a single-threaded loop):
-# its bytes are handed to the frame parser at once.
+def _keep_large_blocks() -> None:
+    """Keep glibc's malloc from mapping and unmapping frame-sized blocks.
+
+    A WebSocket side reads each frame into bytes of its own (128 KiB and a header),
+    just above glibc's first mmap threshold (128 KiB): such a block is mapped and, once
+    freed, unmapped, and the heap top above 128 KiB is trimmed, so reads keep faulting
+    in fresh pages. Measured on a ws tunnel with 128 KiB frames: ~3 Gbit/s at ~3 CPU
+    s/GB that way, ~8 Gbit/s at ~1.3 s/GB with blocks up to 1 MiB served from the heap
+    and the heap trimmed only above 8 MiB. Done once per process when a ws transport is
+    configured (this module is imported then); without glibc it does nothing."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: libc's
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    mallopt(m_mmap_threshold, 1 << 20)
+    mallopt(m_trim_threshold, 8 << 20)
+
+
+_keep_large_blocks()
+
+
+class _ViewBuffer:
+    """wsproto's frame decoder buffer (`frame_protocol.Buffer`: the same five methods),
+    without its copies: wsproto's appends every read to a bytearray, slices each
+    payload out of it (a copy) and deletes the consumed prefix (a move), three passes
+    over every byte before the masker's own. This one keeps the read it was fed, as
+    bytes, and hands out views of it; only a frame header cut by the end of a read is
+    copied, joined to the next. With the masker above, a masked payload is copied once
+    (unmasked into new bytes) and an unmasked one once (into bytes)."""
+
+    __slots__ = ("view", "start", "used")
+
+    def __init__(self) -> None:
+        self.view = memoryview(b"")
+        self.start = 0  # committed: consumed for good
+        self.used = 0  # consumed since `start`, until commit() or rollback()
+
+    def feed(self, data: bytes) -> None:
+        if self.start < len(self.view):  # a header (or a control frame) cut by the read
+            data = bytes(self.view[self.start :]) + data
+        self.view = memoryview(data)
+        self.start = 0
+
+    def consume_at_most(self, nbytes: int) -> memoryview:
+        i = self.start + self.used
+        data = self.view[i : i + nbytes]
+        self.used += len(data)
+        return data
+
+    def consume_exactly(self, nbytes: int) -> memoryview | None:
+        if len(self.view) - self.start - self.used < nbytes:
+            return None
+        return self.consume_at_most(nbytes)
+
+    def commit(self) -> None:
+        self.start += self.used
+        self.used = 0
+
+    def rollback(self) -> None:
+        self.used = 0
+
+    def __len__(self) -> int:
+        return len(self.view) - self.start
+
+
+# Payload per binary frame sent, and bytes read from the inner side per recv: one
+# whole frame as another snirelay sends it (the 14 bytes: a masked frame's header), so
+# reads and the sends that pass them on stay aligned to frames. Measured on a ws
+# tunnel here (see BENCHMARKS.md): 64 KiB frames ~0.6x the plain chain, 128 KiB ~0.75x
+# (with _keep_large_blocks; 3 Gbit/s without it), 256 KiB no better than 128.
+SEND_CHUNK = 128 * 1024
+RECV_CHUNK = SEND_CHUNK + 14
+# The read buffer of a pump direction toward a WebSocket side (net.pump.CopyDir): a
+# frame's payload per read, so each send is one whole frame.
+FRAME_VIEW = memoryview(bytearray(SEND_CHUNK))
+
+# One receive buffer for the upgrade of every WebSocket side of the process (a
+# single-threaded loop): its bytes are handed to h11 at once. Frames are read into
+# bytes of their own, which the payload views keep (see _ViewBuffer).
 _SCRATCH = memoryview(bytearray(RECV_CHUNK))
 _CONTROL = (Opcode.PING, Opcode.PONG, Opcode.CLOSE)
 
@@ -236,7 +328,13 @@ class WsSide(DecodingSide):
 
     def _established(self, hs: H11Handshake) -> None:
         conn: Any = hs.connection
-        self.proto = conn._proto  # holds any bytes that came after the upgrade
+        self.proto = proto = conn._proto  # holds any bytes that came after the upgrade
+        if _FAST:
+            decoder = proto._frame_decoder
+            old = decoder.buffer
+            decoder.buffer = _ViewBuffer()
+            if len(old):
+                decoder.buffer.feed(bytes(old.buffer))
 
     def _refuse(self, status: int, why: str) -> None:
         """Queue an HTTP error response to the client and remember why."""
@@ -249,18 +347,36 @@ class WsSide(DecodingSide):
         self._queue(data + self.hs.send(RejectData(data=body)))
 
     # ---- reading -------------------------------------------------------------------
-    def recv_into(self, buf: memoryview, /) -> int:
+    def _fill(self) -> bool:
+        """Read and decode until payload is held; False at the end of the peer's stream.
+        BlockingIOError: nothing (or only control frames) to read yet."""
         held = self.held
         while not held:
             if self.ended:
-                return 0
-            k = self.inner.recv_into(_SCRATCH)  # BlockingIOError: nothing yet
-            if not k:
+                return False
+            data = self.inner.recv(RECV_CHUNK)  # BlockingIOError: nothing yet
+            if not data:
                 self._peer_ended()
-                return 0
-            self._frames(_SCRATCH[:k])  # copied into the parser's buffer at once
+                return False
+            self._frames(data)  # payloads are views of it (see _ViewBuffer)
             if not held and not self.ended and not self.inner.buffered():
                 raise BlockingIOError("only control frames arrived")
+        return True
+
+    def recv_view(self) -> memoryview:
+        """The next decoded part of the stream as it is held, without a copy (for
+        `pump.ViewCopyDir`): at most one frame's payload; empty at the end of the
+        peer's stream; BlockingIOError when nothing is there yet."""
+        if not self._fill():
+            return memoryview(b"")
+        part = self.held.popleft()
+        self.nheld -= len(part)
+        return part
+
+    def recv_into(self, buf: memoryview, /) -> int:
+        held = self.held
+        if not self._fill():
+            return 0
         # as many parts as fit: one read, one write on the other side (a frame that
         # straddles two socket reads arrives as two parts)
         n, room = 0, len(buf)
@@ -277,10 +393,10 @@ class WsSide(DecodingSide):
         self.nheld -= n
         return n
 
-    def _frames(self, data: memoryview) -> None:
+    def _frames(self, data: bytes) -> None:
         proto = self.proto
         assert proto is not None
-        proto.receive_bytes(data)  # type: ignore[arg-type]  # a bytearray's +=
+        proto.receive_bytes(data)
         try:
             for frame in proto.received_frames():
                 op = frame.opcode
