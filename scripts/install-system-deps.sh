@@ -12,6 +12,7 @@ command -v curl    >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v dig     >/dev/null 2>&1 || need+=(dnsutils)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)  # /usr/sbin: not on a user PATH
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # headless: the status page test
 if [ "${1:-}" = "--bench" ]; then
   command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
   command -v wrk    >/dev/null 2>&1 || need+=(wrk)

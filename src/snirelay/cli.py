@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.daemon and daemonize() != 0:
         return 0  # the parent: the daemon runs on
     try:
-        code: int = server.run(config)
+        code: int = server.run(config, lambda: load_config(ns.config, options_from(ns)))
     except server.StartupError as exc:
         print(f"snirelay: {exc}", file=sys.stderr)
         return int(exc.exit_code)

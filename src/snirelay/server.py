@@ -34,10 +34,10 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from snirelay import control
+from snirelay import control, sdnotify
 from snirelay.config.model import Addr, Config, ConfigError, Endpoint
 from snirelay.net.listener import Listener
 from snirelay.net.loop import Loop, new_loop
@@ -45,10 +45,11 @@ from snirelay.net.runtime import Context, EndpointRT, sniffs
 from snirelay.net.sockopt import make_listener
 from snirelay.observe import log as logsetup
 from snirelay.observe.log import LOG
-from snirelay.services import Service
+from snirelay.services import DRAIN_TIMEOUT, SHUTDOWN, Service
 from snirelay.supervisor import Supervisor
 
 DEFER_ACCEPT = 1  # seconds: TCP_DEFER_ACCEPT on listeners that sniff
+API_GRACE = 1.0  # seconds the admin API's last requests get once relaying has stopped
 
 
 class StartupError(Exception):
@@ -69,7 +70,14 @@ def unsupported(config: Config) -> str | None:
             if net.send_proxy or net.accept_proxy:
                 return f"{place}.network: the PROXY protocol is not supported yet"
     if config.api is not None:
-        return "api: the admin API is not supported yet"
+        if config.workers > 1:
+            return (
+                "api: the admin API with workers > 1 is not supported yet (the supervisor"
+                " does not gather the workers' figures yet): use workers = 1"
+            )
+        from snirelay.api import check_listen
+
+        return check_listen(config.api)
     return None
 
 
@@ -103,10 +111,19 @@ def bind_all(
     """One bound socket per endpoint that serves TCP, in config order (listening unless
     `listen` is false). On failure every socket bound so far is closed and
     `StartupError` (exit code 3) names the address and the OS error."""
+    return bind_endpoints(
+        [ep for ep in config.endpoints if not ep.upstream.network.no_tcp],
+        reuse_port=reuse_port,
+        listen=listen,
+    )
+
+
+def bind_endpoints(
+    eps: Sequence[Endpoint], *, reuse_port: bool, listen: bool = True
+) -> list[tuple[Endpoint, socket.socket]]:
+    """A bound socket for each of `eps`, all or none (see `bind_all`)."""
     out: list[tuple[Endpoint, socket.socket]] = []
-    for ep in config.endpoints:
-        if ep.upstream.network.no_tcp:
-            continue
+    for ep in eps:
         try:
             sock = make_listener(
                 ep.listen,
@@ -140,6 +157,9 @@ def with_bound_ports(config: Config, bound: Sequence[tuple[Endpoint, socket.sock
     return dataclasses.replace(config, endpoints=eps)
 
 
+Loader = Callable[[], Config]
+
+
 class Server:
     """The services and live connections of one process."""
 
@@ -148,6 +168,7 @@ class Server:
         config: Config,
         loop: Loop,
         control_sock: socket.socket | None = None,
+        loader: Loader | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -158,6 +179,18 @@ class Server:
         self.hurry: asyncio.Event | None = None  # set: cut what is left now
         self.control = control_sock  # a worker's end of its supervisor's channel
         self._framer = control.Framer("supervisor")
+        self.loader = loader  # reads the config again (reload); None: cannot
+        self.reuse_port = False
+        self.retiring: set[asyncio.Task[int]] = set()  # drains of listeners a reload removed
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.stats: Any = None  # observe.stats.Stats when the API is configured
+        if config.api is not None:
+            from snirelay.observe.stats import Stats
+
+            self.stats = Stats(self.ctx, self.endpoints)
+            self.ctx.add(self.stats)
+            self.ctx.keep_addr = True  # the API lists client addresses
 
     @property
     def listeners(self) -> list[Listener]:
@@ -165,6 +198,7 @@ class Server:
         return [s for s in self.services if isinstance(s, Listener)]
 
     def bind(self, reuse_port: bool = False) -> None:
+        self.reuse_port = reuse_port
         rt = {id(ep.cfg): ep for ep in self.endpoints}
         for cfg, sock in bind_all(self.config, reuse_port=reuse_port):
             self.services.append(Listener(self.ctx, rt[id(cfg)], sock))
@@ -172,6 +206,8 @@ class Server:
     async def serve(self) -> None:
         self.stopping = asyncio.Event()
         self.hurry = asyncio.Event()
+        if self.config.api is not None:
+            await self._open_api()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(sig, self._on_stop_signal, sig)
@@ -180,8 +216,34 @@ class Server:
             svc.start()
         if self.control is not None:
             self._tell_ready(self.control)
+        self._notify("READY=1")
         await self.stopping.wait()
+        self._notify("STOPPING=1")
         await self.drain()
+
+    def _notify(self, state: str) -> None:
+        """systemd's readiness protocol, from the single process only: with workers the
+        supervisor speaks for the relay (the unit's NotifyAccess=main)."""
+        if self.control is None:
+            sdnotify.notify(state)
+
+    async def _open_api(self) -> None:
+        from snirelay.api import AdminApi
+        from snirelay.observe.status import render
+
+        assert self.config.api is not None
+        listen = self.config.api.listen
+        api = AdminApi(self.config, self.stats, self.reload, self._is_stopping, render)
+        try:
+            await api.open()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {listen} (api): {exc.strerror or exc}", 3
+            ) from None
+        self.services.append(api)
+
+    def _is_stopping(self) -> bool:
+        return self.stopping is not None and self.stopping.is_set()
 
     def _on_stop_signal(self, sig: int) -> None:
         assert self.stopping is not None and self.hurry is not None
@@ -194,10 +256,73 @@ class Server:
             self.hurry.set()
 
     def _on_hup(self) -> None:
-        LOG.warning(
-            "SIGHUP: reloading is not supported yet (it comes with the admin/reload"
-            " issue); nothing changed"
-        )
+        LOG.info("SIGHUP: reloading the config")
+        task = self.loop.create_task(self.reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- reload --------------------------------------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        """Read the config again and apply it: new endpoints listen, removed ones stop
+        accepting and drain, the others switch over for new connections (certificates
+        and keys read again); running connections go on as they are. An invalid config
+        changes nothing. Returns what the admin API answers: {"ok": true, "added": [...],
+        "removed": [...], "switched": [...]} or {"ok": false, "error": "..."}."""
+        async with self._reload_lock:
+            if self._is_stopping():
+                return {"ok": False, "error": "the relay is stopping"}
+            if self.loader is None:
+                return {"ok": False, "error": "this relay has no config to read again"}
+            self._notify("RELOADING=1")
+            try:
+                return self._apply(self.loader())
+            except (ConfigError, StartupError) as exc:
+                LOG.error("reload refused: %s; the running config stays", exc)
+                return {"ok": False, "error": str(exc)}
+            finally:
+                self._notify("READY=1")
+
+    def _apply(self, new: Config) -> dict[str, Any]:
+        problem = unsupported(new)
+        if problem:
+            raise StartupError(problem, 2)
+        for key in ("workers", "api", "dns", "nofile", "pipe_pages"):
+            if getattr(new, key) != getattr(self.config, key):
+                LOG.warning("reload: %s changed: that takes a restart; kept as it was", key)
+        rts = [EndpointRT(ep, warn=True) for ep in new.endpoints]  # ConfigError: bad files
+        wanted = {str(rt.cfg.listen): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}
+        running = {str(lst.ep.cfg.listen): lst for lst in self.listeners}
+        fresh = [rt for key, rt in wanted.items() if key not in running]
+        bound = bind_endpoints([rt.cfg for rt in fresh], reuse_port=self.reuse_port)  # all or none
+        added, removed, switched = [], [], []
+        deadline = self.loop.time() + new.drain_timeout
+        for key, lst in running.items():
+            rt = wanted.get(key)
+            if rt is not None:
+                lst.switch_to(rt)
+                switched.append(key)
+                continue
+            lst.stop()
+            self.services.remove(lst)
+            task = self.loop.create_task(lst.drain(deadline))
+            self.retiring.add(task)
+            task.add_done_callback(self.retiring.discard)
+            removed.append(key)
+        for rt, (_, sock) in zip(fresh, bound, strict=True):
+            lst = Listener(self.ctx, rt, sock)
+            self.services.append(lst)
+            lst.start()
+            added.append(lst.address)
+        if new.log != self.config.log:
+            logsetup.setup(new.log)
+        self.config = dataclasses.replace(new, workers=self.config.workers, api=self.config.api)
+        self.ctx.config = self.config
+        self.endpoints[:] = rts  # the list the API's observer reads
+        LOG.info(
+            "reloaded: %d endpoint(s) switched, %d added, %d removed (draining)",
+            len(switched), len(added), len(removed),
+        )  # fmt: skip
+        return {"ok": True, "added": added, "removed": removed, "switched": switched}
 
     def _tell_ready(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -234,21 +359,35 @@ class Server:
     async def drain(self) -> None:
         """Stop every service, drain them all to one deadline, then release the
         shared resources. A set `hurry` (second signal) cancels the drains."""
-        for svc in self.services:
+        # The API goes on answering while the relay drains (/healthz says 503): it
+        # stops after every other service.
+        api = [svc for svc in self.services if svc.kind == "http"]
+        relaying = [svc for svc in self.services if svc.kind != "http"]
+        for svc in relaying:
             svc.stop()
         conns = self.ctx.conns
+        counted: list[int] | None = None  # [drained, cut]: the connections running now
         if conns:
             LOG.info(
                 "stopping: %d connection(s) draining for up to %.0fs",
                 len(conns),
                 self.config.drain_timeout,
             )
+            counted = [0, 0]
+            running = set(conns)
+
+            def count(conn: Any, record: dict[str, Any]) -> None:
+                if conn in running:
+                    counted[record["close"] in (DRAIN_TIMEOUT, SHUTDOWN)] += 1
+
+            self.ctx.on_closed.append(count)
         deadline = self.loop.time() + self.config.drain_timeout
         hurry = self.hurry if self.hurry is not None else asyncio.Event()
-        tasks = [self.loop.create_task(svc.drain(deadline)) for svc in self.services]
+        tasks = [self.loop.create_task(svc.drain(deadline)) for svc in relaying]
+        retiring = list(self.retiring)  # removed by a reload: draining to their own deadline
         hurried = self.loop.create_task(hurry.wait())
         try:
-            pending: set[asyncio.Task[Any]] = set(tasks)
+            pending: set[asyncio.Task[Any]] = set(tasks) | set(retiring)
             while pending and not hurried.done():
                 _, pending = await asyncio.wait(
                     pending | {hurried}, return_when=asyncio.FIRST_COMPLETED
@@ -256,11 +395,17 @@ class Server:
                 pending.discard(hurried)
             for task in pending:
                 task.cancel()  # a cancelled drain cuts what is left at once
-            if tasks:
-                await asyncio.wait(tasks)
+            if tasks or retiring:
+                await asyncio.wait([*tasks, *retiring])
         finally:
             hurried.cancel()
-        for svc, task in zip(self.services, tasks, strict=True):
+        for svc in api:
+            svc.stop()
+            try:
+                await svc.drain(self.loop.time() + (0 if hurry.is_set() else API_GRACE))
+            except asyncio.CancelledError:
+                pass
+        for svc, task in zip(relaying, tasks, strict=True):
             if not task.cancelled() and task.exception() is not None:
                 LOG.error(
                     "%s (%s): drain failed", svc.address, svc.place, exc_info=task.exception()
@@ -269,6 +414,8 @@ class Server:
         # cut them as a cancelled drain would.
         for conn in list(conns):
             conn.close("shutdown", reset=True)
+        if counted is not None:
+            LOG.info("stopping: %d connection(s) drained, %d cut", *counted)
         self.ctx.close()  # lookups still running end now, not with the loop
         if self.control is not None:
             if self.control.fileno() >= 0:
@@ -278,12 +425,17 @@ class Server:
         LOG.info("stopped")
 
 
-def _serve(config: Config, reuse_port: bool, control_sock: socket.socket | None = None) -> int:
+def _serve(
+    config: Config,
+    reuse_port: bool,
+    control_sock: socket.socket | None = None,
+    loader: Loader | None = None,
+) -> int:
     loop = new_loop()
     asyncio.set_event_loop(loop)
     loop.set_exception_handler(_loop_exception)
     try:
-        server = Server(config, loop, control_sock)
+        server = Server(config, loop, control_sock, loader)
         server.bind(reuse_port)
         loop.run_until_complete(server.serve())
         return 0
@@ -291,10 +443,10 @@ def _serve(config: Config, reuse_port: bool, control_sock: socket.socket | None 
         loop.close()
 
 
-def _worker(config: Config, control_sock: socket.socket) -> int:
+def _worker(config: Config, control_sock: socket.socket, loader: Loader | None = None) -> int:
     """The body of one worker process (after the fork): serve with SO_REUSEPORT."""
     try:
-        return _serve(config, reuse_port=True, control_sock=control_sock)
+        return _serve(config, reuse_port=True, control_sock=control_sock, loader=loader)
     except StartupError as exc:
         print(f"snirelay: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -305,8 +457,9 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object])
     LOG.error("internal error: %s", context.get("message"), exc_info=exc)  # type: ignore[arg-type]
 
 
-def run(config: Config) -> int:
-    """Run the relay until SIGTERM/SIGINT. Raises StartupError for expected failures."""
+def run(config: Config, loader: Loader | None = None) -> int:
+    """Run the relay until SIGTERM/SIGINT. `loader` reads the config again, for a
+    reload (SIGHUP, the API's POST /reload). Raises StartupError for expected failures."""
     logsetup.setup(config.log)
     problem = unsupported(config)
     if problem:
@@ -314,9 +467,14 @@ def run(config: Config) -> int:
     check_tls(config)
     raise_nofile(config.nofile)
     if config.workers <= 1:
-        return _serve(config, reuse_port=False)
+        return _serve(config, reuse_port=False, loader=loader)
     # Bind every address once, without listening, so an unusable address fails before
     # any fork; the supervisor keeps these sockets (they hold the ports, port 0 chosen
     # here) and workers bind the same ports with SO_REUSEPORT.
     bound = bind_all(config, reuse_port=True, listen=False)
-    return Supervisor(with_bound_ports(config, bound), [s for _, s in bound], _worker).run()
+    return Supervisor(
+        with_bound_ports(config, bound),
+        [s for _, s in bound],
+        lambda cfg, channel: _worker(cfg, channel, loader),
+        loader,
+    ).run()

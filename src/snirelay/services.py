@@ -1,8 +1,8 @@
 """What a server process serves: a list of services, each with start, stop and drain.
 
-A service is one thing a relay process serves. Today that is one TCP listener per
-endpoint (`snirelay.net.listener.Listener`); the UDP relay and the admin API of later
-issues are more entries in the same list, and the server drives every entry through
+A service is one thing a relay process serves: one TCP listener per endpoint
+(`snirelay.net.listener.Listener`) and the admin API (`snirelay.api.AdminApi`); the UDP
+relay of a later issue is one more entry in the same list, and the server drives every entry through
 the same life (`snirelay.server.Server`):
 
 1. `start()`, once the event loop runs: begin serving, and log the address actually
@@ -13,7 +13,7 @@ the same life (`snirelay.server.Server`):
    work already running goes on;
 3. `await drain(deadline)`: return once the work the service still runs has ended, or
    at `deadline` (event-loop time, shared by every service) cut what is left with a
-   reset, so a peer can tell a cut transfer from a complete one (close reason
+   reset (and return how many it cut), so a peer can tell a cut transfer from a complete one (close reason
    `drain-timeout`). The server cancels the drains on a second SIGTERM/SIGINT; a
    cancelled drain cuts what is left at once, also with a reset (close reason
    `shutdown`), and lets the cancellation propagate.
@@ -35,10 +35,10 @@ SHUTDOWN = "shutdown"
 class Service(Protocol):
     address: str  # what was actually bound: "127.0.0.1:41234", "[::1]:443"
     place: str  # where it is configured: "endpoints[0]"
-    kind: str  # "tcp" (later: "udp", "api")
+    kind: str  # "tcp", "api" (later: "udp")
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
 
-    async def drain(self, deadline: float) -> None: ...
+    async def drain(self, deadline: float) -> int: ...  # how many it cut

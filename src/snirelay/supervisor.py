@@ -26,7 +26,8 @@ Signals and deaths:
   kills the ones left with SIGKILL. A second SIGTERM/SIGINT is passed on too (each
   worker then cuts what is left and exits at once) and shortens the wait to
   `STOP_GRACE`: the supervisor does not wait the drain out.
-- SIGHUP: passed on to every worker, which logs that reloading is not supported yet.
+- SIGHUP: passed on to every worker, which reloads its config (snirelay.server); the
+  supervisor reads it too, for the workers it starts later.
 - SIGCHLD: reap. A worker that ends while the relay is not stopping is restarted, with
   one log line naming the pid, how it ended and the new pid. A death before the worker
   said "ready", or within `QUICK_DEATH` seconds of its start, is a quick death;
@@ -44,6 +45,7 @@ the stop do not change it: each death was logged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import selectors
@@ -53,8 +55,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from snirelay import control
-from snirelay.config.model import Config
+from snirelay import control, sdnotify
+from snirelay.config.model import Config, ConfigError
 from snirelay.observe.log import LOG
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -112,8 +114,15 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, held: list[socket.socket], worker: WorkerMain) -> None:
+    def __init__(
+        self,
+        config: Config,
+        held: list[socket.socket],
+        worker: WorkerMain,
+        loader: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
+        self.loader = loader  # reads the config again on SIGHUP (for workers started later)
         self.held = held  # bound, not listening: they keep the ports
         self.worker = worker
         self.slots = [Slot(i) for i in range(config.workers)]
@@ -123,6 +132,7 @@ class Supervisor:
         self.stop_by = math.inf  # monotonic deadline for the workers to exit
         self.forwarded: set[int] = set()
         self.code = 0
+        self.told_ready = False  # systemd heard READY=1 (once every first worker was ready)
 
     # ---- life ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -238,6 +248,9 @@ class Supervisor:
             if msg["type"] == "ready":
                 slot.ready = True
                 LOG.info("worker %d ready: %s", slot.pid, _services(msg))
+                if not self.told_ready and all(s.ready for s in self.slots):
+                    self.told_ready = True
+                    sdnotify.notify("READY=1")
             else:
                 LOG.debug("control: ignoring %r from worker %d", msg["type"], slot.pid)
 
@@ -318,8 +331,26 @@ class Supervisor:
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     self._stop(signum, signal.Signals(signum).name)
                 elif signum == signal.SIGHUP:
+                    self._reload()
                     n = self._forward(signum)
                     LOG.info("SIGHUP: passed on to %d worker(s)", n)
+
+    def _reload(self) -> None:
+        """SIGHUP: each worker reloads itself; the supervisor keeps the new config for
+        the workers it starts later (restarts), so they serve what the others serve.
+        Endpoints added with port 0 get a port per worker (the supervisor holds only
+        the ports bound at start)."""
+        if self.loader is None:
+            return
+        sdnotify.notify("RELOADING=1")
+        try:
+            new = self.loader()
+        except ConfigError as exc:
+            LOG.error("reload: %s (each worker refuses it too; the running config stays)", exc)
+            return
+        finally:
+            sdnotify.notify("READY=1")
+        self.config = dataclasses.replace(new, workers=self.config.workers)
 
     def _forward(self, sig: int) -> int:
         n = 0
@@ -338,6 +369,7 @@ class Supervisor:
         now = time.monotonic()
         if not self.stopping:
             self.stopping = True
+            sdnotify.notify("STOPPING=1")
             for slot in self.slots:
                 slot.restart_at = None
             self.stop_by = now + self.config.drain_timeout + STOP_GRACE

@@ -14,7 +14,7 @@
   curl reading a close-delimited HTTP/1.0 body fails with exit 56.
 - A second SIGTERM/SIGINT while draining: the relay cuts what is left (reset,
   close=shutdown) and exits at once instead of waiting out `drain_timeout`.
-- SIGHUP: logged (reload is not there yet), the relay keeps serving.
+- SIGHUP: the config is read again (here: the same), the relay keeps serving.
 - `listen = "127.0.0.1:0"`: the bound port is logged and served.
 """
 
@@ -360,14 +360,14 @@ def test_second_signal_during_drain_exits_at_once(tmp_path: Path, sig: int) -> N
             assert rec["close"] == "shutdown", rec
 
 
-def test_sighup_is_logged_and_changes_nothing(tmp_path: Path) -> None:
+def test_sighup_reloads_and_keeps_serving(tmp_path: Path) -> None:
     with EchoServer() as srv:
         port = free_port()
         with RelayProcess(["-l", f"127.0.0.1:{port}", "-r", srv.addr], tmp_path=tmp_path) as relay:
             relay.start()
             for n in (1, 2):
                 os.kill(relay.pid, signal.SIGHUP)
-                relay.wait_log("SIGHUP: reloading is not supported yet", count=n, timeout=10)
+                relay.wait_log("reloaded: 1 endpoint(s) switched", count=n, timeout=10)
             assert relay.running, relay.log
             with connect(port, timeout=10) as s:
                 s.sendall(b"after hup")

@@ -24,8 +24,9 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Replace snirelay.server.run; `box["config"]` gets what main() passed."""
     box: dict[str, Any] = {"code": 0}
 
-    def run(config: Config) -> int:
+    def run(config: Config, loader: Any = None) -> int:
         box["config"] = config
+        box["loader"] = loader
         if "raise" in box:
             raise box["raise"]
         return int(box["code"])
@@ -210,6 +211,7 @@ def test_runs_the_server(fake_server: dict[str, Any]) -> None:
     config = fake_server["config"]
     assert config.endpoints[0].listen == Addr("127.0.0.1", 0)
     assert config.endpoints[0].upstream.network.tcp_timeout == 2
+    assert fake_server["loader"]() == config  # a reload reads the same sources again
 
 
 def test_precedence_cli_over_endpoint_over_global(
@@ -338,7 +340,7 @@ import json, os, sys
 import snirelay.server as server
 from snirelay import cli
 
-def run(config):
+def run(config, loader=None):
     info = {"pid": os.getpid(), "sid": os.getsid(0), "daemon": config.daemon,
             "stdout": os.readlink("/proc/self/fd/1"), "stdin": os.readlink("/proc/self/fd/0")}
     with open(sys.argv[1] + ".tmp", "w") as f:

@@ -40,7 +40,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from snirelay.config.model import Addr, Config, ConfigError, Endpoint, Transport, Upstream
+from snirelay.config.describe import mode_of
+from snirelay.config.model import Addr, Config, ConfigError, Endpoint, Upstream
 from snirelay.diagnose.check import wrap
 from snirelay.diagnose.usage import Parser, Usage
 from snirelay.routing import Decision, decide
@@ -125,44 +126,6 @@ class EndpointView:
 
 
 # -- modes ---------------------------------------------------------------------------------
-
-
-def _side(t: Transport | None) -> str:
-    if t is None:
-        return "tcp"
-    if t.ws:
-        return "wss" if t.tls else "ws"
-    return "tls" if t.tls else "tcp"
-
-
-def mode_of(up: Upstream, routed: bool) -> tuple[str, str]:
-    """(key, sentence) for what the relay does on this route."""
-    client, backend = _side(up.listen_transport), _side(up.remote_transport)
-    if "ws" in client or "ws" in backend:
-        return "ws", (
-            f"WebSocket tunnel: accepts {client}, sends {backend} (realm's transports;"
-            " the bytes inside are relayed as they are)"
-        )
-    if client == "tcp" and backend == "tcp":
-        if routed:
-            return "passthrough", (
-                "passthrough routing: TLS stays end to end, the route is chosen by the SNI"
-                " (or the HTTP Host); the client sees the backend's certificate"
-            )
-        return "forward", "forward: bytes relayed untouched (realm)"
-    if client == "tls" and backend == "tls":
-        return "terminate+reoriginate", (
-            "terminate and re-originate (the SNI rewrite): the relay answers with its own"
-            " certificate and opens a new, verified TLS connection to the backend"
-        )
-    if client == "tls":
-        return "terminate", (
-            "terminate: the relay answers with its own certificate and sends plain bytes"
-            " to the backend"
-        )
-    return "reoriginate", (
-        "originate TLS: plain bytes from the client, a verified TLS connection to the backend"
-    )
 
 
 def _match(route_names: tuple[str, ...], when: str | None) -> str:

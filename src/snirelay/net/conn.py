@@ -277,6 +277,8 @@ class Connection:
         side = self.client if which == "client" else self.backend
         assert side is not None
         reason, hint = failure(which, exc, self.backend if which == "backend" else None, side.kind)
+        if isinstance(self.phase, Handshake):
+            self.phase.tell(reason)
         stls = self.upstream.server_tls
         if which == "backend" and stls is not None and isinstance(self.client, RawSide):
             refused = TlsSide(self.client, stls.refusing, server_side=True, initial=self.tls_in)

@@ -48,13 +48,25 @@ def bound_address(sock: socket.socket) -> str:
 class Listener:
     """The TCP listener of one endpoint; `sock` is bound and listening already."""
 
-    __slots__ = ("ctx", "ep", "sock", "fd", "family", "backoff", "paused", "address", "place")
+    __slots__ = (
+        "ctx",
+        "ep",
+        "served",
+        "sock",
+        "fd",
+        "family",
+        "backoff",
+        "paused",
+        "address",
+        "place",
+    )
 
     kind = "tcp"
 
     def __init__(self, ctx: Context, ep: EndpointRT, sock: socket.socket) -> None:
         self.ctx = ctx
-        self.ep = ep
+        self.ep = ep  # what new connections get; a reload may replace it (switch_to)
+        self.served: tuple[EndpointRT, ...] = (ep,)  # and what running ones may still have
         self.sock = sock
         self.fd = sock.fileno()
         self.family = int(sock.family)  # socket.family builds an enum on every read
@@ -67,13 +79,21 @@ class Listener:
         self.ctx.poller.add_reader(self.fd, self)
         LOG.info("listening on %s (%s, %s)", self.address, self.place, self.kind)
 
+    def switch_to(self, ep: EndpointRT) -> None:
+        """A reload: new connections get `ep`; running ones keep what they have."""
+        self.ep = ep
+        self.served = (*self.served, ep)
+        self.place = ep.cfg.place
+
     def stop(self) -> None:
         if not self.paused:
             self.ctx.poller.remove_reader(self.fd)
         self.paused = True  # a pending resume timer becomes a no-op
         self.sock.close()
 
-    async def drain(self, deadline: float) -> None:
+    async def drain(self, deadline: float) -> int:
+        """Wait for this listener's connections to end, up to `deadline`; cut the rest.
+        Returns how many were cut."""
         loop = self.ctx.loop
         try:
             while self._left() and loop.time() < deadline:
@@ -81,21 +101,22 @@ class Listener:
         except asyncio.CancelledError:
             self._cut(SHUTDOWN)
             raise
-        self._cut(DRAIN_TIMEOUT)
+        return self._cut(DRAIN_TIMEOUT)
 
     def _left(self) -> list[Connection]:
-        ep = self.ep
-        return [c for c in self.ctx.conns if c.ep is ep]
+        served = self.served
+        return [c for c in self.ctx.conns if c.ep in served]
 
-    def _cut(self, reason: str) -> None:
+    def _cut(self, reason: str) -> int:
         left = self._left()
         if not left:
-            return
+            return 0
         LOG.warning(
             "%s: cutting %d connection(s) with a reset (%s)", self.address, len(left), reason
         )
         for conn in left:
             conn.close(reason, reset=True)
+        return len(left)
 
     def on_writable(self) -> None:  # the listening socket is only ever read
         pass

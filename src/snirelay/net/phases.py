@@ -154,7 +154,7 @@ class Sniff(Phase):
 class Connect(Phase):
     """Balancer order -> resolve -> connect each address in turn, failing over."""
 
-    __slots__ = ("order", "oi", "cur", "targets", "ti", "sock", "sa", "last_error", "gen")
+    __slots__ = ("order", "oi", "cur", "targets", "ti", "sock", "sa", "last_error", "gen", "t")
     name = "connect"
 
     def __init__(self, conn: Connection) -> None:
@@ -168,6 +168,7 @@ class Connect(Phase):
         self.sa: Any = None
         self.last_error = ""
         self.gen = 0  # tells a late name-resolution answer from the current one
+        self.t = 0.0  # when the current remote's try began (kept when observed)
 
     def start(self) -> None:
         conn = self.conn
@@ -184,6 +185,8 @@ class Connect(Phase):
             return
         self.cur = self.order[self.oi]
         self.oi += 1
+        if conn.ctx.on_remote_tried:
+            self.t = conn.ctx.loop.time()
         up = conn.upstream
         fixed = up.targets[self.cur]
         if fixed is not None:
@@ -216,7 +219,16 @@ class Connect(Phase):
             conn.failed_remotes = []
         conn.failed_remotes.append(f"{name} ({self.last_error})")
         LOG.debug("conn %d: remote %s failed: %s", conn.id, name, self.last_error)
+        self._tell(self.last_error)
         self._next_remote()
+
+    def _tell(self, error: str | None) -> None:
+        """The observers' `remote_tried` event for the current remote."""
+        ctx = self.conn.ctx
+        if ctx.on_remote_tried:
+            took = ctx.loop.time() - self.t
+            for cb in ctx.on_remote_tried:
+                cb(self.conn, self.cur, error, took)
 
     def _try_target(self) -> None:
         conn = self.conn
@@ -311,6 +323,7 @@ class Connect(Phase):
         if len(up.cfg.remotes) > 1:
             up.balancer.succeeded(self.cur)
         conn.ctx.wheel.cancel(conn)
+        self._tell(None)
         conn.connected(s, sa, up.cfg.remotes[self.cur].host)
 
 
@@ -364,7 +377,7 @@ class Handshake(Phase):
     backend, the WebSocket upgrade either way, over TLS or not), driven by
     `side.step()`: DONE, or what to wait for."""
 
-    __slots__ = ("which", "side", "watching")
+    __slots__ = ("which", "side", "watching", "t")
     name = "handshake"
 
     def __init__(self, conn: Connection, which: str, side: Any) -> None:
@@ -372,11 +385,23 @@ class Handshake(Phase):
         self.which = which  # "client" | "backend": names the side in the record
         self.side = side
         self.watching = False
+        self.t = 0.0  # when it began (kept when observed)
 
     def start(self) -> None:
         conn = self.conn
+        if conn.ctx.on_handshaken:
+            self.t = conn.ctx.loop.time()
         conn.ctx.wheel.after(conn, conn.upstream.cfg.network.tls_handshake_timeout)
         self.on_readable()
+
+    def tell(self, error: str | None) -> None:
+        """The observers' `handshaken` event: `error` None (done) or the close reason."""
+        conn = self.conn
+        ctx = conn.ctx
+        if ctx.on_handshaken:
+            took = ctx.loop.time() - self.t
+            for cb in ctx.on_handshaken:
+                cb(conn, self.which, error, took)
 
     def on_readable(self) -> None:
         conn = self.conn
@@ -389,6 +414,7 @@ class Handshake(Phase):
         if want == DONE:
             self._unwatch()
             conn.ctx.wheel.cancel(conn)
+            self.tell(None)
             conn.handshaken(self.which)
             return
         read = want == WANT_READ
@@ -407,6 +433,7 @@ class Handshake(Phase):
         tmo = self.conn.upstream.cfg.network.tls_handshake_timeout
         kind = self.side.kind  # "tls", or "ws" (a WebSocket upgrade, over TLS or not)
         what = "TLS handshake" if kind == "tls" else "WebSocket upgrade"
+        self.tell(f"{kind}-handshake-timeout")
         self.conn.close(
             f"{kind}-handshake-timeout",
             f"the {self.which}'s {what} did not finish in {tmo:g}s",

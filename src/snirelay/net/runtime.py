@@ -32,6 +32,7 @@ class UpstreamRT:
     __slots__ = (
         "cfg",
         "place",
+        "where",
         "balancer",
         "through",
         "targets",
@@ -48,6 +49,7 @@ class UpstreamRT:
         warnings (once per process tree: the server's check before forking)."""
         self.cfg = cfg
         self.place = place  # the record's `route`: the route's place, or "default"
+        self.where = where or place  # the config place: "endpoints[0]" for a default
         self.balancer = Balancer(
             cfg.balance,
             max(1, len(cfg.remotes)),
@@ -68,7 +70,7 @@ class UpstreamRT:
             # wsproto, h11 and websockets take ~60 ms to import: at start (before any
             # fork), not inside the event loop at the first WebSocket connection
             import snirelay.net.ws  # noqa: F401
-        where = where or place
+        where = self.where
         if rt is not None and rt.tls:
             from snirelay.net.tlsconf import ClientTLS
 

@@ -8,7 +8,14 @@ An observer is any object with some of these methods (each optional):
 - `sniffed(conn)`: the sniff phase ended (`conn.seen`: what was parsed, if anything;
   `conn.kind`: what it was) - only on endpoints with routes;
 - `routed(conn)`: the routing decision was taken (route, or a close reason);
+- `remote_tried(conn, index, error, seconds)`: one remote of the upstream
+  (`conn.upstream.cfg.remotes[index]`) was tried: `error` None when it accepted, else
+  why not (one line); `seconds` from the start of that try (name resolution and
+  connect);
 - `connected(conn)`: the backend side is up;
+- `handshaken(conn, which, error, seconds)`: one side's handshake ended (`which`:
+  "client" or "backend"; TLS, or a WebSocket upgrade over TLS or not): `error` None
+  when it completed, else the close reason it ends the connection with;
 - `closed(conn, record)`: the connection ended; `record` is its one record (a dict of
   plain values: the same fields whatever the observer).
 
@@ -34,22 +41,28 @@ if TYPE_CHECKING:
     from snirelay.net.conn import Connection
 
 ConnEvent = Callable[["Connection"], None]
+TriedEvent = Callable[["Connection", int, "str | None", float], None]
+HandshakeEvent = Callable[["Connection", str, "str | None", float], None]
 CloseEvent = Callable[["Connection", dict[str, Any]], None]
+
+EVENTS = ("accepted", "sniffed", "routed", "remote_tried", "connected", "handshaken", "closed")
 
 
 class Observers:
-    __slots__ = ("on_accepted", "on_sniffed", "on_routed", "on_connected", "on_closed")
+    __slots__ = tuple("on_" + e for e in EVENTS)
 
     def __init__(self) -> None:
         self.on_accepted: list[ConnEvent] = []
         self.on_sniffed: list[ConnEvent] = []
         self.on_routed: list[ConnEvent] = []
+        self.on_remote_tried: list[TriedEvent] = []
         self.on_connected: list[ConnEvent] = []
+        self.on_handshaken: list[HandshakeEvent] = []
         self.on_closed: list[CloseEvent] = []
 
     def add(self, obs: object) -> None:
         """File each event method `obs` has into that event's list."""
-        for event in ("accepted", "sniffed", "routed", "connected", "closed"):
+        for event in EVENTS:
             method = getattr(obs, event, None)
             if method is not None:
                 getattr(self, "on_" + event).append(method)
