@@ -50,6 +50,7 @@ from snirelay.supervisor import Supervisor
 
 DEFER_ACCEPT = 1  # seconds: TCP_DEFER_ACCEPT on listeners that sniff
 API_GRACE = 1.0  # seconds the admin API's last requests get once relaying has stopped
+CERT_POLL = 2.0  # seconds between looks at the certificate files (see Server._watch_files)
 
 
 class StartupError(Exception):
@@ -184,6 +185,8 @@ class Server:
         self.retiring: set[asyncio.Task[int]] = set()  # drains of listeners a reload removed
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._files: dict[str, tuple[int, int, int] | None] = {}  # see _watch_files
+        self._poll: asyncio.TimerHandle | None = None
         self.stats: Any = None  # observe.stats.Stats when the API is configured
         if config.api is not None:
             from snirelay.observe.stats import Stats
@@ -217,7 +220,10 @@ class Server:
         if self.control is not None:
             self._tell_ready(self.control)
         self._notify("READY=1")
+        self._files = _files_signature(self.config)
+        self._poll = self.loop.call_later(CERT_POLL, self._watch_files)
         await self.stopping.wait()
+        self._poll.cancel()
         self._notify("STOPPING=1")
         await self.drain()
 
@@ -241,6 +247,29 @@ class Server:
                 f"cannot listen on {listen} (api): {exc.strerror or exc}", 3
             ) from None
         self.services.append(api)
+
+    # ---- certificate files ---------------------------------------------------------
+    def _watch_files(self) -> None:
+        """Look at the certificate, key and CA files the config names every
+        `CERT_POLL` seconds; when one changed (an ACME client renewed it), build every
+        endpoint's TLS contexts again from the running config, so new handshakes get the
+        new certificate. Running connections keep theirs. A broken new file (a key that
+        does not match, a half-written PEM) is refused with a log line, the old
+        certificate stays, and the same broken state is not retried until a file
+        changes again."""
+        if self._is_stopping():
+            return
+        sig = _files_signature(self.config)
+        if sig != self._files:
+            self._files = sig
+            try:
+                self._apply(self.config, quiet=True)
+                LOG.info("certificate files changed: new TLS handshakes use them")
+            except (ConfigError, StartupError) as exc:
+                LOG.error(
+                    "certificate files changed but cannot be used: %s; the old ones stay", exc
+                )
+        self._poll = self.loop.call_later(CERT_POLL, self._watch_files)
 
     def _is_stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
@@ -282,14 +311,16 @@ class Server:
             finally:
                 self._notify("READY=1")
 
-    def _apply(self, new: Config) -> dict[str, Any]:
+    def _apply(self, new: Config, quiet: bool = False) -> dict[str, Any]:
+        """Switch to `new` (see `reload`); `quiet`: the same config, files read again
+        (no start-up warnings again, no summary line)."""
         problem = unsupported(new)
         if problem:
             raise StartupError(problem, 2)
         for key in ("workers", "api", "dns", "nofile", "pipe_pages"):
             if getattr(new, key) != getattr(self.config, key):
                 LOG.warning("reload: %s changed: that takes a restart; kept as it was", key)
-        rts = [EndpointRT(ep, warn=True) for ep in new.endpoints]  # ConfigError: bad files
+        rts = [EndpointRT(ep, warn=not quiet) for ep in new.endpoints]  # ConfigError: files
         wanted = {str(rt.cfg.listen): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}
         running = {str(lst.ep.cfg.listen): lst for lst in self.listeners}
         fresh = [rt for key, rt in wanted.items() if key not in running]
@@ -318,6 +349,9 @@ class Server:
         self.config = dataclasses.replace(new, workers=self.config.workers, api=self.config.api)
         self.ctx.config = self.config
         self.endpoints[:] = rts  # the list the API's observer reads
+        self._files = _files_signature(self.config)
+        if quiet:
+            return {"ok": True, "added": added, "removed": removed, "switched": switched}
         LOG.info(
             "reloaded: %d endpoint(s) switched, %d added, %d removed (draining)",
             len(switched), len(added), len(removed),
@@ -423,6 +457,26 @@ class Server:
             self.control.close()
         await asyncio.sleep(0)
         LOG.info("stopped")
+
+
+def _files_signature(config: Config) -> dict[str, tuple[int, int, int] | None]:
+    """For each certificate, key and CA file the config names: (mtime ns, size, inode),
+    or None when it cannot be read."""
+    out: dict[str, tuple[int, int, int] | None] = {}
+    for ep in config.endpoints:
+        for _, up in ep.upstreams():
+            for t in (up.listen_transport, up.remote_transport):
+                if t is None:
+                    continue
+                for path in (t.cert, t.key, t.ca, t.client_cert, t.client_key, t.ocsp):
+                    if path and path not in out:
+                        try:
+                            st = os.stat(path)
+                        except OSError:
+                            out[path] = None
+                            continue
+                        out[path] = (st.st_mtime_ns, st.st_size, st.st_ino)
+    return out
 
 
 def _serve(

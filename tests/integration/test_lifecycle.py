@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import struct
@@ -147,6 +148,9 @@ def drain_one(
     assert relay.wait(timeout=15) == 0, relay.log
     drained = [r for r in relay.records() if r["bytes_down"] == total]
     assert drained and drained[0]["close"] == "eof", relay.records()
+    # the log sums it up (probes accepted before the listener closed count as drained)
+    summary = re.search(r"stopping: (\d+) connection\(s\) drained, 0 cut", relay.log)
+    assert summary and int(summary.group(1)) >= 1, relay.log
 
 
 def test_signal_with_no_connections_exits_promptly(tmp_path: Path) -> None:
@@ -295,6 +299,7 @@ def test_drain_deadline_cuts_with_reset(tmp_path: Path) -> None:
             (rec,) = relay.records()
             assert rec["close"] == "drain-timeout", rec
             assert 0 < rec["bytes_down"] < 8 << 20, rec
+            assert "stopping: 0 connection(s) drained, 1 cut" in relay.log, relay.log
 
 
 class SlowHttp10Server(TcpServer):
