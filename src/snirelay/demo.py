@@ -17,8 +17,8 @@ How it works:
 Ports: `--ports BASE` uses BASE (echo backend), BASE+1 (forward endpoint), BASE+2 (SNI
 endpoint), BASE+3..BASE+5 (TLS backends), BASE+6 (the rewrite endpoint) and BASE+7,
 BASE+8 (the WebSocket tunnel's entry and exit: plain TCP in, realm's `ws` transport
-between them, plain TCP out to the echo server); without it every port is chosen by
-the kernel.
+between them, plain TCP out to the echo server) and BASE+9 (the admin API); without it
+every port is chosen by the kernel.
 
 Resource handling: the backend thread is stopped and joined, and the temporary directory
 removed, however the relay returns (Ctrl-C, duration elapsed, error).
@@ -296,7 +296,9 @@ def relay_config(
     rewrite_port: int | None = None,
     certs: Certs | None = None,
     tunnel: tuple[int, int] | None = None,
+    api_port: int | None = None,
 ) -> str:
+    api = f'[api]\nlisten = "127.0.0.1:{api_port}"\n\n' if api_port else ""
     routes = "".join(
         f'  [[endpoints.routes]]\n  server_names = ["{name}"]\n'
         f'  remote = "127.0.0.1:{ports[name]}"\n\n'
@@ -304,7 +306,8 @@ def relay_config(
     )
     return (
         '[log]\nlevel = "info"\noutput = "stderr"\n\n'
-        f'[[endpoints]]\nlisten = "127.0.0.1:{forward_port}"\n'
+        + api
+        + f'[[endpoints]]\nlisten = "127.0.0.1:{forward_port}"\n'
         f'remote = "127.0.0.1:{ports["echo"]}"\n\n'
         "# SNI routing; no `remote`: a name that matches no route is closed, with a hint logged\n"
         f'[[endpoints]]\nlisten = "127.0.0.1:{sni_port}"\n\n'
@@ -350,6 +353,7 @@ def instructions(
     config: Path,
     rewrite_port: int,
     tunnel: tuple[int, int] | None = None,
+    api_port: int | None = None,
 ) -> str:
     emby, jellyfin = NAMES
     return f"""\
@@ -372,12 +376,23 @@ No SNI (connecting by IP) goes to the no_sni route; an unknown name is closed wi
   curl -k https://127.0.0.1:{sni_port}/
   openssl s_client -connect 127.0.0.1:{sni_port} -servername other.example.net </dev/null
 
-{_tunnel_lines(tunnel)}Ask the doctor what a client with the name, and one by IP, gets (and why); review
+{_tunnel_lines(tunnel)}{_api_lines(api_port, config)}Ask the doctor what a client with the name, and one by IP, gets (and why); review
 the config in plain words:
   snirelay check {emby}:{sni_port} --connect 127.0.0.1 --ca {ca}
   snirelay explain -c {config}
 
 Running; Ctrl-C to stop.
+"""
+
+
+def _api_lines(port: int | None, config: Path) -> str:
+    if port is None:
+        return ""
+    return f"""The admin API (127.0.0.1:{port}): the status page at http://127.0.0.1:{port}/ and
+  curl -s http://127.0.0.1:{port}/metrics
+  curl -s http://127.0.0.1:{port}/handshakes      (the SNI each client sent, and what went upstream)
+  curl -s -X POST http://127.0.0.1:{port}/reload   (reads {config} again; so does SIGHUP)
+
 """
 
 
@@ -495,14 +510,14 @@ def main(argv: list[str]) -> int:
         type=int,
         default=0,
         metavar="BASE",
-        help="use ports BASE..BASE+8 (default: ports chosen by the system)",
+        help="use ports BASE..BASE+9 (default: ports chosen by the system)",
     )
     parser.add_argument(
         "--duration", type=float, default=0, metavar="S", help="stop after S seconds"
     )
     args = parser.parse_args(argv)
-    if args.ports and not 1 <= args.ports <= 65527:
-        parser.error("--ports: BASE must be between 1 and 65527")
+    if args.ports and not 1 <= args.ports <= 65526:
+        parser.error("--ports: BASE must be between 1 and 65526")
 
     with tempfile.TemporaryDirectory(prefix="snirelay-demo-") as tmp:
         directory = Path(tmp)
@@ -515,19 +530,22 @@ def main(argv: list[str]) -> int:
             return 3
         timer: threading.Timer | None = None
         try:
-            # the relay's ports: forward, SNI, rewrite, the tunnel's entry and exit
+            # the relay's ports: forward, SNI, rewrite, the tunnel's entry and exit, the API
             base = args.ports
-            ports = [base + i for i in (1, 2, 6, 7, 8)] if base else _free_ports(5)
+            ports = [base + i for i in (1, 2, 6, 7, 8, 9)] if base else _free_ports(6)
             forward_port, sni_port, rewrite_port = ports[:3]
             tunnel = (ports[3], ports[4])
+            api_port = ports[5]
             config_path = directory / "relay.toml"
             config_path.write_text(
-                relay_config(forward_port, sni_port, backends.ports, rewrite_port, certs, tunnel)
+                relay_config(
+                    forward_port, sni_port, backends.ports, rewrite_port, certs, tunnel, api_port
+                )
             )
-            print(
-                instructions(forward_port, sni_port, certs.ca, config_path, rewrite_port, tunnel),
-                flush=True,
+            text = instructions(
+                forward_port, sni_port, certs.ca, config_path, rewrite_port, tunnel, api_port
             )
+            print(text, flush=True)
             for check, check_args in (
                 (show_rewrite, (rewrite_port, certs.ca)),
                 (show_tunnel, (tunnel[0],)),

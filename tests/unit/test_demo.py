@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,6 +157,17 @@ def test_demo_runs_and_serves(tmp_path: Path) -> None:
             lambda: _line_with(lines, "doctor check:", seen), TIMEOUT, "doctor check"
         )
         assert "-> warning [no-sni-different-certificate] (" in doctor, doctor
+        # the admin API: healthy, and its metrics count what went through
+        api_line = wait_until(lambda: _line_with(lines, "The admin API (", seen), TIMEOUT, "api")
+        api = int(re.search(r"127\.0\.0\.1:(\d+)\)", api_line)[1])  # type: ignore[index]
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=TIMEOUT) as r:
+            assert r.read() == b"ok\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=TIMEOUT) as r:
+            scraped = r.read().decode()
+        assert (
+            f'snirelay_connections_total{{endpoint="127.0.0.1:{forward}",route="default"}}'
+            in scraped
+        )
         assert proc.wait(timeout=TIMEOUT + 8) == 0, log_path.read_text()
         assert not ca.exists(), "demo left its temporary directory behind"
     finally:
