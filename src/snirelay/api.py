@@ -6,12 +6,15 @@ Routes:
 - `GET /healthz`: `200 ok` while serving, `503 stopping` once a stop began;
 - `GET /metrics`: the Prometheus text format (observe.stats, made by prometheus_client);
 - `GET /connections`: the live connections, JSON;
-- `GET /handshakes[?limit=N]`: the most recent TLS clients seen, newest first, JSON;
+- `GET /handshakes[?limit=N]`: the most recent TLS clients seen, newest first, JSON
+  (N: 1,000 by default, 10,000 at most);
 - `GET /status.json`: what the status page shows, JSON; `GET /`: the status page;
 - `POST /reload`: re-read the config (as SIGHUP does): `200` with what changed, or
   `400` with the new config's error (the running config stays).
 
-How it works: `asyncio.start_server` on the relay's loop; each connection carries one
+The figures come from `source` (observe.stats snapshots: this process's, or with
+`workers > 1` every worker's, gathered over the control channels and merged; the worker
+in slot 0 serves the API then). How it works: `asyncio.start_server` on the relay's loop; each connection carries one
 request (every answer says `Connection: close`), parsed by h11, with bounds, so that
 no client of the API can disturb relaying: the request head at most `MAX_HEAD` bytes
 (else 431) and a body at most `MAX_BODY` (else 413), the whole request within
@@ -37,16 +40,19 @@ import h11
 
 from snirelay.config.model import ApiConfig, Config
 from snirelay.observe.log import LOG, esc
-from snirelay.observe.stats import Stats
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
 MAX_CLIENTS = 32
+DEFAULT_HANDSHAKES = 1000  # /handshakes without ?limit=
 MAX_HANDSHAKES = 10_000  # ?limit= at most
+Snap = dict[str, Any]
+Query = dict[str, list[str]]
 
 Reload = Callable[[], Awaitable[dict[str, Any]]]
+Source = Callable[[], Awaitable[dict[str, Any]]]  # a snapshot (observe.stats.Stats.snapshot)
 
 
 def check_listen(api: ApiConfig) -> str | None:
@@ -85,14 +91,16 @@ class AdminApi:
     def __init__(
         self,
         config: Config,
-        stats: Stats,
+        source: Source,
         reload: Reload,
         stopping: Callable[[], bool],
         status_page: Callable[[dict[str, Any]], str],
     ) -> None:
+        """`source`: the figures to show (this process's, or every worker's merged);
+        `reload`: what POST /reload does; `stopping`: is a stop under way."""
         assert config.api is not None
         self.cfg = config.api
-        self.stats = stats
+        self.source = source
         self.reload = reload
         self.stopping = stopping
         self.status_page = status_page
@@ -266,7 +274,8 @@ class AdminApi:
             return 404, *_text(f"no such page: {path}"), []
         if method not in ("GET", "HEAD"):
             return 405, *_text(f"use GET {path}"), [("allow", "GET, HEAD")]
-        status, ctype, payload = handler(parse_qs(url.query))
+        snap = {} if path == "/healthz" else await self.source()
+        status, ctype, payload = handler(snap, parse_qs(url.query))
         return status, ctype, payload, []
 
     def _authorized(self, request: h11.Request) -> bool:
@@ -279,21 +288,21 @@ class AdminApi:
                 return hmac.compare_digest(got, want)
         return False
 
-    def _healthz(self, _q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+    def _healthz(self, _snap: Snap, _q: Query) -> tuple[int, str, bytes]:
         if self.stopping():
             return 503, *_text("stopping")
         return 200, *_text("ok")
 
-    def _metrics(self, _q: dict[str, list[str]]) -> tuple[int, str, bytes]:
+    def _metrics(self, snap: Snap, _q: Query) -> tuple[int, str, bytes]:
         from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-        return 200, CONTENT_TYPE_LATEST, self.stats.metrics()
+        return 200, CONTENT_TYPE_LATEST, snap["metrics"].encode()
 
-    def _connections(self, _q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-        return 200, *_json(self.stats.connections())
+    def _connections(self, snap: Snap, _q: Query) -> tuple[int, str, bytes]:
+        return 200, *_json(snap["connections"])
 
-    def _handshakes(self, q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-        limit = self.stats.handshakes.maxlen or 0
+    def _handshakes(self, snap: Snap, q: Query) -> tuple[int, str, bytes]:
+        limit = DEFAULT_HANDSHAKES
         if "limit" in q:
             try:
                 limit = int(q["limit"][0])
@@ -301,23 +310,22 @@ class AdminApi:
                 raise _Refused(400, "limit: a whole number") from None
             if not 0 <= limit <= MAX_HANDSHAKES:
                 raise _Refused(400, f"limit: between 0 and {MAX_HANDSHAKES}")
-        recent = list(self.stats.handshakes)[::-1][:limit]
-        return 200, *_json(recent)
+        return 200, *_json(snap["handshakes"][:limit])
 
-    def status(self) -> dict[str, Any]:
+    def status(self, snap: Snap) -> dict[str, Any]:
         return {
-            "endpoints": self.stats.endpoints_view(),
-            "connections": self.stats.connections(),
-            "handshakes": list(self.stats.handshakes)[::-1][:200],
-            "started": self.stats.started,
+            "endpoints": snap["endpoints"],
+            "connections": snap["connections"],
+            "handshakes": snap["handshakes"][:200],
+            "started": snap["started"],
             "stopping": self.stopping(),
         }
 
-    def _status_json(self, _q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-        return 200, *_json(self.status())
+    def _status_json(self, snap: Snap, _q: Query) -> tuple[int, str, bytes]:
+        return 200, *_json(self.status(snap))
 
-    def _status_html(self, _q: dict[str, list[str]]) -> tuple[int, str, bytes]:
-        return 200, "text/html; charset=utf-8", self.status_page(self.status()).encode()
+    def _status_html(self, snap: Snap, _q: Query) -> tuple[int, str, bytes]:
+        return 200, "text/html; charset=utf-8", self.status_page(self.status(snap)).encode()
 
     async def _reload(self) -> tuple[int, str, bytes, list[tuple[str, str]]]:
         result = await self.reload()

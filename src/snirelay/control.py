@@ -21,6 +21,17 @@ Messages today:
 - worker -> supervisor, once, after every service started:
   ``{"type": "ready", "pid": 4242, "services": [{"address": "127.0.0.1:41234",
   "place": "endpoints[0]", "kind": "tcp"}]}``
+- fan-outs, for the admin API (served by the worker in slot 0, which asks every worker,
+  itself too, through the supervisor):
+  - worker -> supervisor: ``{"type": "fanout", "id": 7, "ask": "snapshot"}`` (or
+    ``"reload"``: the supervisor reads the config again too, for the workers it starts
+    later);
+  - supervisor -> each worker: ``{"type": "ask", "id": 7, "ask": "snapshot"}``;
+  - each worker -> supervisor: ``{"type": "answer", "id": 7, "data": {...}}`` (a
+    snapshot: observe.stats.Stats.snapshot(); a reload: what Server.reload returned);
+  - supervisor -> the asker, per answer: ``{"type": "answer", "id": 7, "pid": 4243,
+    "data": {...}}``, then ``{"type": "answers-done", "id": 7, "missing": [4244]}``
+    (workers that died before answering). The asker has its own deadline.
 
 Nothing here blocks or owns a socket: `encode` makes a frame, `Framer` splits what
 was received into messages.
@@ -33,7 +44,7 @@ from typing import Any
 
 from snirelay.observe.log import LOG
 
-MAX_LINE = 1 << 16
+MAX_LINE = 1 << 26  # a snapshot of 50,000 live connections is a few MiB; the peer is ours
 
 
 def encode(msg: dict[str, Any]) -> bytes:

@@ -1,6 +1,6 @@
-"""The server: the services of one process, their start, stop and drain.
+"""The server: the services of one process, their start, stop, drain and reload.
 
-`run(config)` is the whole life of the relay:
+`run(config, loader)` is the whole life of the relay:
 
 1. refuse what this build does not do yet (one line, exit 2), raise RLIMIT_NOFILE;
 2. bind every listener (a failure is `StartupError` with exit code 3 naming the
@@ -11,17 +11,25 @@
 
 Serving (`Server.serve`, in the single process or in each worker) runs the event loop
 (`snirelay.net.loop`: asyncio with the relay's own epoll core inside): every service
-(`snirelay.services`; today one TCP listener per endpoint) is started, then the connections' shared `Context`; in a worker, the
-supervisor is told "ready" over the control channel (`snirelay.control`). Then:
+(`snirelay.services`: one TCP listener per endpoint, and the admin API where `[api]` is
+set: in the single process, or in the worker of slot 0, which gathers every worker's
+figures through the supervisor) is started; in a worker, the supervisor is told "ready"
+over the control channel (`snirelay.control`); systemd is told READY=1 when it started
+the relay (`snirelay.sdnotify`). Then:
 
+- SIGHUP, or the API's POST /reload: `reload()` reads the config again through
+  `loader` and switches to it (new endpoints listen, removed ones drain, the others
+  serve new connections with the new settings and freshly read certificates; running
+  connections go on as they are); an invalid config changes nothing. Certificate files
+  are also watched (`_watch_files`) and read again when they change;
 - SIGTERM/SIGINT (or, in a worker, the control channel closing: the supervisor is
   gone): every service stops taking new work and drains for up to `drain_timeout`
-  seconds; at that deadline what is left is cut with a reset (`drain-timeout`);
-  `Context.close()` runs after the last connection closed; exit code 0;
+  seconds; at that deadline what is left is cut with a reset (`drain-timeout`); the
+  API answers until the rest has drained (/healthz then says 503); the log says how
+  many connections were drained and how many cut; `Context.close()` runs after the
+  last connection closed; exit code 0;
 - a second SIGTERM/SIGINT while draining cancels the drains: what is left is cut at
-  once with a reset (`shutdown`) and the process exits;
-- SIGHUP logs one line (reloading comes with the admin/reload issue) and changes
-  nothing; it no longer kills the process.
+  once with a reset (`shutdown`) and the process exits.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ from snirelay.supervisor import Supervisor
 DEFER_ACCEPT = 1  # seconds: TCP_DEFER_ACCEPT on listeners that sniff
 API_GRACE = 1.0  # seconds the admin API's last requests get once relaying has stopped
 CERT_POLL = 2.0  # seconds between looks at the certificate files (see Server._watch_files)
+FANOUT_TIMEOUT = 5.0  # seconds every worker gets to send its figures to the API
+RELOAD_TIMEOUT = 30.0  # and to reload, for POST /reload
 
 
 class StartupError(Exception):
@@ -71,11 +81,6 @@ def unsupported(config: Config) -> str | None:
             if net.send_proxy or net.accept_proxy:
                 return f"{place}.network: the PROXY protocol is not supported yet"
     if config.api is not None:
-        if config.workers > 1:
-            return (
-                "api: the admin API with workers > 1 is not supported yet (the supervisor"
-                " does not gather the workers' figures yet): use workers = 1"
-            )
         from snirelay.api import check_listen
 
         return check_listen(config.api)
@@ -170,8 +175,12 @@ class Server:
         loop: Loop,
         control_sock: socket.socket | None = None,
         loader: Loader | None = None,
+        *,
+        serve_api: bool = True,
     ) -> None:
+        """`serve_api`: this process serves `[api]` (with workers: slot 0's)."""
         self.config = config
+        self.serve_api = serve_api
         self.loop = loop
         self.ctx = Context(loop, config)
         self.endpoints = [EndpointRT(ep) for ep in config.endpoints]
@@ -188,6 +197,9 @@ class Server:
         self._files: dict[str, tuple[int, int, int] | None] = {}  # see _watch_files
         self._poll: asyncio.TimerHandle | None = None
         self.stats: Any = None  # observe.stats.Stats when the API is configured
+        self._send_lock = asyncio.Lock()  # frames to the supervisor, one at a time
+        self._fanouts: dict[int, tuple[asyncio.Future[None], dict[int, Any], list[int]]] = {}
+        self._next_fanout = 0
         if config.api is not None:
             from snirelay.observe.stats import Stats
 
@@ -209,7 +221,7 @@ class Server:
     async def serve(self) -> None:
         self.stopping = asyncio.Event()
         self.hurry = asyncio.Event()
-        if self.config.api is not None:
+        if self.config.api is not None and self.serve_api:
             await self._open_api()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -239,7 +251,10 @@ class Server:
 
         assert self.config.api is not None
         listen = self.config.api.listen
-        api = AdminApi(self.config, self.stats, self.reload, self._is_stopping, render)
+        if self.control is None:
+            api = AdminApi(self.config, self._snapshot, self.reload, self._is_stopping, render)
+        else:  # the whole relay's figures, gathered from every worker
+            api = AdminApi(self.config, self._gathered, self._reload_all, self._is_stopping, render)
         try:
             await api.open()
         except OSError as exc:
@@ -270,6 +285,85 @@ class Server:
                     "certificate files changed but cannot be used: %s; the old ones stay", exc
                 )
         self._poll = self.loop.call_later(CERT_POLL, self._watch_files)
+
+    # ---- the admin API's figures ---------------------------------------------------
+    async def _snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = self.stats.snapshot()
+        return snap
+
+    async def _gathered(self) -> dict[str, Any]:
+        from snirelay.observe.stats import merge_snapshots
+
+        answers, _missing = await self._fan_out("snapshot", FANOUT_TIMEOUT)
+        return merge_snapshots(sorted(answers.items()))
+
+    async def _reload_all(self) -> dict[str, Any]:
+        """POST /reload with workers: every worker reloads; the answer once all have
+        (or at the deadline), with each worker's result and the ones that did not say."""
+        answers, missing = await self._fan_out("reload", RELOAD_TIMEOUT)
+        results = {str(pid): r for pid, r in sorted(answers.items())}
+        ok = bool(results) and not missing and all(r.get("ok") for r in results.values())
+        out: dict[str, Any] = {"ok": ok, "workers": results, "missing": missing}
+        errors = sorted({r["error"] for r in results.values() if r.get("error")})
+        if errors:
+            out["error"] = "; ".join(errors)
+        return out
+
+    async def _fan_out(self, ask: str, timeout: float) -> tuple[dict[int, Any], list[int]]:
+        """Ask every worker (this one too) through the supervisor; (pid -> answer, pids
+        that did not answer: died, or past `timeout`)."""
+        assert self.control is not None
+        self._next_fanout += 1
+        fid = self._next_fanout
+        done: asyncio.Future[None] = self.loop.create_future()
+        answers: dict[int, Any] = {}
+        missing: list[int] = []
+        self._fanouts[fid] = (done, answers, missing)
+        try:
+            await self._to_supervisor({"type": "fanout", "id": fid, "ask": ask})
+            try:
+                await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                missing.append(-1)  # some worker did not answer in time
+                LOG.warning("api: not every worker answered %r within %gs", ask, timeout)
+        finally:
+            del self._fanouts[fid]
+        return answers, missing
+
+    async def _to_supervisor(self, msg: dict[str, Any]) -> None:
+        assert self.control is not None
+        async with self._send_lock:
+            await self.loop.sock_sendall(self.control, control.encode(msg))
+
+    async def _answer(self, fid: int, ask: str) -> None:
+        """The supervisor passed on a fan-out: answer it."""
+        if ask == "snapshot":
+            data: Any = self.stats.snapshot() if self.stats is not None else None
+        else:
+            data = await self.reload()
+        try:
+            await self._to_supervisor({"type": "answer", "id": fid, "data": data})
+        except OSError as exc:
+            LOG.warning("control: cannot answer the supervisor: %s", exc)
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "ask" and isinstance(msg.get("id"), int):
+            task = self.loop.create_task(self._answer(msg["id"], str(msg.get("ask"))))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        entry = self._fanouts.get(msg.get("id"))  # type: ignore[arg-type]
+        if entry is None:
+            LOG.debug("control: ignoring %r from the supervisor", kind)
+            return
+        done, answers, missing = entry
+        if kind == "answer" and isinstance(msg.get("pid"), int):
+            answers[msg["pid"]] = msg.get("data")
+        elif kind == "answers-done":
+            missing.extend(p for p in msg.get("missing") or () if isinstance(p, int))
+            if not done.done():
+                done.set_result(None)
 
     def _is_stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
@@ -383,7 +477,7 @@ class Server:
             data = b""
         if data:
             for msg in self._framer.feed(data):
-                LOG.debug("control: ignoring %r from the supervisor", msg.get("type"))
+                self._on_message(msg)
             return
         self.loop.remove_reader(self.control.fileno())
         if not self.stopping.is_set():
@@ -484,12 +578,13 @@ def _serve(
     reuse_port: bool,
     control_sock: socket.socket | None = None,
     loader: Loader | None = None,
+    api: bool = True,
 ) -> int:
     loop = new_loop()
     asyncio.set_event_loop(loop)
     loop.set_exception_handler(_loop_exception)
     try:
-        server = Server(config, loop, control_sock, loader)
+        server = Server(config, loop, control_sock, loader, serve_api=api)
         server.bind(reuse_port)
         loop.run_until_complete(server.serve())
         return 0
@@ -497,10 +592,15 @@ def _serve(
         loop.close()
 
 
-def _worker(config: Config, control_sock: socket.socket, loader: Loader | None = None) -> int:
-    """The body of one worker process (after the fork): serve with SO_REUSEPORT."""
+def _worker(
+    config: Config, control_sock: socket.socket, loader: Loader | None = None, index: int = 0
+) -> int:
+    """The body of one worker process (after the fork): serve with SO_REUSEPORT; the
+    worker in slot 0 also serves the admin API, for the whole relay."""
     try:
-        return _serve(config, reuse_port=True, control_sock=control_sock, loader=loader)
+        return _serve(
+            config, reuse_port=True, control_sock=control_sock, loader=loader, api=index == 0
+        )
     except StartupError as exc:
         print(f"snirelay: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -529,6 +629,6 @@ def run(config: Config, loader: Loader | None = None) -> int:
     return Supervisor(
         with_bound_ports(config, bound),
         [s for _, s in bound],
-        lambda cfg, channel: _worker(cfg, channel, loader),
+        lambda cfg, channel, index: _worker(cfg, channel, loader, index),
         loader,
     ).run()

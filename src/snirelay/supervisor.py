@@ -28,6 +28,10 @@ Signals and deaths:
   `STOP_GRACE`: the supervisor does not wait the drain out.
 - SIGHUP: passed on to every worker, which reloads its config (snirelay.server); the
   supervisor reads it too, for the workers it starts later.
+- Fan-outs for the admin API (served by the worker in slot 0): that worker asks every
+  worker something (its figures, a reload) through the supervisor, which passes the
+  question on and routes each answer back (`snirelay.control` has the messages). Frames
+  to a worker that the channel does not take at once wait in the slot's buffer.
 - SIGCHLD: reap. A worker that ends while the relay is not stopping is restarted, with
   one log line naming the pid, how it ended and the new pid. A death before the worker
   said "ready", or within `QUICK_DEATH` seconds of its start, is a quick death;
@@ -67,7 +71,7 @@ MAX_BACKOFF = 4.0
 STOP_GRACE = 5.0  # seconds added to drain_timeout before stragglers get SIGKILL
 TICK = 1.0  # the longest the loop sleeps (a backstop: SIGCHLD wakes it anyway)
 
-WorkerMain = Callable[[Config, socket.socket], int]
+WorkerMain = Callable[[Config, socket.socket, int], int]  # config, channel, slot index
 
 
 def _noop(_signum: int, _frame: object) -> None:
@@ -99,6 +103,7 @@ class Slot:
         "quick",
         "restart_at",
         "ended",
+        "out",
     )
 
     def __init__(self, index: int) -> None:
@@ -111,6 +116,7 @@ class Slot:
         self.quick = 0  # quick deaths in a row
         self.restart_at: float | None = None  # monotonic time of a pending restart
         self.ended = ""  # how the last worker ended, for the restart's log line
+        self.out = bytearray()  # frames to the worker the channel did not take yet
 
 
 class Supervisor:
@@ -133,6 +139,8 @@ class Supervisor:
         self.forwarded: set[int] = set()
         self.code = 0
         self.told_ready = False  # systemd heard READY=1 (once every first worker was ready)
+        # fan-outs in flight: id -> (the asking slot, the pids still to answer)
+        self.fanouts: dict[int, tuple[Slot, set[int]]] = {}
 
     # ---- life ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -157,10 +165,13 @@ class Supervisor:
             now = time.monotonic()
             due = [s.restart_at for s in self.slots if s.restart_at is not None]
             timeout = min(TICK, self.stop_by - now, *(t - now for t in due))
-            for key, _ in self.sel.select(max(0.0, timeout)):
+            for key, events in self.sel.select(max(0.0, timeout)):
                 if key.data is None:
                     self._on_wake()
-                else:
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    self._flush(key.data)
+                if events & selectors.EVENT_READ:
                     self._on_channel(key.data)
             self._reap()
             if self.stopping:
@@ -182,7 +193,7 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 mine.close()
-                self._child(theirs)  # never returns
+                self._child(theirs, slot.index)  # never returns
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         theirs.close()
@@ -193,10 +204,11 @@ class Supervisor:
         slot.started = time.monotonic()
         slot.ready = False
         slot.restart_at = None
+        slot.out = bytearray()
         self.sel.register(mine, selectors.EVENT_READ, slot)
         return pid
 
-    def _child(self, channel: socket.socket) -> None:
+    def _child(self, channel: socket.socket, slot_index: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -206,7 +218,7 @@ class Supervisor:
             os.setpgid(0, 0)
             self._close_all()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-            code = self.worker(self.config, channel)
+            code = self.worker(self.config, channel, slot_index)
         except BaseException:
             LOG.exception("worker %d failed", os.getpid())
         finally:
@@ -227,11 +239,80 @@ class Supervisor:
                 os.close(fd)
         self.wake_r = self.wake_w = -1
 
-    def _drop_channel(self, slot: Slot) -> None:
+    def _drop_channel(self, slot: Slot, pid: int = 0) -> None:
+        """`pid`: the worker's, when `slot.pid` was already cleared."""
         if slot.channel is not None:
             self.sel.unregister(slot.channel)
             slot.channel.close()
             slot.channel = None
+        slot.out = bytearray()
+        self._forget_fanouts(slot, pid or slot.pid)
+
+    # ---- frames to workers, and fan-outs ---------------------------------------------
+    def _send(self, slot: Slot, msg: dict[str, Any]) -> None:
+        """Queue one frame to the worker and write what the channel takes now; the rest
+        goes out when it is writable (an answer can be megabytes)."""
+        if slot.channel is None:
+            return
+        pending = bool(slot.out)
+        slot.out += control.encode(msg)
+        if not pending:
+            self._flush(slot)
+
+    def _flush(self, slot: Slot) -> None:
+        sock = slot.channel
+        if sock is None:
+            return
+        try:
+            while slot.out:
+                n = sock.send(slot.out)
+                del slot.out[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            slot.out = bytearray()  # the worker is gone; waitpid will say how
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if slot.out else 0)
+        self.sel.modify(sock, events, slot)
+
+    def _fan_out(self, asker: Slot, msg: dict[str, Any]) -> None:
+        """A worker (the one serving the admin API) asks every worker something
+        ({"type": "fanout", "id": N, "ask": "snapshot" | "reload"}): pass the question to
+        each live worker, the asker too; their answers go back to the asker one by one,
+        then {"type": "answers-done", "id": N, "missing": [pids that died meanwhile]}."""
+        fid = msg.get("id")
+        ask = msg.get("ask")
+        if not isinstance(fid, int) or ask not in ("snapshot", "reload"):
+            LOG.warning("control: worker %d sent a bad fan-out: %r", asker.pid, msg)
+            return
+        if ask == "reload":
+            self._reload()
+        live = [s for s in self.slots if s.pid and s.channel is not None]
+        self.fanouts[fid] = (asker, {s.pid for s in live})
+        for slot in live:
+            self._send(slot, {"type": "ask", "id": fid, "ask": ask})
+
+    def _answer(self, slot: Slot, msg: dict[str, Any]) -> None:
+        fid = msg.get("id")
+        entry = self.fanouts.get(fid) if isinstance(fid, int) else None
+        if entry is None:
+            return  # late: the asker is gone
+        asker, want = entry
+        self._send(asker, {"type": "answer", "id": fid, "pid": slot.pid, "data": msg.get("data")})
+        want.discard(slot.pid)
+        if not want:
+            del self.fanouts[entry_id(fid)]
+            self._send(asker, {"type": "answers-done", "id": fid, "missing": []})
+
+    def _forget_fanouts(self, gone: Slot, pid: int) -> None:
+        """A worker's channel closed: its fan-outs end, and it is missing from others'."""
+        for fid, (asker, want) in list(self.fanouts.items()):
+            if asker is gone:
+                del self.fanouts[fid]
+            elif pid in want:
+                want.discard(pid)
+                if not want:
+                    del self.fanouts[fid]
+                    self._send(asker, {"type": "answers-done", "id": fid, "missing": [pid]})
 
     def _on_channel(self, slot: Slot) -> None:
         assert slot.channel is not None
@@ -245,7 +326,11 @@ class Supervisor:
             self._drop_channel(slot)
             return
         for msg in slot.framer.feed(data):
-            if msg["type"] == "ready":
+            if msg["type"] == "fanout":
+                self._fan_out(slot, msg)
+            elif msg["type"] == "answer":
+                self._answer(slot, msg)
+            elif msg["type"] == "ready":
                 slot.ready = True
                 LOG.info("worker %d ready: %s", slot.pid, _services(msg))
                 if not self.told_ready and all(s.ready for s in self.slots):
@@ -269,7 +354,7 @@ class Supervisor:
 
     def _ended(self, slot: Slot, code: int) -> None:
         old, slot.pid = slot.pid, 0
-        self._drop_channel(slot)
+        self._drop_channel(slot, old)
         how = describe_exit(code)
         if self.stopping:
             if code < 0 and -code in self.forwarded:
@@ -397,3 +482,8 @@ def _services(msg: dict[str, Any]) -> str:
         if isinstance(svc, dict):
             out.append(f"{svc.get('address')} ({svc.get('place')}, {svc.get('kind')})")
     return ", ".join(out) or "no services"
+
+
+def entry_id(fid: object) -> int:
+    assert isinstance(fid, int)
+    return fid

@@ -248,12 +248,9 @@ def test_bad_requests_get_4xx_and_relaying_goes_on(tmp_path: Path) -> None:
             relay.wait_log("no whole request within")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: with workers > 1 the supervisor does not serve the API and gather the"
-    " workers' figures yet; the relay refuses [api] with workers > 1 at start",
-)
 def test_metrics_with_two_workers_are_the_whole_relays(tmp_path: Path) -> None:
+    """The worker in slot 0 serves the API and gathers both workers' figures; a reload
+    through it answers once both reloaded."""
     with EchoServer() as srv:
         port = free_port()
         relay, api = api_relay(
@@ -262,13 +259,32 @@ def test_metrics_with_two_workers_are_the_whole_relays(tmp_path: Path) -> None:
             top="workers = 2",
         )
         with relay:
-            relay.start(wait_listen=3)
-            for _ in range(20):
-                echo(port, b"hi")
+            relay.start(wait_listen=3)  # two workers' listeners and one API
+            for _ in range(40):
+                assert echo(port, b"hi") == b"hi"
+            records = relay.wait_records(40)
+            assert len({r["worker"] for r in records}) == 2, "SO_REUSEPORT spread them"
             m = metrics(api)
-            got: Any = sample(m, "snirelay_connections_total", endpoint=f"127.0.0.1:{port}",
-                              route="default")  # fmt: skip
-            assert got == 20
+            ep = f"127.0.0.1:{port}"
+            got: Any = sample(m, "snirelay_connections_total", endpoint=ep, route="default")
+            assert got == 40
+            assert sample(m, "snirelay_bytes_total", endpoint=ep, route="default",
+                          direction="up") == 80  # fmt: skip
+            with connect(port) as s:  # a live one, on whichever worker: listed once
+                s.sendall(b"x")
+                assert s.recv(1) == b"x"
+                [live] = wait_until(lambda: json.loads(get(api, "/connections")[1]), 10)
+                assert str(live["worker"]) in {str(r["worker"]) for r in records}
+            status, answer = get(api, "/reload", method="POST")
+            result = json.loads(answer)
+            assert status == 200 and result["ok"] and len(result["workers"]) == 2, result
+            assert not result["missing"]
+            assert relay.config_path is not None
+            relay.config_path.write_text(relay.config_path.read_text() + "bogus = 1\n")
+            status, answer = get(api, "/reload", method="POST")
+            result = json.loads(answer)
+            assert status == 400 and not result["ok"] and "bogus" in result["error"], result
+            assert len(result["workers"]) == 2 and echo(port, b"on") == b"on"
 
 
 def test_a_handshake_whose_backend_refused_says_so(tmp_path: Path) -> None:

@@ -308,6 +308,18 @@ class Stats:
         out: bytes = generate_latest(self.registry)
         return out
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the API shows, as plain values (what a worker sends over its
+        control channel): the metrics as exposition text, the live connections, the
+        recent handshakes (newest first), the endpoints' view, the start time."""
+        return {
+            "metrics": self.metrics().decode(),
+            "connections": self.connections(),
+            "handshakes": list(self.handshakes)[::-1],
+            "endpoints": self.endpoints_view(),
+            "started": self.started,
+        }
+
     # ---- the custom collector (prometheus_client calls it at each scrape) ------------
     def describe(self) -> list[Metric]:
         return []  # collected fresh each time; no fixed descriptions to register
@@ -366,3 +378,79 @@ class Stats:
 
 def _addr(sa: Any) -> str | None:
     return fmt_addr(sa) if sa is not None else None
+
+
+# ---- several workers: one relay's figures ------------------------------------------------
+
+_WORST = {"snirelay_backend_up"}  # merged by the minimum: down when any worker saw it down
+
+
+def merge_snapshots(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The snapshots of every worker (pid, snapshot) as one relay's: counters, gauges and
+    histogram buckets added up series by series (a backend is up only if every worker
+    sees it up), connections listed with their worker's pid, handshakes interleaved by
+    time, the endpoints' live counts and backend failures added up."""
+    if not parts:
+        return {"metrics": "", "connections": [], "handshakes": [], "endpoints": [],
+                "started": time.time()}  # fmt: skip
+    conns = [dict(c, worker=pid) for pid, snap in parts for c in snap["connections"]]
+    shakes = [dict(h, worker=pid) for pid, snap in parts for h in snap["handshakes"]]
+    shakes.sort(key=lambda h: -h["time"])
+    return {
+        "metrics": _merge_metrics([snap["metrics"] for _, snap in parts]),
+        "connections": sorted(conns, key=lambda c: (c["worker"], c["id"])),
+        "handshakes": shakes,
+        "endpoints": _merge_endpoints([snap["endpoints"] for _, snap in parts]),
+        "started": min(snap["started"] for _, snap in parts),
+    }
+
+
+def _merge_metrics(texts: list[str]) -> str:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            if fam.name not in families:
+                families[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+                values[fam.name] = {}
+            got = values[fam.name]
+            for smp in fam.samples:
+                key = (smp.name, tuple(sorted(smp.labels.items())))
+                if key not in got:
+                    got[key] = smp.value
+                elif fam.name in _WORST:
+                    got[key] = min(got[key], smp.value)
+                else:
+                    got[key] += smp.value
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Merged:
+        def collect(self) -> Iterator[Metric]:
+            for name, fam in families.items():
+                for (sample_name, labels), value in values[name].items():
+                    fam.add_sample(sample_name, dict(labels), value)
+                yield fam
+
+    registry.register(Merged())
+    return bytes(generate_latest(registry)).decode()
+
+
+def _merge_endpoints(views: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The first worker's view, with every worker's live counts and backend state
+    (they serve the same config)."""
+    import copy
+
+    merged = copy.deepcopy(views[0])
+    for other in views[1:]:
+        for ep, oep in zip(merged, other, strict=False):
+            for route, oroute in zip(ep["routes"], oep["routes"], strict=False):
+                route["live"] += oroute["live"]
+                for b, ob in zip(route["backends"], oroute["backends"], strict=False):
+                    b["up"] = b["up"] and ob["up"]
+                    b["tried"] = b["tried"] or ob["tried"]
+                    b["recent_failures"] += ob["recent_failures"]
+                    b["last_error"] = b["last_error"] or ob["last_error"]
+    return merged
