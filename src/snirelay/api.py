@@ -14,10 +14,12 @@ Routes:
 
 The figures come from `source` (observe.stats snapshots: this process's, or with
 `workers > 1` every worker's, gathered over the control channels and merged; the worker
-in slot 0 serves the API then). How it works: `asyncio.start_server` on the relay's loop; each connection carries one
-request (every answer says `Connection: close`), parsed by h11, with bounds, so that
-no client of the API can disturb relaying: the request head at most `MAX_HEAD` bytes
-(else 431) and a body at most `MAX_BODY` (else 413), the whole request within
+in slot 0 serves the API then).
+
+How it works: `asyncio.start_server` on the relay's loop; each connection carries one
+request (every answer says `Connection: close`), parsed by h11, with bounds, so that no
+client of the API can disturb relaying: the request head at most `MAX_HEAD` bytes and
+a body at most `MAX_BODY` (else 413 for either), the whole request within
 `REQUEST_TIMEOUT` seconds (else 408), malformed HTTP 400, at most `MAX_CLIENTS`
 connections at once (more are closed at accept). With a token, a request without
 `Authorization: Bearer TOKEN` (compared in constant time) gets 401 and a log line.
@@ -183,21 +185,21 @@ class AdminApi:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 code = exc.error_status_hint
-                raise _Refused(431 if code == 431 else 400, f"bad request: {exc}") from None
+                raise _Refused(413 if code == 431 else 400, f"bad request: {exc}") from None
             if event is h11.NEED_DATA:
                 data = await reader.read(65536)
                 if not data and request is None:
                     raise ConnectionResetError("the client closed before a request")
                 got += len(data)
                 if request is None and got > MAX_HEAD + MAX_BODY:
-                    raise _Refused(431, f"request head over {MAX_HEAD} bytes")
+                    raise _Refused(413, f"request head over {MAX_HEAD} bytes")
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
                 request = event
                 head = sum(len(k) + len(v) + 4 for k, v in event.headers) + len(event.target)
                 if head > MAX_HEAD:
-                    raise _Refused(431, f"request head over {MAX_HEAD} bytes")
+                    raise _Refused(413, f"request head over {MAX_HEAD} bytes")
                 length = _content_length(event)
                 if length is not None and length > MAX_BODY:
                     raise _Refused(413, f"request body over {MAX_BODY} bytes")
