@@ -294,9 +294,7 @@ class CopyDir(_Dir):
                 self.nbytes += m
                 if m < n or self.dst.unsent():
                     # the shared buffer is the next read's: keep only what is left
-                    self.held = memoryview(bytes(view[m:n])) if m < n else None
-                    self.pending = n - m
-                    self._blocked()
+                    self._hold(memoryview(bytes(view[m:n])) if m < n else None, n - m)
                     return
                 if n < len(view) and not self.src.buffered():
                     break  # drained; level-triggered polling reports anything new
@@ -305,10 +303,20 @@ class CopyDir(_Dir):
         except OSError as exc:
             self.owner.pump_failed(exc)
             return
+        self._read_on()
+
+    def _hold(self, held: memoryview | None, pending: int) -> None:
+        """The destination did not take it all: wait for it to be writable."""
+        self.held = held
+        self.pending = pending
+        self._blocked()
+
+    def _read_on(self) -> None:
+        """Done for this readiness event: watch the source again; if it holds decoded
+        bytes (MAX_ROUNDS reached), no readiness event will announce them, so come back
+        from the loop."""
         self._wait_read()
         if self.src.buffered():
-            # decoded bytes wait inside the side (MAX_ROUNDS reached): no readiness event
-            # will announce them, so come back from the loop
             self.poller.call_soon(self._again)
 
     def start(self) -> None:
@@ -390,15 +398,11 @@ class ViewCopyDir(CopyDir):
                     m = 0
                 self.nbytes += m
                 if m < n or self.dst.unsent():
-                    self.held = data[m:] if m < n else None
-                    self.pending = n - m
-                    self._blocked()
+                    self._hold(data[m:] if m < n else None, n - m)  # the part is ours to keep
                     return
         except BlockingIOError:
             pass
         except OSError as exc:
             self.owner.pump_failed(exc)
             return
-        self._wait_read()
-        if self.src.buffered():
-            self.poller.call_soon(self._again)
+        self._read_on()
