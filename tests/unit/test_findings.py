@@ -2,7 +2,8 @@
 severity the issue defines (error: clients using the name fail; warning: only clients
 without SNI or by IP), and the text report of one fixed setup is golden
 (tests/unit/golden/check.txt; rewrite with SNIRELAY_GOLDEN_UPDATE=1 when a wording
-change is meant)."""
+change is meant). With `--api`, the probes are found in made-up handshake lists of the
+relay and what the relay received is compared with what they sent."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from snirelay.diagnose.findings import (
     V_SELF_SIGNED_IN_CHAIN,
     V_UNABLE_TO_GET_ISSUER_LOCALLY,
     Finding,
+    Relay,
     Target,
     findings,
+    match,
+    relay_notes,
 )
 from snirelay.diagnose.probe import Cert, Probe, describe_answer
 
@@ -223,3 +227,236 @@ def test_the_text_report_of_one_setup_is_golden() -> None:
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+# -- the relay's view (check --api) ------------------------------------------------------
+
+API = "http://127.0.0.1:9090"
+T0 = 1_796_000_000.0  # the probes' unix time
+
+
+def via(p: Probe, local: str, retry: str | None = None) -> Probe:
+    """`p` as made from the local address `local` (and `retry`, its second connection)."""
+    p.local, p.local_retry, p.started = local, retry, T0
+    return p
+
+
+def entry(client: str, sni: str | None, **kw: object) -> dict[str, object]:
+    """One handshake as GET /handshakes lists it; passthrough and fine unless told."""
+    e: dict[str, object] = {
+        "time": T0 + 0.01, "client": client, "sni": sni, "alpn": [],
+        "endpoint": "0.0.0.0:443", "route": "endpoints[0].routes[0]", "mode": "passthrough",
+        "upstream_sni": sni, "reoriginated": False, "verified": None,
+        "outcome": "passthrough",
+    }  # fmt: skip
+    e.update(kw)
+    return e
+
+
+def probes_from(local_sni: str = "198.51.100.7:40001", local_bare: str = "198.51.100.7:40002"
+                ) -> list[Probe]:  # fmt: skip
+    return [via(ok("app.example.com", APP), local_sni), via(ok(None, APP), local_bare)]
+
+
+def relay(*entries: dict[str, object]) -> Relay:
+    return Relay(API, entries=tuple(entries))
+
+
+def test_probes_the_relay_saw_as_sent_have_nothing_to_say() -> None:
+    probes = probes_from()
+    listed = relay(
+        entry("203.0.113.9:5555", "other.example.com"),  # another client
+        entry("198.51.100.7:40002", None),
+        entry("198.51.100.7:40001", "app.example.com"),
+    )
+    assert findings(TARGET, probes, NOW, listed) == []
+    seen = match(probes, listed.entries or ())
+    assert [(s.probe.label, s.entry["client"], s.same_address) for s in seen] == [
+        ("sni", "198.51.100.7:40001", True), ("no-sni", "198.51.100.7:40002", True)]  # fmt: skip
+    notes = relay_notes(probes[0], listed)
+    assert notes == ["relay saw: SNI app.example.com, sent upstream SNI app.example.com, route"
+                     " endpoints[0].routes[0] (passthrough), outcome passthrough"]  # fmt: skip
+    text = check.render(TARGET, probes, [], NOW, timing=False, relay=listed)
+    assert "  relay saw: no SNI, sent upstream no SNI" in text
+    assert f"relay API {API}: 3 recent handshake(s) listed" in text
+
+
+def test_the_newest_entry_of_the_port_is_the_probe() -> None:
+    probes = probes_from()
+    old = entry("198.51.100.7:40001", None, time=T0 - 3600)  # a client of an hour ago
+    stale = entry("198.51.100.7:40001", None, time=T0 - 10, outcome="no-route")
+    listed = relay(entry("198.51.100.7:40001", "app.example.com"), stale, old)
+    assert match(probes[:1], listed.entries or ())[0].entry["outcome"] == "passthrough"
+    # only a handshake older than the probe by more than SEEN_WINDOW is never it
+    assert match(probes[:1], (old,)) == []
+
+
+def test_the_sni_stripped_in_between_is_an_error() -> None:
+    probes = probes_from()
+    listed = relay(entry("198.51.100.7:40001", None, route="default"),
+                   entry("198.51.100.7:40002", None))  # fmt: skip
+    found = findings(TARGET, probes, NOW, listed)
+    assert codes(found) == [("sni-changed-in-between", "error")]
+    f = found[0]
+    assert "sent SNI app.example.com and the relay received none" in f.message
+    assert "strips" in f.message and "--connect 127.0.0.1" in f.fix
+    assert f.confirm.endswith(f"curl -s '{API}/handshakes?limit=5'")
+    assert check.exit_code(found, strict=False) == 1
+
+
+def test_an_sni_rewritten_or_added_in_between_is_named() -> None:
+    probes = probes_from()
+    listed = relay(entry("198.51.100.7:40001", "api.example.com"),
+                   entry("198.51.100.7:40002", "added.example.com"))  # fmt: skip
+    found = findings(TARGET, probes, NOW, listed)
+    assert codes(found) == [("sni-changed-in-between", "error"),
+                            ("sni-changed-in-between", "warning")]  # fmt: skip
+    assert "received SNI api.example.com" in found[0].message and "rewrites" in found[0].message
+    assert "sent no SNI and the relay received SNI added.example.com" in found[1].message
+
+
+def test_the_case_and_a_trailing_dot_are_not_a_change() -> None:
+    probes = probes_from()
+    listed = relay(entry("198.51.100.7:40001", "App.Example.COM."),
+                   entry("198.51.100.7:40002", None))  # fmt: skip
+    assert findings(TARGET, probes, NOW, listed) == []
+
+
+def test_the_relay_re_originating_with_its_own_sni_is_words_not_a_finding() -> None:
+    probes = probes_from()
+    listed = relay(
+        entry("198.51.100.7:40001", "app.example.com", mode="terminate+reoriginate",
+              upstream_sni="backend.internal", reoriginated=True, verified=True, outcome="ok"),
+        entry("198.51.100.7:40002", None, mode="terminate+reoriginate",
+              upstream_sni="backend.internal", reoriginated=True, verified=True, outcome="ok"),
+    )  # fmt: skip
+    assert findings(TARGET, probes, NOW, listed) == []
+    notes = relay_notes(probes[0], listed)
+    assert notes[0].startswith("relay saw: SNI app.example.com, sent upstream SNI"
+                               " backend.internal, route")  # fmt: skip
+    assert "re-originated with SNI backend.internal (sni= in its config)" in notes[1]
+    assert "working as configured" in notes[1]
+    assert "or its remote's name" in relay_notes(probes[1], listed)[1]
+
+
+def test_a_failure_the_relay_recorded_is_named_with_explain() -> None:
+    probes = probes_from()
+    probes[0].outcome, probes[0].chain = "closed", []  # the relay closed: its backend failed
+    failure = "tls-backend: certificate verify failed"
+    listed = relay(
+        entry("198.51.100.7:40001", "app.example.com", mode="terminate+reoriginate",
+              upstream_sni="app.example.com", reoriginated=True, verified=False,
+              outcome=failure),
+        entry("198.51.100.7:40002", None, route="default", outcome="no-route"),
+    )  # fmt: skip
+    found = [f for f in findings(TARGET, probes, NOW, listed) if f.code == "relay-outcome"]
+    assert codes(found) == [("relay-outcome", "error"), ("relay-outcome", "warning")]
+    assert failure in found[0].message and "ca= and sni=" in found[0].fix
+    assert all(f.confirm == "snirelay explain -c CONFIG --probe" for f in found)
+    assert "no route for no SNI" in found[1].message and 'when = "no_sni"' in found[1].fix
+
+
+def test_the_first_connection_refused_by_the_probe_itself_is_no_relay_failure() -> None:
+    """A certificate that does not verify: the probe closes the first connection and
+    handshakes again unverified; the relay's entry for the second is the one read."""
+    p = via(ok("app.example.com", APP), "198.51.100.7:40001", retry="198.51.100.7:40003")
+    mine = entry("198.51.100.7:40001", "app.example.com", mode="terminate",
+                 outcome="tls-client: tlsv1 alert unknown ca")  # fmt: skip
+    again = entry("198.51.100.7:40003", "app.example.com", mode="terminate", outcome="ok")
+    assert findings(TARGET, [p], NOW, relay(again, mine)) == []
+    assert match([p], (again, mine))[0].local == "198.51.100.7:40003"
+    # only the first listed: no relay-outcome for the probe's own refusal, and a word
+    assert findings(TARGET, [p], NOW, relay(mine)) == []
+    assert "first connection" in relay_notes(p, relay(mine))[1]
+
+
+def test_through_nat_the_port_matches_and_the_note_says_so() -> None:
+    probes = probes_from()
+    listed = relay(entry("10.0.0.1:40001", "app.example.com"), entry("10.0.0.1:40002", None))
+    assert findings(TARGET, probes, NOW, listed) == []
+    notes = relay_notes(probes[0], listed)
+    assert "matched by the port only" in notes[1] and "10.0.0.1:40001" in notes[1]
+    # an IPv4 client seen by a dual-stack listener is the same address
+    mapped = relay(entry("[::ffff:198.51.100.7]:40001", "app.example.com"))
+    assert match(probes[:1], mapped.entries or ())[0].same_address
+
+
+def test_a_probe_not_listed_is_a_warning_with_what_to_check() -> None:
+    probes = probes_from()
+    listed = relay(entry("198.51.100.7:40001", "app.example.com"))
+    found = findings(TARGET, probes, NOW, listed)
+    assert codes(found) == [("probe-not-seen", "warning")]
+    f = found[0]
+    assert "the probe (no SNI from 198.51.100.7:40002)" in f.message
+    assert "port 443" not in f.message  # its handshakes came in on 443: no hint
+    assert "another address and port" in f.fix and "plain forward" in f.fix
+    other = relay(entry("192.0.2.5:1234", "x.example.com", endpoint="0.0.0.0:8443"))
+    found = findings(TARGET, probes, NOW, other)
+    assert codes(found) == [("probe-not-seen", "warning")]
+    assert "neither probe" in found[0].message
+    assert "none of its handshakes came in on port 443" in found[0].message
+    assert relay_notes(probes[0], other) == [
+        "relay saw: no handshake from 198.51.100.7:40001 (see probe-not-seen below)"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("problem", "error", "token", "code", "words"),
+    [
+        ("unreachable", "connection refused: nothing listens there", False, "api-unreachable",
+         "did not answer (connection refused"),
+        ("refused", "HTTP 401: unauthorized", False, "api-refused", "no token was sent"),
+        ("refused", "HTTP 401: unauthorized", True, "api-refused", "the token sent is not"),
+        ("bad-answer", "not JSON (it starts '<html>')", False, "api-bad-answer",
+         "not with the relay's list"),
+    ],
+)  # fmt: skip
+def test_an_api_that_gives_no_list_is_a_warning(
+    problem: str, error: str, token: bool, code: str, words: str
+) -> None:
+    failed_api = Relay(API, error=error, problem=problem, token=token)
+    found = findings(TARGET, probes_from(), NOW, failed_api)
+    assert codes(found) == [(code, "warning")]
+    assert words in found[0].message and API in found[0].message
+    assert relay_notes(probes_from()[0], failed_api) == []
+    if problem == "refused":
+        assert "SNIRELAY_API_TOKEN" in found[0].fix
+        assert "Authorization: Bearer $SNIRELAY_API_TOKEN" in found[0].confirm
+
+
+def test_without_a_probe_that_connected_the_api_is_not_asked() -> None:
+    probes = [failed("app.example.com", "connect-refused", "refused"),
+              failed(None, "connect-refused", "refused")]  # fmt: skip
+    not_asked = Relay(API)
+    assert codes(findings(TARGET, probes, NOW, not_asked)) == [("connect-refused", "error")]
+    doc = check.as_document(TARGET, probes, [], NOW, not_asked)
+    assert doc["api"] == {"url": API, "asked": False, "matched": [], "error": None}
+    assert check.as_document(TARGET, probes, [], NOW)["api"] is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["a.example.com:443", "--api", "ftp://127.0.0.1:9090"], "http:// or https:// URL"),
+        (["a.example.com:443", "--api", "127.0.0.1:9090"], "http:// or https:// URL"),
+        (["a.example.com:443", "--api", "http://h:port"], "http:// or https:// URL"),
+        (["a.example.com:443", "--api-token", "t0k"], "--api-token: give --api URL too"),
+        (["a.example.com:443", "--api", API, "--api-token", "t\x01k"], "printable ASCII"),
+    ],
+)  # fmt: skip
+def test_api_usage_errors_are_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+
+
+def test_the_token_comes_from_the_environment_without_the_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SNIRELAY_API_TOKEN", "from-env")
+    assert check.parse(["a.example.com:443", "--api", API + "/"]).token == "from-env"
+    assert check.parse(["a.example.com:443", "--api", API + "/"]).api == API
+    opts = check.parse(["a.example.com:443", "--api", API, "--api-token", "flag"])
+    assert opts.token == "flag"
+    assert check.parse(["a.example.com:443"]).token is None  # no --api: not read

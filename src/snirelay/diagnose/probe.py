@@ -8,7 +8,8 @@ the standard `ssl` module over memory BIOs (`SSLObject`), moving the bytes itsel
 blocking socket with a deadline per step. Doing the I/O by hand keeps what the server
 sent: when the answer is not TLS, its first bytes say what the service is (plain HTTP
 answers ``HTTP/1.1 400``), and a plaintext alert record gives the alert by its RFC 8446
-name.
+name. Once the handshake completes, what it left to send (the client's Finished) is
+sent too, so that the server, or a relay that terminates, sees a whole handshake.
 
 The first handshake verifies the chain against the system store or `ca` (OpenSSL's
 verdict, the one curl and most clients reach). When that fails, OpenSSL's verify code
@@ -21,6 +22,10 @@ The chain as sent comes from `get_unverified_chain()`: public on `SSLObject` fro
 Python 3.13, present on the private `_sslobj` since 3.10 (this is the only reason to
 touch it; nothing else is read there). Certificates are decoded with `cryptography`.
 
+Each connection's own end (`local`: address and port, from getsockname) is kept: a
+relay's admin API lists its clients by that address, so `check --api` finds the probe
+there (diagnose.findings.match).
+
 Every step has a deadline (`timeout` each: resolve, connect, handshake). The result is
 data (`Probe`); nothing is raised for anything the network does. Findings and fixes
 come from `diagnose.findings`, which does no I/O.
@@ -29,6 +34,7 @@ come from `diagnose.findings`, which does no I/O.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime
 import errno
 import socket
@@ -109,6 +115,9 @@ class Probe:
     sni: str | None  # the SNI sent (None: none)
     outcome: str = "ok"
     address: str | None = None  # the address connected to
+    local: str | None = None  # this end of the connection (getsockname after connect)
+    local_retry: str | None = None  # this end of the second, unverified handshake, if any
+    started: float | None = None  # unix seconds, when the connection was made
     error: str | None = None
     alert: str | None = None
     answer: bytes = b""
@@ -183,6 +192,18 @@ def _connect(family: int, sa: Any, timeout: float) -> socket.socket:
             "connect-failed", f"{exc.strerror or exc}{f' ({why})' if why else ''}"
         ) from None
     return sock
+
+
+def sockname(sock: socket.socket) -> str | None:
+    """This end of a connected socket, as the other end sees it ("127.0.0.1:54321",
+    "[::1]:54321"); None when the system does not say."""
+    try:
+        sa = sock.getsockname()
+    except OSError:
+        return None
+    if not isinstance(sa, tuple) or len(sa) < 2:
+        return None
+    return f"[{sa[0]}]:{sa[1]}" if ":" in str(sa[0]) else f"{sa[0]}:{sa[1]}"
 
 
 def _alert_in(data: bytes) -> str | None:
@@ -266,7 +287,18 @@ def _handshake(
         if len(received) < KEEP_BYTES:
             received += chunk
         incoming.write(chunk)
+    _finish(sock, outgoing)
     return obj
+
+
+def _finish(sock: socket.socket, outgoing: ssl.MemoryBIO) -> None:
+    """Send what the handshake left to send: the client's Finished (TLS 1.3, and 1.2
+    with session tickets). Without it the server never completes the handshake: a
+    terminating relay would record the probe as a client that left mid-handshake."""
+    pending = outgoing.read()
+    if pending:
+        with contextlib.suppress(OSError):  # the result is what the handshake gave
+            sock.sendall(pending)
 
 
 def _silent(received: bytes, timeout: float) -> _Step:
@@ -424,8 +456,10 @@ def probe(
         family, sa = addrs[0]
         p.address = f"[{sa[0]}]:{sa[1]}" if family == socket.AF_INET6 else f"{sa[0]}:{sa[1]}"
         t0 = time.monotonic()
+        p.started = time.time()
         sock = _connect(family, sa, timeout)
         p.connect_ms = (time.monotonic() - t0) * 1000
+        p.local = sockname(sock)
     except _Step as step:
         p.outcome, p.error = step.outcome, step.error
         return p
@@ -445,6 +479,7 @@ def probe(
             p.handshake_ms = (time.monotonic() - t0) * 1000
         if obj is None:  # again without verifying: for the version, cipher and ALPN
             sock = _connect(family, sa, timeout)
+            p.local_retry = sockname(sock)
             with sock:
                 obj = _handshake(sock, plain, sni, timeout, p)
     except _Step as step:
