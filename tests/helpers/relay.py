@@ -43,7 +43,7 @@ SRC = REPO / "src"
 _TEXT_KEYS = {"up": "bytes_up", "down": "bytes_down"}
 _INT_KEYS = {"id", "bytes_up", "bytes_down"}
 _FLOAT_KEYS = {"duration"}
-_LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+) \((.+), (tcp|udp)\)")
+_LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:]+):(\d+) \((.+), (tcp|udp|http)\)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
