@@ -2,8 +2,8 @@
 
 - A 256 MiB transfer each way (sha256 both ways, half-close) through each of forward,
   passthrough and terminate keeps going while the config is reloaded three times (POST
-  /reload, SIGHUP, POST /reload): an endpoint added, then removed while another one's
-  remote changes, then changed back; each reload's effect is visible to new
+  /reload, SIGHUP, POST /reload): an endpoint added, then removed while a route of
+  another one goes to another backend, then back; each reload's effect is visible to new
   connections at once, and the transfer finishes intact.
 - An invalid new config is refused with its error (in the API's answer and the log),
   and the running one stays.
@@ -51,10 +51,12 @@ def post_reload(api: int) -> dict[str, Any]:
 
 
 def banner(port: int) -> bytes:
-    """The banner of the echo server a new connection to `port` reaches."""
+    """The banner of the echo server a new connection to `port` reaches (an HTTP request
+    for pick.example.com, which E2's route takes)."""
     with connect(port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: pick.example.com\r\n\r\n")
         s.shutdown(socket.SHUT_WR)
-        return recv_all(s)
+        return recv_all(s)[:1]
 
 
 def refused(port: int) -> bool:
@@ -110,8 +112,8 @@ class Backend:
 
 
 def config(mode: str, ports: dict[str, int], step: int, backend: int, tls: tuple[Path, ...]) -> str:
-    """The relay's config at `step` (0: start; 1: E3 added; 2: E3 removed, E2's remote
-    changed; 3: E2 back, E1 changed)."""
+    """The relay's config at `step` (0: start; 1: E3 added; 2: E3 removed, a route of E2
+    sent elsewhere; 3: that route back, E1 changed)."""
     ca, cert, key = tls
     e1 = f'[[endpoints]]\nlisten = "127.0.0.1:{ports["e1"]}"\n'
     if step == 3:
@@ -126,8 +128,12 @@ def config(mode: str, ports: dict[str, int], step: int, backend: int, tls: tuple
         e1 += f'remote = "127.0.0.1:{backend}"\n'
         if mode == "terminate":
             e1 += f'listen_transport = "tls;cert={cert};key={key}"\n'
-    e2_to = ports["b"] if step == 2 else ports["a"]
-    e2 = f'[[endpoints]]\nlisten = "127.0.0.1:{ports["e2"]}"\nremote = "127.0.0.1:{e2_to}"\n'
+    route_to = ports["b"] if step == 2 else ports["a"]  # the route that changes
+    e2 = (
+        f'[[endpoints]]\nlisten = "127.0.0.1:{ports["e2"]}"\nremote = "127.0.0.1:{ports["a"]}"\n'
+        f'  [[endpoints.routes]]\n  server_names = ["pick.example.com"]\n'
+        f'  remote = "127.0.0.1:{route_to}"\n'
+    )
     e3 = f'[[endpoints]]\nlisten = "127.0.0.1:{ports["e3"]}"\nremote = "127.0.0.1:{ports["b"]}"\n'
     api = f'[api]\nlisten = "127.0.0.1:{ports["api"]}"\n'
     return api + e2 + (e3 if step == 1 else "") + e1

@@ -59,6 +59,7 @@ TOP_KEYS = ("log", "dns", "network", "endpoints", "api", "workers", "drain_timeo
 LOG_KEYS = tuple(f.name for f in dataclasses.fields(LogConfig))
 DNS_KEYS = tuple(f.name for f in dataclasses.fields(DnsConfig))
 API_KEYS = ("listen", "token")
+DEFAULT_API_LISTEN = "127.0.0.1:9090"
 
 
 # ---------------------------------------------------------------- reading files
@@ -189,9 +190,7 @@ def _top(tbl: Table) -> dict[str, Any]:
         out["drain_timeout"] = tbl.seconds("drain_timeout")
     api = tbl.table("api", API_KEYS)
     if api is not None:
-        listen = api.text("listen")
-        if listen is None:
-            raise api.error("listen", "missing ([api] needs a listen address)")
+        listen = api.text("listen") or DEFAULT_API_LISTEN  # loopback unless told otherwise
         token = api.text("token")
         out["api"] = ApiConfig(parse_addr(listen, api.place_of("listen"), allow_zero=True), token)
     return out
