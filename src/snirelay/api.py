@@ -114,9 +114,12 @@ class AdminApi:
 
     async def open(self) -> None:
         """Bind (before the other services start; OSError on failure)."""
+        # SO_REUSEPORT: the API answers while the relay drains, so a relay started next
+        # to a draining one (a restart) can bind the same port
         self.server = await asyncio.start_server(
-            self._client, self.cfg.listen.host, self.cfg.listen.port, limit=MAX_HEAD
-        )
+            self._client, self.cfg.listen.host, self.cfg.listen.port, limit=MAX_HEAD,
+            reuse_port=True,
+        )  # fmt: skip
         sock = self.server.sockets[0]
         from snirelay.net.listener import bound_address
 
@@ -158,6 +161,9 @@ class AdminApi:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     request, body = await self._read(conn, reader)
                 status, ctype, payload, extra = await self._answer(request, body, who)
+                if request.method == b"HEAD":
+                    extra = [*extra, ("content-length", str(len(payload)))]
+                    payload = b""  # the head only, with the length GET would have
             except TimeoutError:
                 status, ctype, payload, extra = 408, *_text("request timeout"), []
                 LOG.warning("api: %s: no whole request within %gs", who, REQUEST_TIMEOUT)
@@ -222,9 +228,10 @@ class AdminApi:
         payload: bytes,
         extra: list[tuple[str, str]],
     ) -> None:
+        length = [] if any(k == "content-length" for k, _ in extra) else [str(len(payload))]
         headers = [
             ("content-type", ctype),
-            ("content-length", str(len(payload))),
+            *(("content-length", n) for n in length),
             ("connection", "close"),
             ("cache-control", "no-store"),
             *extra,
@@ -238,7 +245,8 @@ class AdminApi:
             conn.receive_data(b"GET / HTTP/1.0\r\n\r\n")
             conn.next_event()
             data = conn.send(_response(status, headers))
-        data = (data or b"") + (conn.send(h11.Data(data=payload)) or b"")
+        if payload:
+            data = (data or b"") + (conn.send(h11.Data(data=payload)) or b"")
         data += conn.send(h11.EndOfMessage()) or b""
         writer.write(data)
         async with asyncio.timeout(WRITE_TIMEOUT):

@@ -177,10 +177,13 @@ class Server:
         loader: Loader | None = None,
         *,
         serve_api: bool = True,
+        slot: int = 0,
     ) -> None:
-        """`serve_api`: this process serves `[api]` (with workers: slot 0's)."""
+        """`serve_api`: this process serves `[api]` (with workers: slot 0's); `slot`:
+        the worker's slot (its metrics carry it as the `worker` label)."""
         self.config = config
         self.serve_api = serve_api
+        self.slot = slot
         self.loop = loop
         self.ctx = Context(loop, config)
         self.endpoints = [EndpointRT(ep) for ep in config.endpoints]
@@ -291,6 +294,13 @@ class Server:
         snap: dict[str, Any] = self.stats.snapshot()
         return snap
 
+    def _worker_snapshot(self) -> dict[str, Any] | None:
+        if self.stats is None:
+            return None
+        snap: dict[str, Any] = self.stats.snapshot()
+        snap["slot"] = self.slot
+        return snap
+
     async def _gathered(self) -> dict[str, Any]:
         from snirelay.observe.stats import merge_snapshots
 
@@ -338,7 +348,7 @@ class Server:
     async def _answer(self, fid: int, ask: str) -> None:
         """The supervisor passed on a fan-out: answer it."""
         if ask == "snapshot":
-            data: Any = self.stats.snapshot() if self.stats is not None else None
+            data: Any = self._worker_snapshot()
         else:
             data = await self.reload()
         try:
@@ -405,18 +415,29 @@ class Server:
             finally:
                 self._notify("READY=1")
 
+    def _listen_key(self, ep: Endpoint) -> str:
+        """How a new endpoint is matched to a running listener: its listen address; an
+        endpoint on port 0 at the same place and host as a running one is that one (it
+        keeps the port it got; with workers, the running config holds that port)."""
+        if ep.listen.port == 0:
+            for lst in self.listeners:
+                cfg = lst.ep.cfg
+                if cfg.place == ep.place and cfg.listen.host == ep.listen.host:
+                    return str(cfg.listen)
+        return str(ep.listen)
+
     def _apply(self, new: Config, quiet: bool = False) -> dict[str, Any]:
         """Switch to `new` (see `reload`); `quiet`: the same config, files read again
         (no start-up warnings again, no summary line)."""
         problem = unsupported(new)
         if problem:
             raise StartupError(problem, 2)
-        for key in ("workers", "api", "dns", "nofile", "pipe_pages"):
+        for key in ("workers", "api", "dns"):
             if getattr(new, key) != getattr(self.config, key):
                 LOG.warning("reload: %s changed: that takes a restart; kept as it was", key)
         rts = [EndpointRT(ep, warn=not quiet) for ep in new.endpoints]  # ConfigError: files
-        wanted = {str(rt.cfg.listen): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}
         running = {str(lst.ep.cfg.listen): lst for lst in self.listeners}
+        wanted = {self._listen_key(rt.cfg): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}
         fresh = [rt for key, rt in wanted.items() if key not in running]
         bound = bind_endpoints([rt.cfg for rt in fresh], reuse_port=self.reuse_port)  # all or none
         added, removed, switched = [], [], []
@@ -440,7 +461,8 @@ class Server:
             added.append(lst.address)
         if new.log != self.config.log:
             logsetup.setup(new.log)
-        self.config = dataclasses.replace(new, workers=self.config.workers, api=self.config.api)
+        old = self.config  # what takes a restart stays as it runs
+        self.config = dataclasses.replace(new, workers=old.workers, api=old.api, dns=old.dns)
         self.ctx.config = self.config
         self.endpoints[:] = rts  # the list the API's observer reads
         self._files = _files_signature(self.config)
@@ -579,12 +601,13 @@ def _serve(
     control_sock: socket.socket | None = None,
     loader: Loader | None = None,
     api: bool = True,
+    slot: int = 0,
 ) -> int:
     loop = new_loop()
     asyncio.set_event_loop(loop)
     loop.set_exception_handler(_loop_exception)
     try:
-        server = Server(config, loop, control_sock, loader, serve_api=api)
+        server = Server(config, loop, control_sock, loader, serve_api=api, slot=slot)
         server.bind(reuse_port)
         loop.run_until_complete(server.serve())
         return 0
@@ -599,11 +622,37 @@ def _worker(
     worker in slot 0 also serves the admin API, for the whole relay."""
     try:
         return _serve(
-            config, reuse_port=True, control_sock=control_sock, loader=loader, api=index == 0
+            config,
+            reuse_port=True,
+            control_sock=control_sock,
+            loader=loader,
+            api=index == 0,
+            slot=index,
         )
     except StartupError as exc:
         print(f"snirelay: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ConfigError as exc:  # a config the supervisor let through: one line, not a trace
+        print(f"snirelay: {exc}", file=sys.stderr)
+        return 2
+
+
+def checked(loader: Loader) -> Loader:
+    """`loader`, refusing (ConfigError) what the relay would refuse at start: a feature
+    not built, a certificate or key that does not load. The supervisor keeps only such
+    a config for the workers it starts later, so a reload the workers refuse cannot make
+    every restarted worker fail."""
+
+    def load() -> Config:
+        config = loader()
+        problem = unsupported(config)
+        if problem:
+            raise ConfigError("", problem)
+        for ep in config.endpoints:
+            EndpointRT(ep)  # ConfigError naming the file
+        return config
+
+    return load
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
@@ -630,5 +679,5 @@ def run(config: Config, loader: Loader | None = None) -> int:
         with_bound_ports(config, bound),
         [s for _, s in bound],
         lambda cfg, channel, index: _worker(cfg, channel, loader, index),
-        loader,
+        checked(loader) if loader is not None else None,
     ).run()

@@ -60,7 +60,7 @@ from collections.abc import Callable
 from typing import Any
 
 from snirelay import control, sdnotify
-from snirelay.config.model import Config, ConfigError
+from snirelay.config.model import Addr, Config, ConfigError
 from snirelay.observe.log import LOG
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -435,7 +435,15 @@ class Supervisor:
             return
         finally:
             sdnotify.notify("READY=1")
-        self.config = dataclasses.replace(new, workers=self.config.workers)
+        # an endpoint on port 0 keeps the port the first bind got (workers share it)
+        got = {(ep.place, ep.listen.host): ep.listen.port for ep in self.config.endpoints}
+        eps = tuple(
+            dataclasses.replace(ep, listen=Addr(ep.listen.host, got[(ep.place, ep.listen.host)]))
+            if ep.listen.port == 0 and (ep.place, ep.listen.host) in got
+            else ep
+            for ep in new.endpoints
+        )
+        self.config = dataclasses.replace(new, workers=self.config.workers, endpoints=eps)
 
     def _forward(self, sig: int) -> int:
         n = 0

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -28,7 +30,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers.peers import EchoServer, connect, recv_all
+from helpers.peers import EchoServer, HeldServer, connect, recv_all
 from helpers.relay import RelayProcess, free_port, relay_env
 from helpers.wait import wait_until
 
@@ -61,6 +63,15 @@ def sample(
     m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
     return m[(name, tuple(sorted(labels.items())))]
+
+
+def total(
+    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The sum of `name`'s samples that carry `labels` (with workers: over the `worker`
+    label, which each worker's series has)."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in m.items() if n == name and want <= set(lab))
 
 
 def api_relay(
@@ -266,10 +277,13 @@ def test_metrics_with_two_workers_are_the_whole_relays(tmp_path: Path) -> None:
             assert len({r["worker"] for r in records}) == 2, "SO_REUSEPORT spread them"
             m = metrics(api)
             ep = f"127.0.0.1:{port}"
-            got: Any = sample(m, "snirelay_connections_total", endpoint=ep, route="default")
+            per_worker = {dict(lab)["worker"]: v for (n, lab), v in m.items()
+                          if n == "snirelay_connections_total"}  # fmt: skip
+            assert set(per_worker) == {"0", "1"} and all(per_worker.values()), per_worker
+            got: Any = total(m, "snirelay_connections_total", endpoint=ep, route="default")
             assert got == 40
-            assert sample(m, "snirelay_bytes_total", endpoint=ep, route="default",
-                          direction="up") == 80  # fmt: skip
+            assert total(m, "snirelay_bytes_total", endpoint=ep, route="default",
+                         direction="up") == 80  # fmt: skip
             with connect(port) as s:  # a live one, on whichever worker: listed once
                 s.sendall(b"x")
                 assert s.recv(1) == b"x"
@@ -303,3 +317,39 @@ def test_a_handshake_whose_backend_refused_says_so(tmp_path: Path) -> None:
         relay.wait_records(1)
         [shake] = json.loads(get(api, "/handshakes")[1])
         assert shake["sni"] == "gone.example.com" and shake["outcome"] == "connect-failed"
+
+
+def test_head_is_answered_without_a_body(tmp_path: Path) -> None:
+    relay, api = api_relay(
+        tmp_path, '[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "127.0.0.1:9"\n'
+    )
+    with relay:
+        relay.start(wait_listen=2)
+        answer = raw_request(api, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: 3" in head, answer
+        assert body == b""
+
+
+def test_a_restart_next_to_a_draining_relay_gets_the_api_port(tmp_path: Path) -> None:
+    """The API answers while the relay drains; a new relay can still bind its port."""
+    with HeldServer() as srv:
+        port = free_port()
+        body = f'[[endpoints]]\nlisten = "127.0.0.1:{port}"\nremote = "{srv.addr}"\n'
+        old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+        old_dir.mkdir()
+        new_dir.mkdir()
+        old, api = api_relay(old_dir, body, top="drain_timeout = 30")
+        with old:
+            old.start(wait_listen=2)
+            held = connect(port)
+            assert held.recv(1)  # a transfer runs (and is held)
+            os.kill(old.pid, signal.SIGTERM)
+            old.wait_log("draining for up to")
+            assert get(api, "/healthz") == (503, b"stopping\n")
+            assert old.config_path is not None
+            with RelayProcess(config=old.config_path.read_text(), tmp_path=new_dir) as new:
+                new.start(wait_listen=2)
+                assert get(api, "/healthz")[0] in (200, 503)  # either answers: both bound
+                assert new.stop(signal.SIGTERM, timeout=15) == 0
+            held.close()

@@ -315,3 +315,52 @@ def test_systemd_hears_ready_reloading_and_stopping(tmp_path: Path) -> None:
             os.kill(relay.pid, signal.SIGTERM)
             assert sock.recv(4096) == b"STOPPING=1"
             assert relay.wait(timeout=15) == 0
+
+
+# ---------------------------------------------------------------- with workers
+
+
+def test_workers_keep_a_port_0_endpoint_across_a_reload(tmp_path: Path) -> None:
+    api = free_port()
+    with EchoServer() as srv:
+        text = (f'workers = 2\n[api]\nlisten = "127.0.0.1:{api}"\n'
+                f'[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "{srv.addr}"\n')  # fmt: skip
+        with RelayProcess(config=text, tmp_path=tmp_path) as relay:
+            relay.start(wait_listen=3)
+            port = relay.port("endpoints[0]")
+            answer = post_reload(api)
+            assert answer["ok"] and len(answer["workers"]) == 2, answer
+            for r in answer["workers"].values():
+                assert r["switched"] == [f"127.0.0.1:{port}"] and not r["added"], answer
+            ports = {p for _, p, where in relay.listening() if where == "endpoints[0]"}
+            assert ports == {port}, relay.log
+            for i in range(10):
+                with connect(port) as s:
+                    s.sendall(b"%d" % i)
+                    s.shutdown(socket.SHUT_WR)
+                    assert recv_all(s) == b"%d" % i
+
+
+def test_a_config_the_workers_refuse_is_not_kept_for_restarts(tmp_path: Path) -> None:
+    from helpers.procs import children_of
+
+    with EchoServer() as srv:
+        port = free_port()
+        text = f'workers = 2\n[[endpoints]]\nlisten = "127.0.0.1:{port}"\nremote = "{srv.addr}"\n'
+        with RelayProcess(config=text, tmp_path=tmp_path) as relay:
+            relay.start(wait_listen=2)
+            assert relay.config_path is not None
+            relay.config_path.write_text(
+                text + 'listen_transport = "tls;cert=/nonexistent.pem;key=/nonexistent.key"\n'
+            )
+            os.kill(relay.pid, signal.SIGHUP)
+            relay.wait_log("/nonexistent.pem", count=3)  # the supervisor and both workers
+            victim = children_of(relay.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            relay.wait_log("in its place")  # restarted, with the config that runs
+            relay.wait_log("listening on ", count=3)
+            assert "giving up" not in relay.log and relay.running, relay.log
+            with connect(port) as s:
+                s.sendall(b"plain tcp still")
+                s.shutdown(socket.SHUT_WR)
+                assert recv_all(s) == b"plain tcp still"

@@ -80,9 +80,12 @@ class Listener:
         LOG.info("listening on %s (%s, %s)", self.address, self.place, self.kind)
 
     def switch_to(self, ep: EndpointRT) -> None:
-        """A reload: new connections get `ep`; running ones keep what they have."""
+        """A reload: new connections get `ep`; running ones keep what they have (and
+        only the runtimes some connection still uses are kept: no TLS contexts pile up
+        over many reloads)."""
+        used = {id(c.ep) for c in self.ctx.conns}
+        self.served = (*(e for e in self.served if id(e) in used and e is not ep), ep)
         self.ep = ep
-        self.served = (*self.served, ep)
         self.place = ep.cfg.place
 
     def stop(self) -> None:

@@ -72,12 +72,13 @@ def sniff_outcome(conn: Connection) -> str:
 
 
 def _reason_label(error: str) -> str:
-    """A handshake failure as a bounded label: TLS reasons are OpenSSL's names (or the
-    relay's fixed words); a WebSocket refusal quotes what the client asked for, so only
-    its kind is kept."""
-    if error.startswith("tls-"):
-        return error
-    return error.split(":", 1)[0]
+    """A handshake failure as a bounded label, without the side (a label of its own):
+    TLS reasons are OpenSSL's names (or the relay's fixed words); a WebSocket refusal
+    quotes what the client asked for, so only its kind is kept."""
+    head, _, rest = error.partition(": ")
+    if head in ("tls-client", "tls-backend") and rest:
+        return rest
+    return head.split(":", 1)[0]
 
 
 class _Backend:
@@ -102,7 +103,8 @@ class Stats:
         reg = self.registry
         self.sniffs = Counter(
             "snirelay_sniff",
-            "Sniff outcomes of connections on endpoints with routes",
+            "Sniff outcomes of connections on endpoints that read the first bytes (routes,"
+            " or TLS termination)",
             ["endpoint", "outcome"],
             registry=reg,
         )
@@ -133,7 +135,8 @@ class Stats:
         reg.register(self)  # collect(): connections, bytes, active, backend state
         # what closed connections moved, per (endpoint, route)
         self.moved: dict[tuple[str, str], list[int]] = {}  # [connections, up, down]
-        self.backends: dict[tuple[str, int], _Backend] = {}  # (upstream place, index)
+        # (upstream place, remote as written): a remote replaced by a reload starts afresh
+        self.backends: dict[tuple[str, str], _Backend] = {}
         self.handshakes: deque[dict[str, Any]] = deque(maxlen=max(1, handshakes))
         self.noted: dict[int, dict[str, Any]] = {}  # live connection id -> its entry there
 
@@ -150,9 +153,10 @@ class Stats:
 
     def remote_tried(self, conn: Connection, index: int, error: str | None, took: float) -> None:
         up = conn.upstream
-        b = self.backends.get((up.where, index))
+        key = (up.where, str(up.cfg.remotes[index]))
+        b = self.backends.get(key)
         if b is None:
-            b = self.backends[(up.where, index)] = _Backend()
+            b = self.backends[key] = _Backend()
         ep = str(conn.ep.cfg.listen)
         if error is None:
             b.last_ok = True
@@ -200,10 +204,11 @@ class Stats:
         b = conn.backend.tls if conn.backend is not None else None
         if b is not None:  # re-originated: what the relay sent, and whether it verified
             sent = b.obj.server_hostname
-            if b.info[0] is not None:
-                verified = b.obj.context.verify_mode == ssl.CERT_REQUIRED
+            checked = b.obj.context.verify_mode == ssl.CERT_REQUIRED  # not with insecure
+            if b.info[0] is not None and checked:
+                verified = True
             elif "certificate verify failed" in outcome:
-                verified = False
+                verified = False  # (None: insecure, nothing was checked)
         entry: dict[str, Any] = {
             "time": round(time.time(), 3),
             "client": _addr(conn.caddr),
@@ -247,7 +252,7 @@ class Stats:
         now, wall = self.ctx.loop.time(), time.time()
         out = []
         for i, remote in enumerate(up.cfg.remotes):
-            b = self.backends.get((up.where, i))
+            b = self.backends.get((up.where, str(remote)))
             fails = [t for t in b.fails if wall - t <= RECENT] if b is not None else []
             down = (b is not None and b.last_ok is False) or (
                 len(up.cfg.remotes) > 1 and up.balancer.is_down(i, now)
@@ -382,14 +387,15 @@ def _addr(sa: Any) -> str | None:
 
 # ---- several workers: one relay's figures ------------------------------------------------
 
-_WORST = {"snirelay_backend_up"}  # merged by the minimum: down when any worker saw it down
-
 
 def merge_snapshots(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """The snapshots of every worker (pid, snapshot) as one relay's: counters, gauges and
-    histogram buckets added up series by series (a backend is up only if every worker
-    sees it up), connections listed with their worker's pid, handshakes interleaved by
-    time, the endpoints' live counts and backend failures added up."""
+    """The snapshots of every worker (pid, snapshot) as one relay's: every worker's
+    series with a `worker` label (its slot: bounded, and a restarted worker's counters
+    start again as a new life of the same series, which Prometheus reads as a reset;
+    summed across workers, a worker's death would make the sum go down), connections
+    listed with their worker's pid, handshakes interleaved by time, the endpoints' live
+    counts and backend failures added up (a backend is up only if every worker sees it
+    up)."""
     if not parts:
         return {"metrics": "", "connections": [], "handshakes": [], "endpoints": [],
                 "started": time.time()}  # fmt: skip
@@ -397,7 +403,9 @@ def merge_snapshots(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     shakes = [dict(h, worker=pid) for pid, snap in parts for h in snap["handshakes"]]
     shakes.sort(key=lambda h: -h["time"])
     return {
-        "metrics": _merge_metrics([snap["metrics"] for _, snap in parts]),
+        "metrics": _merge_metrics(
+            [(str(snap.get("slot", pid)), snap["metrics"]) for pid, snap in parts]
+        ),  # fmt: skip
         "connections": sorted(conns, key=lambda c: (c["worker"], c["id"])),
         "handshakes": shakes,
         "endpoints": _merge_endpoints([snap["endpoints"] for _, snap in parts]),
@@ -405,34 +413,25 @@ def merge_snapshots(parts: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
-def _merge_metrics(texts: list[str]) -> str:
+def _merge_metrics(texts: list[tuple[str, str]]) -> str:
+    """(worker, exposition text) of each worker -> one exposition, each sample labelled
+    with its worker (made by prometheus_client's own parser and writer)."""
     from prometheus_client.metrics_core import Metric
     from prometheus_client.parser import text_string_to_metric_families
 
     families: dict[str, Metric] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in texts:
+    for worker, text in texts:
         for fam in text_string_to_metric_families(text):
-            if fam.name not in families:
-                families[fam.name] = Metric(fam.name, fam.documentation, fam.type)
-                values[fam.name] = {}
-            got = values[fam.name]
+            merged = families.get(fam.name)
+            if merged is None:
+                merged = families[fam.name] = Metric(fam.name, fam.documentation, fam.type)
             for smp in fam.samples:
-                key = (smp.name, tuple(sorted(smp.labels.items())))
-                if key not in got:
-                    got[key] = smp.value
-                elif fam.name in _WORST:
-                    got[key] = min(got[key], smp.value)
-                else:
-                    got[key] += smp.value
+                merged.add_sample(smp.name, {**smp.labels, "worker": worker}, smp.value)
     registry = CollectorRegistry(auto_describe=False)
 
     class Merged:
         def collect(self) -> Iterator[Metric]:
-            for name, fam in families.items():
-                for (sample_name, labels), value in values[name].items():
-                    fam.add_sample(sample_name, dict(labels), value)
-                yield fam
+            yield from families.values()
 
     registry.register(Merged())
     return bytes(generate_latest(registry)).decode()
