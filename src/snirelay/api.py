@@ -47,6 +47,7 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
+LINGER = 2.0  # seconds a closing API connection waits for the client's own end
 MAX_CLIENTS = 32
 DEFAULT_HANDSHAKES = 1000  # /handshakes without ?limit=
 MAX_HANDSHAKES = 10_000  # ?limit= at most
@@ -172,6 +173,7 @@ class AdminApi:
                 if r.status != 401:
                     LOG.warning("api: %s: %d %s", who, r.status, esc(str(r)))
             await self._send(writer, conn, status, ctype, payload, extra)
+            await _linger(reader, writer)
         except (ConnectionError, TimeoutError, h11.LocalProtocolError):
             pass  # the client went away, or stopped reading: nothing more to say
         except Exception:  # a bug in a handler: log it, keep serving
@@ -340,6 +342,16 @@ class AdminApi:
     async def _reload(self) -> tuple[int, str, bytes, list[tuple[str, str]]]:
         result = await self.reload()
         return (200 if result.get("ok") else 400), *_json(result), []
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """End the answer with a FIN, then read and drop what the client still sends (the
+    rest of a refused request) until it closes or `LINGER` passes: closing a socket with
+    unread bytes sends a reset, which can destroy the answer before the client reads it."""
+    writer.write_eof()
+    async with asyncio.timeout(LINGER):
+        while await reader.read(65536):
+            pass
 
 
 def _response(status: int, headers: list[tuple[str, str]]) -> h11.Response:

@@ -757,3 +757,27 @@ listen_transport = "tls;servername=relay.example.com"
     assert len(seen) == 1
     assert len(workers) == 2, workers  # both served (and so both had the certificate)
     assert relay.log.count("serving a self-signed certificate") == 1
+
+
+def test_a_plain_request_to_a_terminating_route_costs_no_backend_connection(
+    tmp_path: Path,
+) -> None:
+    """Plain HTTP (or anything not TLS) where the route terminates TLS is refused at the
+    decision, before the relay connects (and, re-originating, handshakes) upstream."""
+    ca, cert, key = relay_cert(tmp_path)
+    backend = socket.create_server(("127.0.0.1", 0))
+    backend.setblocking(False)
+    config = endpoint(
+        backend.getsockname()[1],
+        f'listen_transport = "tls;cert={cert};key={key}"',
+        f'remote_transport = "tls;sni=relay.example.com;ca={ca}"',
+    )
+    with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: relay.example.com\r\n\r\n")
+            assert c.recv(100) == b""  # closed
+        [rec] = relay.wait_records(1)
+        assert rec["close"] == "tls-client: http request" and rec["backend"] is None, rec
+        with pytest.raises(BlockingIOError):
+            backend.accept()  # the backend never heard of it

@@ -160,6 +160,12 @@ class Connection:
         if d.close is not None:
             self.close(d.close, d.hint)
             return
+        if self.upstream.server_tls is not None and d.kind not in ("tls", "sslv2"):
+            # the route terminates TLS and the client did not start a handshake: refuse
+            # now, before a backend connection (and its TLS handshake) is made for it
+            why = "http request" if d.kind == "http" else "not a TLS handshake"
+            self.close(f"tls-client: {why}", f"the route terminates TLS; the client sent {d.kind}")
+            return
         self._proceed()
 
     def _proceed(self) -> None:
