@@ -78,8 +78,6 @@ def unsupported(config: Config) -> str | None:
             net = up.network
             if net.use_udp:
                 return f"{place}.network.use_udp: UDP relaying is not supported yet"
-            if net.send_proxy or net.accept_proxy:
-                return f"{place}.network: the PROXY protocol is not supported yet"
     if config.api is not None:
         from snirelay.api import check_listen
 

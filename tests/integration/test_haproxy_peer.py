@@ -5,11 +5,6 @@
 - PROXY protocol (both versions, both directions, and chained): HAProxy answers with the
   client address it was told (`http-request return ... %[src]:%[src_port]`), or sends a
   header to the relay, whose record must then name the original client.
-
-The PROXY tests are `xfail(strict=True)` while the relay still refuses `send_proxy` /
-`accept_proxy` at start-up with "not supported yet": that refusal fails the test (an
-AssertionError naming the log line), so each one reports XFAIL today and fails loudly as
-XPASS once the PROXY protocol is built, until the mark is removed.
 """
 
 from __future__ import annotations
@@ -30,12 +25,6 @@ pytestmark = pytest.mark.integration
 
 TIMEOUT = 10
 StartHAProxy = Callable[[str, Iterable[int]], HAProxy]
-PROXY_NOT_BUILT = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the relay refuses send_proxy/accept_proxy at start-up: the PROXY protocol is not"
-    " supported yet (the PROXY issue builds it; remove this mark then)",
-)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -125,7 +114,6 @@ def test_haproxy_behind_relay_routes_on_the_replayed_sni(
         assert {r["route"] for r in recs} == {"endpoints[0].routes[0]"}
 
 
-@PROXY_NOT_BUILT
 @pytest.mark.parametrize("version", [1, 2])
 def test_relay_sends_proxy_header_haproxy_reads_it(
     haproxy: StartHAProxy, tmp_path: Path, version: int
@@ -144,7 +132,6 @@ def test_relay_sends_proxy_header_haproxy_reads_it(
         assert relay.wait_records(1)[0]["client"] == f"127.0.0.1:{client_port}"
 
 
-@PROXY_NOT_BUILT
 def test_relay_accepts_proxy_header_from_haproxy(
     tls_backends: TlsBackends, haproxy: StartHAProxy, tmp_path: Path
 ) -> None:
@@ -172,7 +159,6 @@ def test_relay_accepts_proxy_header_from_haproxy(
         )
 
 
-@PROXY_NOT_BUILT
 def test_proxy_chain_haproxy_relay_haproxy(haproxy: StartHAProxy, tmp_path: Path) -> None:
     front, back, relay_port = pick_port(), pick_port(), pick_port()
     haproxy(echo_src_frontend(back), [back])
@@ -191,3 +177,93 @@ def test_proxy_chain_haproxy_relay_haproxy(haproxy: StartHAProxy, tmp_path: Path
         )
         body, client_port = http_get(front)
         assert body == f"src=127.0.0.1:{client_port}\n", relay.log
+
+
+def test_a_terminated_connection_tells_haproxy_its_sni(
+    haproxy: StartHAProxy, tmp_path: Path
+) -> None:
+    """v2 toward HAProxy from a relay that ends the client's TLS: HAProxy reads the
+    client's address and the authority TLV (the SNI)."""
+    from integration.test_tls import relay_cert
+
+    ca, cert, key = relay_cert(tmp_path)
+    hp_port, relay_port = pick_port(), pick_port()
+    haproxy(
+        "frontend fe_authority\n"
+        "    mode http\n"
+        f"    bind 127.0.0.1:{hp_port} accept-proxy\n"
+        "    http-request return status 200 content-type text/plain lf-string"
+        ' "authority=%[fc_pp_authority] src=%[src]:%[src_port]\\n"\n',
+        [hp_port],
+    )
+    config = (
+        '[log]\nformat = "json"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+        f'remote = "127.0.0.1:{hp_port}"\n'
+        f'listen_transport = "tls;cert={cert};key={key}"\n'
+        "network = { send_proxy = true }\n"
+    )
+    with start_relay(config, tmp_path) as relay:
+        res = curl("--resolve", f"relay.example.com:{relay_port}:127.0.0.1", "--cacert",
+                   str(ca), "-w", " port=%{local_port}", f"https://relay.example.com:{relay_port}/")  # fmt: skip
+        assert res.returncode == 0, (res.stderr, relay.log)
+        body, _, port = res.stdout.rpartition(" port=")
+        assert body == f"authority=relay.example.com src=127.0.0.1:{port}\n", res.stdout
+
+
+def test_haproxy_in_front_of_sni_routing(
+    tls_backends: TlsBackends, haproxy: StartHAProxy, tmp_path: Path
+) -> None:
+    """HAProxy (tcp mode, send-proxy-v2) -> the relay (accept_proxy, routes by SNI) ->
+    nginx: the route follows the SNI after the header, the record names the client."""
+    hp_port, relay_port = pick_port(), pick_port()
+    emby = BACKEND_NAMES[0]
+    config = (
+        '[log]\nformat = "json"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+        "network = { accept_proxy = true }\n"
+        f'  [[endpoints.routes]]\n  server_names = ["{emby}"]\n'
+        f'  remote = "127.0.0.1:{tls_backends.https[emby]}"\n'
+    )
+    with start_relay(config, tmp_path) as relay:
+        haproxy(
+            "listen front\n"
+            "    mode tcp\n"
+            f"    bind 127.0.0.1:{hp_port}\n"
+            f"    server relay 127.0.0.1:{relay_port} send-proxy-v2\n",
+            [hp_port],
+        )
+        res = curl("--resolve", f"{emby}:{hp_port}:127.0.0.1", "--cacert", str(tls_backends.ca),
+                   "-w", " port=%{local_port}", f"https://{emby}:{hp_port}/")  # fmt: skip
+        assert res.returncode == 0, (res.stderr, relay.log)
+        body, _, port = res.stdout.rpartition(" port=")
+        assert body == f"name={emby} sni={emby}\n"
+        wanted = f"127.0.0.1:{port}"
+        rec = wait_until(
+            lambda: next((r for r in relay.records() if r["client"] == wanted), None),
+            TIMEOUT,
+            lambda: relay.log,
+        )
+        assert rec["sni"] == emby and rec["route"] == "endpoints[0].routes[0]", rec
+
+
+def test_one_route_sends_the_header_another_does_not(
+    tls_backends: TlsBackends, haproxy: StartHAProxy, tmp_path: Path
+) -> None:
+    hp_port, relay_port = pick_port(), pick_port()
+    haproxy(echo_src_frontend(hp_port), [hp_port])
+    plain = BACKEND_NAMES[0]
+    config = (
+        '[log]\nformat = "json"\n\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+        '  [[endpoints.routes]]\n  server_names = ["proxied.test"]\n'
+        f'  remote = "127.0.0.1:{hp_port}"\n'
+        "  network = { send_proxy = true }\n"
+        f'  [[endpoints.routes]]\n  server_names = ["{plain}"]\n'
+        f'  remote = "127.0.0.1:{tls_backends.http[plain]}"\n'
+    )
+    with start_relay(config, tmp_path):
+        body, client_port = http_get(relay_port, host="proxied.test")
+        assert body == f"src=127.0.0.1:{client_port}\n"
+        body, _ = http_get(relay_port, host=plain)
+        assert body.startswith(f"http name={plain} "), body  # no header: nginx read HTTP

@@ -146,11 +146,6 @@ def test_send_proxy_is_reviewed(tmp_path: Path) -> None:
     assert "proxy_protocol" in notes[0].fix
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: the relay refuses send_proxy at start (not supported yet), so explain"
-    " exits 2 with the relay's message instead of warning",
-)
 def test_send_proxy_warns_through_the_command(tmp_path: Path) -> None:
     assert warnings(tmp_path, EP + "network.send_proxy = true\n") == [
         ("send-proxy", "endpoints[0].network.send_proxy")

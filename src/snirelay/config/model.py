@@ -102,7 +102,10 @@ class NetworkConfig:
     send_mptcp: bool = option(False, "MPTCP toward remotes", flag=_MPTCP)
     accept_mptcp: bool = option(False, "MPTCP on listeners", flag=_MPTCP)
     send_proxy: bool = option(
-        False, "send a PROXY protocol header to the remote", flag=Flag(("--send-proxy",))
+        False,
+        "send a PROXY protocol header to the remote (endpoint or route): the client's and the"
+        " relay's addresses; v2 adds the SNI and, when the relay ended the TLS, its version",
+        flag=Flag(("--send-proxy",)),
     )
     send_proxy_version: int = option(
         2,
@@ -112,7 +115,10 @@ class NetworkConfig:
         maximum=2,
     )
     accept_proxy: bool = option(
-        False, "require a PROXY protocol header from clients", flag=Flag(("--accept-proxy",))
+        False,
+        "require a PROXY v1/v2 header from clients, read whole first; its client is the"
+        " connection's (record, iphash, a header sent on); none or a bad one: closed",
+        flag=Flag(("--accept-proxy",)),
     )
     accept_proxy_timeout: float = option(
         5.0, "deadline for that header", flag=Flag(("--accept-proxy-timeout",))

@@ -40,7 +40,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from snirelay.net.phases import Connect, Handshake, Phase, Replay, Sniff, close_reason, fmt_addr
+from snirelay.net.phases import (
+    Connect,
+    Handshake,
+    Phase,
+    ProxyIn,
+    Replay,
+    Sniff,
+    close_reason,
+    fmt_addr,
+)
 from snirelay.net.pump import CopyDir, SpliceDir, ViewCopyDir
 from snirelay.net.sides import RawSide
 from snirelay.routing import Decision, SniffTimeout, decide
@@ -53,6 +62,7 @@ if TYPE_CHECKING:
     from snirelay.net.poller import Poller
     from snirelay.net.runtime import Context, EndpointRT, UpstreamRT
     from snirelay.net.sides import Side
+    from snirelay.wire.proxy import ProxyHeader
 
 
 class Connection:
@@ -81,6 +91,7 @@ class Connection:
         "quiet",
         "failed_remotes",
         "tls_in",
+        "proxy",
     )
 
     def __init__(self, ctx: Context, ep: EndpointRT, client: Side, caddr: Any) -> None:
@@ -109,6 +120,10 @@ class Connection:
         self.quiet = 0  # idle checks in a row that saw no byte move
         self.failed_remotes: list[str] | None = None
         self.tls_in: bytes | bytearray = b""  # sniffed bytes for the client's TLS side
+        # the PROXY protocol, only when configured: [the relay's address the client
+        # reached, as a received header said (None: this socket's own), the length of
+        # the header sent to the backend (0: none yet)]
+        self.proxy: list[Any] | None = None
 
     @property
     def route(self) -> str:
@@ -125,12 +140,32 @@ class Connection:
         ctx.conns.add(self)
         for cb in ctx.on_accepted:
             cb(self)
+        net = self.ep.cfg.upstream.network
+        if net.accept_proxy:
+            proxy_in = ProxyIn(self)
+            self.phase = proxy_in
+            proxy_in.start(net.accept_proxy_timeout)
+            return
+        self._begin(b"")
+
+    def proxied(self, header: ProxyHeader, rest: bytes) -> None:
+        """The PROXY header is read: the client is who it says (the record, iphash, any
+        header sent on); `rest` is the start of the client's own stream."""
+        if header.src is not None:
+            self.caddr = header.src
+        self.proxy = [header.dst, 0]
+        self._begin(rest)
+
+    def _begin(self, initial: bytes) -> None:
+        """After accept (and the PROXY header): sniff, or straight on to the backend
+        (`initial`, bytes already read from the client, is replayed to it)."""
         if self.ep.table is not None:
             net = self.ep.cfg.upstream.network
             sniff = Sniff(self, net.sniff_max_bytes)
             self.phase = sniff
-            sniff.start(net.sniff_timeout)
+            sniff.start(net.sniff_timeout, initial)
         else:
+            self.prefix = initial
             self._proceed()
 
     def decided(
@@ -200,6 +235,11 @@ class Connection:
         return client
 
     def _connect(self) -> None:
+        up = self.upstream
+        raw_backend = up.client_tls is None and up.client_ws is None
+        if up.cfg.network.send_proxy and raw_backend and not up.terminates:
+            # before the sniffed bytes, which may go out with the connect itself
+            self.prefix = self._proxy_header(None) + self.prefix
         connect = Connect(self)
         self.phase = connect
         connect.start()
@@ -236,10 +276,52 @@ class Connection:
 
             side = WsSide(side, ws, server_side=False)
         if side is not backend:
+            if up.cfg.network.send_proxy and not self._send_proxy_raw(backend):
+                return
             self.backend = side
             self._handshake("backend", side)
             return
         self.handshaken("backend")
+
+    # ---- the PROXY protocol toward the backend ---------------------------------------
+    def _proxy_header(self, tls_version: str | None) -> bytes:
+        """The header for this connection (`send_proxy_version`): the client's address
+        and the relay's the client reached; v2 adds the SNI (authority) and, when the
+        relay ended the client's TLS, the SSL TLV (with the version once known)."""
+        from snirelay.wire import proxy as pp
+
+        net = self.upstream.cfg.network
+        src = self.caddr if self.caddr is not None else _socket_of(self.client).getpeername()
+        if self.proxy is None:
+            self.proxy = [None, 0]
+        dst = self.proxy[0] or _socket_of(self.client).getsockname()
+        src, dst = (str(src[0]), int(src[1])), (str(dst[0]), int(dst[1]))
+        if net.send_proxy_version == 1:
+            header = pp.encode_v1(src, dst)
+        else:
+            tlvs = []
+            seen = self.seen
+            if seen is not None and seen.name and not seen.name_is_ip:
+                tlvs.append(pp.authority(seen.name))
+            if self.upstream.server_tls is not None:
+                tlvs.append(pp.ssl_tlv(tls_version or ""))
+            header = pp.encode_v2(src, dst, tlvs=tuple(tlvs))
+        self.proxy[1] = len(header)
+        return header
+
+    def _send_proxy_raw(self, sock: RawSide) -> bool:
+        """Before the backend's own handshake (TLS, WebSocket): the header, on the
+        fresh socket (its buffer is empty: a short write is a failure)."""
+        header = self._proxy_header(None)
+        try:
+            sent = sock.send(header)
+        except OSError as exc:
+            self.close(f"error: backend: {exc}", reset=True)
+            return False
+        if sent != len(header):
+            self.close("error: backend: the PROXY header did not fit", reset=True)
+            return False
+        return True
 
     def _handshake(self, which: str, side: Side) -> None:
         hs = Handshake(self, which, side)
@@ -267,6 +349,17 @@ class Connection:
             from snirelay.net.tls import quickack
 
             quickack(self.client)
+        up = self.upstream
+        if (
+            up.cfg.network.send_proxy
+            and up.terminates
+            and up.client_tls is None
+            and up.client_ws is None
+        ):
+            # the client's handshake is done (its TLS version known); nothing went to
+            # the backend yet
+            tls = self.client.tls
+            self.prefix = self._proxy_header(tls.info[0] if tls is not None else None) + self.prefix
         if self.sent < len(self.prefix):
             replay = Replay(self)
             self.phase = replay
@@ -413,7 +506,7 @@ class Connection:
             "ech": hello.ech if hello is not None else False,
             "kind": self.kind,
             "route": self.route,
-            "bytes_up": (up.nbytes if up else 0) + self.sent,
+            "bytes_up": (up.nbytes if up else 0) + self.sent - (self.proxy[1] if self.proxy else 0),
             "bytes_down": down.nbytes if down else 0,
             "duration": round(self.ctx.loop.time() - self.t0, 6),
             "path": ("splice" if isinstance(up, SpliceDir) else "copy") if up else None,
@@ -463,3 +556,11 @@ def _copy_dir(poller: Poller, conn: Connection, src: Side, dst: Side) -> CopyDir
 
         return CopyDir(poller, conn, src, dst, FRAME_VIEW)
     return CopyDir(poller, conn, src, dst)
+
+
+def _socket_of(side: Side) -> Any:
+    """The socket under a side (a TLS side's `sock`, a WebSocket side's `inner`)."""
+    raw: Any = side
+    while not raw.raw:
+        raw = raw.inner if raw.kind == "ws" else raw.sock
+    return raw

@@ -16,6 +16,7 @@ Each phase has one deadline from the config:
 =========  ============================  =========================================
 phase      deadline                      on expiry
 =========  ============================  =========================================
+proxy      network.accept_proxy_timeout  close "proxy-timeout"
 sniff      network.sniff_timeout         decide on what arrived (timeout rules)
 connect    network.tcp_timeout, each     the next address / remote (failover)
            remote (resolution + connect)
@@ -53,6 +54,7 @@ from snirelay.net.sockopt import outbound_socket
 from snirelay.observe.log import LOG
 from snirelay.routing import SniffTimeout
 from snirelay.wire.errors import NeedData, ProtocolError
+from snirelay.wire.proxy import parse_proxy_header
 from snirelay.wire.sniff import Sniffer
 
 if TYPE_CHECKING:
@@ -102,6 +104,62 @@ class Phase:
         self.conn.close("internal-error", reset=True)
 
 
+class ProxyIn(Phase):
+    """`accept_proxy`: read the client's whole PROXY v1/v2 header (wire.proxy) before
+    anything else; what follows it is the client's stream (handed on to the sniff
+    phase, or replayed to the backend). No header, a bad one, or none within
+    `accept_proxy_timeout` closes the connection with the reason."""
+
+    __slots__ = ("buf", "watching")
+    name = "proxy"
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self.buf = b""
+        self.watching = False
+
+    def start(self, timeout: float) -> None:
+        conn = self.conn
+        self.on_readable()  # often there already
+        if conn.phase is self:
+            conn.ctx.wheel.after(conn, timeout)
+            conn.ctx.poller.add_reader(conn.client.fd, self)
+            self.watching = True
+
+    def on_readable(self) -> None:
+        conn = self.conn
+        try:
+            data = conn.client.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            conn.close(close_reason(exc))
+            return
+        if not data:
+            conn.close("proxy-header", "the client closed before its PROXY header")
+            return
+        self.buf += data
+        try:
+            res = parse_proxy_header(self.buf)
+        except ProtocolError as exc:
+            conn.close("proxy-header", f"not a valid PROXY header: {exc}")
+            return
+        if isinstance(res, NeedData):
+            return
+        self.release()
+        conn.ctx.wheel.cancel(conn)
+        conn.proxied(res, self.buf[res.size :])
+
+    def on_deadline(self) -> None:
+        tmo = self.conn.ep.cfg.upstream.network.accept_proxy_timeout
+        self.conn.close("proxy-timeout", f"no whole PROXY header within {tmo:g}s")
+
+    def release(self) -> None:
+        if self.watching:
+            self.conn.ctx.poller.remove_reader(self.conn.client.fd)
+            self.watching = False
+
+
 class Sniff(Phase):
     """Read the client's first bytes until the route can be decided."""
 
@@ -113,8 +171,11 @@ class Sniff(Phase):
         self.sniffer = Sniffer(max_bytes)
         self.watching = False
 
-    def start(self, timeout: float) -> None:
+    def start(self, timeout: float, initial: bytes = b"") -> None:
+        """`initial`: bytes of the client's stream already read (after a PROXY header)."""
         conn = self.conn
+        if initial and self._feed(initial):
+            return
         self.on_readable()  # the hello is often there already (TCP_DEFER_ACCEPT)
         if conn.phase is self:  # not decided yet (nor closed): wait, with a deadline
             conn.ctx.wheel.after(conn, timeout)
@@ -133,13 +194,19 @@ class Sniff(Phase):
         if not data:
             conn.close("client-eof-before-hello")
             return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Feed the sniffer; True when that decided."""
         try:
             res = self.sniffer.feed(data)
         except ProtocolError as exc:
             self._done(exc)
-            return
-        if not isinstance(res, NeedData):
-            self._done(res)
+            return True
+        if isinstance(res, NeedData):
+            return False
+        self._done(res)
+        return True
 
     def on_deadline(self) -> None:
         self._done(SniffTimeout(len(self.sniffer.data)))

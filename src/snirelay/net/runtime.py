@@ -145,9 +145,12 @@ class Context(Observers):
         self.splice = splice
         # with several workers, records carry the worker's pid (ids restart per worker)
         self.worker = os.getpid() if config.workers > 1 else 0
-        # client addresses are kept per connection only for the log record or iphash
+        # client addresses are kept per connection only for the log record, iphash or
+        # a PROXY header sent on
         self.keep_addr = CONN_LOG.isEnabledFor(logging.INFO) or any(
-            up.balance.strategy == "iphash" for ep in config.endpoints for _, up in ep.upstreams()
+            up.balance.strategy == "iphash" or up.network.send_proxy
+            for ep in config.endpoints
+            for _, up in ep.upstreams()
         )
         if RecordLog.wanted():
             self.add(RecordLog())
