@@ -2,7 +2,8 @@
 
 - SNI: HAProxy behind the relay routes on `req.ssl_sni`; it can only do so if the relay
   replayed the ClientHello byte-exact, and the nginx behind it must still see the name.
-- PROXY protocol (both versions, both directions, and chained): HAProxy answers with the
+- PROXY protocol (both versions, both directions, and chained): HAProxy (and nginx, with
+  `listen ... proxy_protocol`) answers with the
   client address it was told (`http-request return ... %[src]:%[src_port]`), or sends a
   header to the relay, whose record must then name the original client.
 """
@@ -267,3 +268,34 @@ def test_one_route_sends_the_header_another_does_not(
         assert body == f"src=127.0.0.1:{client_port}\n"
         body, _ = http_get(relay_port, host=plain)
         assert body.startswith(f"http name={plain} "), body  # no header: nginx read HTTP
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_relay_sends_proxy_header_nginx_reads_it(tmp_path: Path, version: int) -> None:
+    """nginx with `listen ... proxy_protocol` answers with the address the header gave."""
+    from integration.servers import Nginx, nginx_available
+
+    if reason := nginx_available():
+        pytest.skip(reason)
+    ng_port, relay_port = pick_port(), pick_port()
+    nginx = Nginx(
+        tmp_path / "nginx",
+        "    server {\n"
+        f"        listen 127.0.0.1:{ng_port} proxy_protocol;\n"
+        '        location / { return 200 "pp=$proxy_protocol_addr:$proxy_protocol_port\\n"; }\n'
+        "    }\n",
+        [ng_port],
+    )
+    nginx.start()
+    try:
+        config = (
+            '[log]\nformat = "json"\n\n'
+            f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
+            f'remote = "127.0.0.1:{ng_port}"\n'
+            f"network = {{ send_proxy = true, send_proxy_version = {version} }}\n"
+        )
+        with start_relay(config, tmp_path):
+            body, client_port = http_get(relay_port)
+            assert body == f"pp=127.0.0.1:{client_port}\n"
+    finally:
+        nginx.stop()
