@@ -76,8 +76,11 @@ def unsupported(config: Config) -> str | None:
     for ep in config.endpoints:
         for place, up in ep.upstreams():
             net = up.network
-            if net.use_udp:
-                return f"{place}.network.use_udp: UDP relaying is not supported yet"
+            if net.use_udp and (net.send_proxy or net.accept_proxy):
+                return (
+                    f"{place}.network: the PROXY protocol on UDP is not supported yet"
+                    " (it is on TCP: set it on an endpoint without use_udp)"
+                )
     if config.api is not None:
         from snirelay.api import check_listen
 
@@ -218,6 +221,21 @@ class Server:
         rt = {id(ep.cfg): ep for ep in self.endpoints}
         for cfg, sock in bind_all(self.config, reuse_port=reuse_port):
             self.services.append(Listener(self.ctx, rt[id(cfg)], sock))
+        for ert in self.endpoints:
+            if ert.cfg.upstream.network.use_udp:
+                self.services.append(self._bind_udp(ert))
+
+    def _bind_udp(self, ert: EndpointRT) -> Service:
+        from snirelay.net.udp import UdpRelay, bind_udp
+
+        try:
+            sock = bind_udp(ert.cfg, self.reuse_port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {ert.cfg.listen} ({ert.cfg.place}, udp): {exc.strerror or exc}",
+                3,
+            ) from None
+        return UdpRelay(self.ctx, ert, sock)
 
     async def serve(self) -> None:
         self.stopping = asyncio.Event()
@@ -433,6 +451,8 @@ class Server:
         for key in ("workers", "api", "dns"):
             if getattr(new, key) != getattr(self.config, key):
                 LOG.warning("reload: %s changed: that takes a restart; kept as it was", key)
+        if _udp(new) != _udp(self.config):
+            LOG.warning("reload: UDP endpoints changed: they take a restart; kept as they run")
         rts = [EndpointRT(ep, warn=not quiet) for ep in new.endpoints]  # ConfigError: files
         running = {str(lst.ep.cfg.listen): lst for lst in self.listeners}
         wanted = {self._listen_key(rt.cfg): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}
@@ -571,6 +591,10 @@ class Server:
             self.control.close()
         await asyncio.sleep(0)
         LOG.info("stopped")
+
+
+def _udp(config: Config) -> list[Endpoint]:
+    return [ep for ep in config.endpoints if ep.upstream.network.use_udp]
 
 
 def _files_signature(config: Config) -> dict[str, tuple[int, int, int] | None]:

@@ -85,8 +85,14 @@ class NetworkConfig:
     )
     udp_timeout: float = option(
         30.0,
-        "a UDP association is closed after this long without traffic",
+        "a UDP association is closed after this long without traffic (either way)",
         flag=Flag(("--udp-timeout",)),
+    )
+    udp_max_sessions: int = option(
+        10000,
+        "UDP associations per endpoint at most; past it new clients are refused (logged)",
+        minimum=1,
+        snirelay=True,
     )
     tcp_keepalive: float = option(
         15.0,

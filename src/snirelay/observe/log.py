@@ -139,5 +139,7 @@ def text_value(v: Any) -> str:
 
 def conn_record(fields: dict[str, Any]) -> None:
     """Emit one connection record (the caller checked the level)."""
-    text = "conn " + " ".join(f"{k}={text_value(v)}" for k, v in fields.items() if k != "event")
+    text = f"{fields.get('event', 'conn')} " + " ".join(
+        f"{k}={text_value(v)}" for k, v in fields.items() if k != "event"
+    )
     CONN_LOG.info(text, extra={"fields": fields})

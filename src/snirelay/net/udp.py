@@ -1,0 +1,346 @@
+"""UDP relaying (`use_udp` / `-u`): one service per endpoint, on the relay's event core.
+
+How it works
+------------
+The service owns one UDP socket bound to the endpoint's listen address. Each client
+address that sends gets an association: one outbound UDP socket of its own, connected
+to the remote the balancer picks for it (per association, not per datagram: `iphash`
+keeps a client on one backend), bound to `through` and `interface` as TCP is. A
+datagram from the client goes out on that socket; one from the backend goes back to
+the client from the listening socket, so the client sees one peer (full cone toward
+that client). Datagrams are read and written whole, up to 65,535 bytes: nothing is
+cut at 1,500 (realm does).
+
+- A remote given by name is resolved with the relay's resolver (`[dns]`); the client's
+  first datagrams wait for it, at most `PENDING_MAX` of them.
+- An association ends after `udp_timeout` seconds without a datagram either way: the
+  timing wheel visits it every quarter of that and counts what moved (as TCP's idle
+  check does), so the cost is per association that is due, not per datagram.
+- Failover: when sending to the backend fails, or the backend's side reports an error
+  (ICMP port unreachable comes back as ECONNREFUSED on a connected socket), the
+  association moves to the next remote of the balancer's order.
+- Bounded: at most `udp_max_sessions` associations per endpoint; a new client past that
+  is refused (its datagrams dropped, existing ones unaffected), with one log line per
+  `REFUSED_LOG_EVERY` seconds and a count (`refused`).
+- Each association that ends logs one record (`udp client=... backend=... datagrams_up
+  ... bytes_up ... duration close=...`) on the connection log.
+
+Stopping: `stop()` closes the listening socket and every association at once (a
+datagram flow has no transfer to finish); `drain()` then has nothing to wait for.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from snirelay.net.sockopt import bind_device, family_of
+from snirelay.observe.log import CONN_LOG, LOG, conn_record
+
+if TYPE_CHECKING:
+    from snirelay.net.runtime import Context, EndpointRT
+
+MAX_DATAGRAM = 65535
+PENDING_MAX = 16  # client datagrams kept while the remote's name resolves
+IDLE_CHECKS = 4  # idle checks per udp_timeout
+REFUSED_LOG_EVERY = 10.0  # seconds between log lines about refused new clients
+BATCH = 64  # datagrams read per readiness callback before yielding to the loop
+
+
+def _fmt(sa: Any) -> str:
+    host, port = sa[0], sa[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Association:
+    """One client address and its outbound socket."""
+
+    __slots__ = (
+        "relay",
+        "client",
+        "sock",
+        "fd",
+        "order",
+        "oi",
+        "backend",
+        "pending",
+        "due",
+        "slot",
+        "moved",
+        "quiet",
+        "n_up",
+        "n_down",
+        "b_up",
+        "b_down",
+        "t0",
+        "closed",
+    )
+
+    def __init__(self, relay: UdpRelay, client: Any, order: list[int]) -> None:
+        self.relay = relay
+        self.client = client
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.order = order
+        self.oi = 0
+        self.backend: Any = None
+        self.pending: list[bytes] = []
+        self.due = 0
+        self.slot = 0
+        self.moved = 0  # datagrams either way since the last idle check
+        self.quiet = 0
+        self.n_up = self.n_down = self.b_up = self.b_down = 0
+        self.t0 = relay.ctx.loop.time()
+        self.closed = False
+
+    # ---- the backend ---------------------------------------------------------------
+    def next_remote(self, why: str) -> None:
+        """Connect to the next remote of the order (the first, at the start)."""
+        relay = self.relay
+        up = relay.ep.default
+        if self.oi >= len(self.order):
+            self.close(f"connect-failed: {why}" if why else "connect-failed")
+            return
+        index = self.order[self.oi]
+        self.oi += 1
+        if self.oi > 1 and len(up.cfg.remotes) > 1:
+            up.balancer.failed(self.order[self.oi - 2], relay.ctx.loop.time())
+        fixed = up.targets[index]
+        if fixed is not None:
+            self._connect(fixed, index)
+            return
+        addr = up.cfg.remotes[index]
+        relay.ctx.resolver.resolve(addr.host, addr.port, lambda res: self._resolved(res, index))
+
+    def _resolved(self, res: Any, index: int) -> None:
+        if self.closed:
+            return
+        if isinstance(res, OSError):
+            self.next_remote(f"{self.relay.ep.default.cfg.remotes[index]}: {res}")
+            return
+        self._connect(res, index)
+
+    def _connect(self, targets: Any, index: int) -> None:
+        up = self.relay.ep.default
+        last = ""
+        for fam, sa in targets:
+            try:
+                sock = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            except OSError as exc:
+                last = str(exc)
+                continue
+            try:
+                bind_device(sock, up.cfg.interface)
+                if up.through is not None and family_of(up.through[0]) == fam:
+                    sock.bind(up.through)
+                sock.connect(sa)
+            except OSError as exc:
+                sock.close()
+                last = f"{_fmt(sa)}: {exc.strerror or exc}"
+                continue
+            self._drop_socket()
+            self.sock, self.fd, self.backend = sock, sock.fileno(), sa
+            self.relay.ctx.poller.add_reader(self.fd, self)
+            pending, self.pending = self.pending, []
+            for data in pending:
+                self.to_backend(data)
+            return
+        self.next_remote(last or "no address")
+
+    def _drop_socket(self) -> None:
+        if self.sock is not None:
+            self.relay.ctx.poller.forget(self.fd)
+            self.sock.close()
+            self.sock, self.fd = None, -1
+
+    # ---- datagrams -----------------------------------------------------------------
+    def to_backend(self, data: bytes) -> None:
+        self.moved += 1
+        if self.sock is None:
+            if len(self.pending) < PENDING_MAX:
+                self.pending.append(data)
+            return
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            return  # a full send buffer drops the datagram, as the network may
+        except OSError as exc:
+            self.pending.append(data)
+            self.next_remote(f"{_fmt(self.backend)}: {exc.strerror or exc}")
+            return
+        self.n_up += 1
+        self.b_up += len(data)
+
+    def on_readable(self) -> None:
+        """Datagrams from the backend, back to the client."""
+        sock, out = self.sock, self.relay.sock
+        assert sock is not None
+        for _ in range(BATCH):
+            try:
+                data = sock.recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ICMP unreachable, reported on the connected socket
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self.next_remote(f"{_fmt(self.backend)}: {exc.strerror or exc}")
+                    return
+                self.close(f"error: backend: {exc.strerror or exc}")
+                return
+            self.moved += 1
+            try:
+                out.sendto(data, self.client)
+            except OSError:
+                continue  # the client's side full or gone: the datagram is lost
+            self.n_down += 1
+            self.b_down += len(data)
+
+    def on_writable(self) -> None:  # only ever read
+        pass
+
+    # ---- deadlines -----------------------------------------------------------------
+    def on_deadline(self) -> None:
+        if self.moved:
+            self.moved = 0
+            self.quiet = 0
+        else:
+            self.quiet += 1
+            if self.quiet >= IDLE_CHECKS:
+                self.close("idle-timeout")
+                return
+        self.relay.arm(self)
+
+    def abort(self) -> None:
+        self.close("internal-error")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        relay = self.relay
+        relay.ctx.wheel.cancel(self)
+        self._drop_socket()
+        relay.assocs.pop(self.client, None)
+        if CONN_LOG.isEnabledFor(logging.INFO):
+            conn_record(
+                {
+                    "event": "udp",
+                    "listener": relay.place,
+                    "client": _fmt(self.client),
+                    "backend": _fmt(self.backend) if self.backend is not None else None,
+                    "datagrams_up": self.n_up,
+                    "datagrams_down": self.n_down,
+                    "bytes_up": self.b_up,
+                    "bytes_down": self.b_down,
+                    "duration": round(relay.ctx.loop.time() - self.t0, 6),
+                    "close": reason,
+                }
+            )
+
+
+class UdpRelay:
+    """The UDP service of one endpoint (snirelay.services.Service)."""
+
+    kind = "udp"
+
+    def __init__(self, ctx: Context, ep: EndpointRT, sock: socket.socket) -> None:
+        self.ctx = ctx
+        self.ep = ep
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.place = ep.cfg.place
+        name = sock.getsockname()
+        self.address = _fmt(name)
+        self.assocs: dict[Any, Association] = {}
+        self.refused = 0  # new clients refused past udp_max_sessions
+        self.refused_logged = -REFUSED_LOG_EVERY
+        net = ep.cfg.upstream.network
+        self.max_sessions = net.udp_max_sessions
+        self.check_every = max(0.05, net.udp_timeout / IDLE_CHECKS)
+
+    def start(self) -> None:
+        self.ctx.poller.add_reader(self.fd, self)
+        LOG.info("listening on %s (%s, %s)", self.address, self.place, self.kind)
+
+    def stop(self) -> None:
+        self.ctx.poller.forget(self.fd)
+        self.sock.close()
+        for assoc in list(self.assocs.values()):
+            assoc.close("shutdown")
+
+    async def drain(self, deadline: float) -> int:
+        return 0  # datagrams have no transfer to finish: stop() ended every association
+
+    def arm(self, assoc: Association) -> None:
+        self.ctx.wheel.after(assoc, self.check_every)
+
+    def on_writable(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        """A callback raised (a bug; the poller logged it): keep serving."""
+
+    def on_readable(self) -> None:
+        sock = self.sock
+        for _ in range(BATCH):
+            try:
+                data, client = sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                LOG.warning("%s: udp receive failed: %s", self.address, exc)
+                return
+            assoc = self.assocs.get(client)
+            if assoc is None:
+                assoc = self._new(client)
+                if assoc is None:
+                    continue
+            assoc.to_backend(data)
+
+    def _new(self, client: Any) -> Association | None:
+        if len(self.assocs) >= self.max_sessions:
+            self.refused += 1
+            now = self.ctx.loop.time()
+            if now - self.refused_logged >= REFUSED_LOG_EVERY:
+                self.refused_logged = now
+                LOG.warning(
+                    "%s: udp_max_sessions (%d) reached: new clients refused (%d so far)",
+                    self.address,
+                    self.max_sessions,
+                    self.refused,
+                )
+            return None
+        up = self.ep.default
+        order = (
+            up.balancer.order(client[0], self.ctx.loop.time()) if len(up.cfg.remotes) > 1 else [0]
+        )
+        assoc = Association(self, client, list(order))
+        self.assocs[client] = assoc
+        self.arm(assoc)
+        assoc.next_remote("")
+        return assoc if not assoc.closed else None
+
+
+def bind_udp(ep: Any, reuse_port: bool) -> socket.socket:
+    """The endpoint's UDP socket, bound (OSError on failure)."""
+    net = ep.upstream.network
+    fam = family_of(ep.listen.host)
+    sock = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if fam == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if net.ipv6_only else 0)
+        bind_device(sock, ep.listen_interface)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+            except OSError:
+                pass  # the system's maximum applies
+        sock.bind((ep.listen.host, ep.listen.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

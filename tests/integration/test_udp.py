@@ -1,0 +1,246 @@
+"""UDP relaying (`use_udp`) with real datagrams, and dig against a real dnsmasq.
+
+- datagrams of 1, 1,500, 9,000 and 65,507 bytes arrive whole, both ways;
+- `udp_timeout`: a few hundred short associations all end (one record each) once
+  quiet, traffic either way keeps one alive;
+- `udp_max_sessions`: clients past it are refused (their datagrams dropped, a log
+  line), the ones admitted are served;
+- failover: a first remote that answers with ICMP port unreachable is left for the next;
+- dig through the relay to dnsmasq: an answer, and a TXT answer over 1,500 bytes whole
+  (EDNS), not truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.relay import RelayProcess, free_port
+from helpers.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class UdpEcho:
+    """Echoes every datagram to its sender, on 127.0.0.1 (a thread; `close()` ends it)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.sock.sendto(data, peer)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[UdpEcho]:
+    srv = UdpEcho()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def udp_config(port: int, remote: str, extra: str = "", network: str = "") -> str:
+    return (
+        '[log]\nformat = "json"\n'
+        f'[[endpoints]]\nlisten = "127.0.0.1:{port}"\nremote = "{remote}"\n{extra}'
+        f"network = {{ use_udp = true, no_tcp = true{network} }}\n"
+    )
+
+
+def udp_records(relay: RelayProcess) -> list[dict[str, Any]]:
+    out = []
+    for line in relay.log.splitlines():
+        if line.startswith("{") and '"event":"udp"' in line:
+            out.append(json.loads(line))
+    return out
+
+
+def client(timeout: float = 5) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.settimeout(timeout)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def test_datagrams_of_every_size_arrive_whole(tmp_path: Path, echo: UdpEcho) -> None:
+    port = free_port()
+    with RelayProcess(
+        config=udp_config(port, f"127.0.0.1:{echo.port}"), tmp_path=tmp_path
+    ) as relay:
+        relay.start()
+        with client() as c:
+            for size in (1, 1500, 9000, 65507):
+                data = os.urandom(size)
+                c.sendto(data, ("127.0.0.1", port))
+                got, peer = c.recvfrom(65535)
+                assert got == data and peer == ("127.0.0.1", port), size
+
+
+def test_quiet_associations_end_and_busy_ones_stay(tmp_path: Path, echo: UdpEcho) -> None:
+    port = free_port()
+    config = udp_config(port, f"127.0.0.1:{echo.port}", network=", udp_timeout = 1")
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        clients = [client() for _ in range(300)]
+        try:
+            for c in clients:
+                c.sendto(b"once", ("127.0.0.1", port))
+            for c in clients:
+                assert c.recv(100) == b"once"
+            with client() as busy:
+                ends: list[dict[str, Any]] = wait_until(
+                    lambda: udp_records(relay) if len(udp_records(relay)) >= 300 else None,
+                    15,
+                    lambda: relay.log[-2000:],
+                )
+                busy.sendto(b"x", ("127.0.0.1", port))
+                for _ in range(6):  # 3 s of traffic every 0.5 s: longer than udp_timeout
+                    assert busy.recv(10) == b"x"
+                    busy.settimeout(0.5)
+                    try:
+                        busy.recv(10)
+                    except TimeoutError:
+                        pass
+                    busy.settimeout(5)
+                    busy.sendto(b"x", ("127.0.0.1", port))
+                assert busy.recv(10) == b"x"
+                mine = f"127.0.0.1:{busy.getsockname()[1]}"
+                assert not any(r["client"] == mine for r in udp_records(relay))  # still open
+        finally:
+            for c in clients:
+                c.close()
+        assert len(ends) == 300 and all(r["close"] == "idle-timeout" for r in ends)
+        assert all(r["datagrams_up"] == r["datagrams_down"] == 1 for r in ends)
+
+
+def test_clients_past_the_limit_are_refused(tmp_path: Path, echo: UdpEcho) -> None:
+    port = free_port()
+    config = udp_config(port, f"127.0.0.1:{echo.port}", network=", udp_max_sessions = 5")
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        clients = [client(timeout=1) for _ in range(8)]
+        try:
+            answered = 0
+            for c in clients:
+                c.sendto(b"hi", ("127.0.0.1", port))
+                try:
+                    answered += c.recv(10) == b"hi"
+                except TimeoutError:
+                    pass
+            assert answered == 5
+            relay.wait_log("udp_max_sessions (5) reached")
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_a_remote_that_refuses_is_left_for_the_next(tmp_path: Path, echo: UdpEcho) -> None:
+    port, dead = free_port(), free_port()
+    extra = f'extra_remotes = ["127.0.0.1:{echo.port}"]\nbalance = "roundrobin"\n'
+    config = udp_config(port, f"127.0.0.1:{dead}", extra)
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start()
+        with client(timeout=0.5) as c:
+
+            def answered() -> bool:
+                c.sendto(b"retry", ("127.0.0.1", port))  # as a DNS client retries
+                try:
+                    return c.recv(10) == b"retry"
+                except TimeoutError:
+                    return False
+
+            wait_until(answered, 10, lambda: relay.log[-2000:])
+
+
+# ---------------------------------------------------------------- dig and dnsmasq
+
+BIG = [f"t{i:02d}" + "x" * 240 for i in range(8)]  # 8 strings, about 2 KB of TXT
+
+
+def dnsmasq_cmd(port: int) -> list[str] | None:
+    binary = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
+    if binary is None:
+        return None
+    return [
+        binary, "--no-daemon", "--conf-file=/dev/null", f"--port={port}",
+        "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+        "--pid-file=", "--local=/test/", "--host-record=backend.test,127.0.0.1",
+        "--txt-record=big.test," + ",".join(BIG), "--edns-packet-max=4096",
+    ]  # fmt: skip
+
+
+def dig(port: int, *args: str) -> str:
+    res = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "+tries=3", "+time=2", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_dig_through_the_relay_to_dnsmasq(tmp_path: Path) -> None:
+    if shutil.which("dig") is None:
+        pytest.skip("dig not installed (Debian: dnsutils; `make system-deps`)")
+    dns_port = free_port()
+    cmd = dnsmasq_cmd(dns_port)
+    if cmd is None:
+        pytest.skip("dnsmasq not installed (Debian: dnsmasq-base; `make system-deps`)")
+    log = (tmp_path / "dnsmasq.log").open("wb")
+    dm = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: "backend.test" in _try_dig(dns_port), 10, "dnsmasq answers")
+        port = free_port()
+        with RelayProcess(
+            config=udp_config(port, f"127.0.0.1:{dns_port}"), tmp_path=tmp_path
+        ) as relay:
+            relay.start()
+            out = dig(port, "backend.test", "A", "+short")
+            assert out.strip() == "127.0.0.1", out
+            out = dig(port, "big.test", "TXT", "+bufsize=4096", "+norec")
+            assert "flags: qr aa" in out and " tc" not in out.split("flags:")[1].split(";")[0], out
+            for s in BIG:
+                assert f'"{s}"' in out, out
+            size = int(out.split("MSG SIZE  rcvd: ")[1].split()[0])
+            assert size > 1500, size
+    finally:
+        dm.terminate()
+        dm.wait(10)
+        log.close()
+
+
+def _try_dig(port: int) -> str:
+    try:
+        return subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+time=1", "+tries=1",
+                               "backend.test"], capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return ""
