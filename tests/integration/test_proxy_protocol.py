@@ -133,3 +133,32 @@ def test_a_terminating_relay_sends_the_tls_version_and_the_sni(
         assert ssl_tlv.endswith(b"\x21\x00\x07" + used.encode()), ssl_tlv  # and its version
         [rec] = relay.wait_records(1)
         assert rec["bytes_up"] == len(b"GET / HTTP/1.1\r\nHost: relay.example.com\r\n\r\n")
+
+
+def test_a_ws_tunnel_carries_the_client_address(tmp_path: Path) -> None:
+    """A (send_proxy, ws out) -> B (accept_proxy, ws in) -> echo: B reads the header and
+    the upgrade request that follows it in the same segment, and names the real client."""
+    ws = "ws;host=tunnel.test;path=/t"
+    with EchoServer() as srv:
+        b_port, a_port = free_port(), free_port()
+        b_cfg = (f'[[endpoints]]\nlisten = "127.0.0.1:{b_port}"\nremote = "{srv.addr}"\n'
+                 f'listen_transport = "{ws}"\nnetwork = {{ accept_proxy = true }}\n')  # fmt: skip
+        a_cfg = (f'[[endpoints]]\nlisten = "127.0.0.1:{a_port}"\nremote = "127.0.0.1:{b_port}"\n'
+                 f'remote_transport = "{ws}"\nnetwork = {{ send_proxy = true }}\n')  # fmt: skip
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with (
+            RelayProcess(config=b_cfg, tmp_path=tmp_path / "b") as b,
+            RelayProcess(config=a_cfg, tmp_path=tmp_path / "a") as a,
+        ):
+            b.start()
+            a.start()
+            with connect(a_port) as s:
+                me = f"127.0.0.1:{s.getsockname()[1]}"
+                s.sendall(b"through the tunnel")
+                s.shutdown(socket.SHUT_WR)
+                assert recv_all(s) == b"through the tunnel"
+            [rec_b] = b.wait_records(1)
+            assert rec_b["client"] == me and rec_b["close"] == "eof", rec_b
+            [rec_a] = a.wait_records(1)
+            assert rec_a["bytes_up"] == len(b"through the tunnel"), rec_a  # not the header

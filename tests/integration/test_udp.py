@@ -244,3 +244,46 @@ def _try_dig(port: int) -> str:
                                "backend.test"], capture_output=True, text=True, timeout=10).stdout  # fmt: skip
     except subprocess.TimeoutExpired:
         return ""
+
+
+def test_the_association_count_goes_back_to_zero(tmp_path: Path, echo: UdpEcho) -> None:
+    """Seen in the admin API's metrics: up with the clients, down to 0 once they are
+    quiet; the refusals past the limit are counted."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port, api = free_port(), free_port()
+    config = f'[api]\nlisten = "127.0.0.1:{api}"\n' + udp_config(
+        port, f"127.0.0.1:{echo.port}", network=", udp_timeout = 1, udp_max_sessions = 40"
+    )
+
+    def sample(name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name:
+                    return float(s.value)
+        raise AssertionError(f"{name} not in /metrics")
+
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start(wait_listen=2)
+        clients = [client(timeout=0.5) for _ in range(50)]
+        try:
+            for c in clients:
+                c.sendto(b"hi", ("127.0.0.1", port))
+            wait_until(lambda: sample("snirelay_udp_refused_total") == 10, 5, "refused")
+            assert sample("snirelay_udp_associations") == 40  # (udp_timeout is 1 s)
+            wait_until(lambda: sample("snirelay_udp_associations") == 0, 10, relay.log[-1000:])
+            answers = 0
+            for c in clients:
+                c.setblocking(False)
+                try:
+                    answers += c.recv(10) == b"hi"
+                except BlockingIOError:
+                    pass
+            assert answers == 40  # the admitted ones were answered, the others not
+        finally:
+            for c in clients:
+                c.close()

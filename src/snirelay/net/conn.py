@@ -165,7 +165,10 @@ class Connection:
             self.phase = sniff
             sniff.start(net.sniff_timeout, initial)
         else:
-            self.prefix = initial
+            if self.upstream.terminates:
+                self.tls_in = initial  # a WebSocket listener's upgrade request begins here
+            else:
+                self.prefix = initial
             self._proceed()
 
     def decided(
@@ -321,6 +324,8 @@ class Connection:
         if sent != len(header):
             self.close("error: backend: the PROXY header did not fit", reset=True)
             return False
+        assert self.proxy is not None
+        self.proxy[1] = 0  # sent outside the replayed bytes: bytes_up never counted it
         return True
 
     def _handshake(self, which: str, side: Side) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from snirelay.balance import Balancer
 from snirelay.config.model import Config, Endpoint, Transport, Upstream
@@ -130,6 +130,7 @@ class Context(Observers):
         "splice",
         "worker",
         "keep_addr",
+        "udp",
     )
 
     def __init__(self, loop: Loop, config: Config, *, splice: bool = HAVE_SPLICE) -> None:
@@ -142,6 +143,7 @@ class Context(Observers):
         self.pipes = PipePool(config.pipe_pages)
         self.conns: set[Connection] = set()
         self.next_id = 0
+        self.udp: list[Any] = []  # the UDP services (net.udp.UdpRelay), for the API
         self.splice = splice
         # with several workers, records carry the worker's pid (ids restart per worker)
         self.worker = os.getpid() if config.workers > 1 else 0

@@ -258,12 +258,15 @@ class UdpRelay:
         net = ep.cfg.upstream.network
         self.max_sessions = net.udp_max_sessions
         self.check_every = max(0.05, net.udp_timeout / IDLE_CHECKS)
+        ctx.udp.append(self)
 
     def start(self) -> None:
         self.ctx.poller.add_reader(self.fd, self)
         LOG.info("listening on %s (%s, %s)", self.address, self.place, self.kind)
 
     def stop(self) -> None:
+        if self in self.ctx.udp:
+            self.ctx.udp.remove(self)
         self.ctx.poller.forget(self.fd)
         self.sock.close()
         for assoc in list(self.assocs.values()):

@@ -379,6 +379,27 @@ class Stats:
         yield nbytes
         yield active
         yield backend_up
+        yield from self._udp()
+
+    def _udp(self) -> Iterator[Metric]:
+        if not self.ctx.udp:
+            return
+        assocs = GaugeMetricFamily(
+            "snirelay_udp_associations",
+            "UDP associations (client addresses) open now, per endpoint",
+            labels=["endpoint"],
+        )
+        refused = CounterMetricFamily(
+            "snirelay_udp_refused",
+            "Datagrams of new UDP clients refused past udp_max_sessions, per endpoint",
+            labels=["endpoint"],
+        )
+        for relay in self.ctx.udp:
+            listen = str(relay.ep.cfg.listen)
+            assocs.add_metric([listen], len(relay.assocs))
+            refused.add_metric([listen], relay.refused)
+        yield assocs
+        yield refused
 
 
 def _addr(sa: Any) -> str | None:
