@@ -180,38 +180,6 @@ def test_proxy_chain_haproxy_relay_haproxy(haproxy: StartHAProxy, tmp_path: Path
         assert body == f"src=127.0.0.1:{client_port}\n", relay.log
 
 
-def test_a_terminated_connection_tells_haproxy_its_sni(
-    haproxy: StartHAProxy, tmp_path: Path
-) -> None:
-    """v2 toward HAProxy from a relay that ends the client's TLS: HAProxy reads the
-    client's address and the authority TLV (the SNI)."""
-    from integration.test_tls import relay_cert
-
-    ca, cert, key = relay_cert(tmp_path)
-    hp_port, relay_port = pick_port(), pick_port()
-    haproxy(
-        "frontend fe_authority\n"
-        "    mode http\n"
-        f"    bind 127.0.0.1:{hp_port} accept-proxy\n"
-        "    http-request return status 200 content-type text/plain lf-string"
-        ' "authority=%[fc_pp_authority] src=%[src]:%[src_port]\\n"\n',
-        [hp_port],
-    )
-    config = (
-        '[log]\nformat = "json"\n\n'
-        f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
-        f'remote = "127.0.0.1:{hp_port}"\n'
-        f'listen_transport = "tls;cert={cert};key={key}"\n'
-        "network = { send_proxy = true }\n"
-    )
-    with start_relay(config, tmp_path) as relay:
-        res = curl("--resolve", f"relay.example.com:{relay_port}:127.0.0.1", "--cacert",
-                   str(ca), "-w", " port=%{local_port}", f"https://relay.example.com:{relay_port}/")  # fmt: skip
-        assert res.returncode == 0, (res.stderr, relay.log)
-        body, _, port = res.stdout.rpartition(" port=")
-        assert body == f"authority=relay.example.com src=127.0.0.1:{port}\n", res.stdout
-
-
 def test_haproxy_in_front_of_sni_routing(
     tls_backends: TlsBackends, haproxy: StartHAProxy, tmp_path: Path
 ) -> None:
@@ -301,31 +269,36 @@ def test_relay_sends_proxy_header_nginx_reads_it(tmp_path: Path, version: int) -
         nginx.stop()
 
 
-def test_a_reoriginating_relay_tells_haproxy_over_tls(
-    haproxy: StartHAProxy, tmp_path: Path
+@pytest.mark.parametrize("reoriginate", [False, True], ids=["terminate", "reoriginate"])
+def test_a_tls_ending_relay_tells_haproxy_the_client_and_the_sni(
+    haproxy: StartHAProxy, tmp_path: Path, reoriginate: bool
 ) -> None:
-    """send_proxy before the relay's own TLS handshake with HAProxy (`accept-proxy ssl`):
-    HAProxy sees the client and the SNI; the record counts the payload, not the header."""
+    """v2 toward HAProxy from a relay that ends the client's TLS: HAProxy reads the
+    client's address and the authority TLV (the SNI). Re-originating, the header goes
+    before the relay's own TLS handshake with HAProxy (`accept-proxy ssl`); the record
+    counts the payload, not the header."""
     from integration.test_tls import relay_cert
 
     ca, cert, key = relay_cert(tmp_path)
     combined = tmp_path / "haproxy.pem"
     combined.write_bytes(cert.read_bytes() + key.read_bytes())
     hp_port, relay_port = pick_port(), pick_port()
+    tls_bind = f" ssl crt {combined}" if reoriginate else ""
     haproxy(
-        "frontend fe_tls\n"
+        "frontend fe_authority\n"
         "    mode http\n"
-        f"    bind 127.0.0.1:{hp_port} accept-proxy ssl crt {combined}\n"
+        f"    bind 127.0.0.1:{hp_port} accept-proxy{tls_bind}\n"
         "    http-request return status 200 content-type text/plain lf-string"
         ' "authority=%[fc_pp_authority] src=%[src]:%[src_port]\\n"\n',
         [hp_port],
     )
+    remote_tls = f'remote_transport = "tls;sni=relay.example.com;ca={ca}"\n' if reoriginate else ""
     config = (
         '[log]\nformat = "json"\n\n'
         f'[[endpoints]]\nlisten = "127.0.0.1:{relay_port}"\n'
         f'remote = "127.0.0.1:{hp_port}"\n'
         f'listen_transport = "tls;cert={cert};key={key}"\n'
-        f'remote_transport = "tls;sni=relay.example.com;ca={ca}"\n'
+        f"{remote_tls}"
         "network = { send_proxy = true }\n"
     )
     with start_relay(config, tmp_path) as relay:

@@ -104,24 +104,22 @@ class Phase:
         self.conn.close("internal-error", reset=True)
 
 
-class ProxyIn(Phase):
-    """`accept_proxy`: read the client's whole PROXY v1/v2 header (wire.proxy) before
-    anything else; what follows it is the client's stream (handed on to the sniff
-    phase, or replayed to the backend). No header, a bad one, or none within
-    `accept_proxy_timeout` closes the connection with the reason."""
+class _ClientRead(Phase):
+    """A phase that reads the client's first bytes until it has what it needs, with a
+    deadline: it reads at once (the bytes are often there already), and only if that
+    was not enough arms the deadline and watches the socket. `feed(data)` is the
+    phase's own; `eof()` says what the client closing now means."""
 
-    __slots__ = ("buf", "watching")
-    name = "proxy"
+    __slots__ = ("watching",)
 
     def __init__(self, conn: Connection) -> None:
         super().__init__(conn)
-        self.buf = b""
         self.watching = False
 
     def start(self, timeout: float) -> None:
         conn = self.conn
-        self.on_readable()  # often there already
-        if conn.phase is self:
+        self.on_readable()
+        if conn.phase is self:  # not done yet (nor closed): wait, with a deadline
             conn.ctx.wheel.after(conn, timeout)
             conn.ctx.poller.add_reader(conn.client.fd, self)
             self.watching = True
@@ -136,23 +134,15 @@ class ProxyIn(Phase):
             conn.close(close_reason(exc))
             return
         if not data:
-            conn.close("proxy-header", "the client closed before its PROXY header")
+            self.eof()
             return
-        self.buf += data
-        try:
-            res = parse_proxy_header(self.buf)
-        except ProtocolError as exc:
-            conn.close("proxy-header", f"not a valid PROXY header: {exc}")
-            return
-        if isinstance(res, NeedData):
-            return
-        self.release()
-        conn.ctx.wheel.cancel(conn)
-        conn.proxied(res, self.buf[res.size :])
+        self.feed(data)
 
-    def on_deadline(self) -> None:
-        tmo = self.conn.ep.cfg.upstream.network.accept_proxy_timeout
-        self.conn.close("proxy-timeout", f"no whole PROXY header within {tmo:g}s")
+    def feed(self, data: bytes) -> bool:
+        raise NotImplementedError
+
+    def eof(self) -> None:
+        raise NotImplementedError
 
     def release(self) -> None:
         if self.watching:
@@ -160,43 +150,63 @@ class ProxyIn(Phase):
             self.watching = False
 
 
-class Sniff(Phase):
+class ProxyIn(_ClientRead):
+    """`accept_proxy`: read the client's whole PROXY v1/v2 header (wire.proxy) before
+    anything else; what follows it is the client's stream (handed on to the sniff
+    phase, or replayed to the backend). No header, a bad one, or none within
+    `accept_proxy_timeout` closes the connection with the reason."""
+
+    __slots__ = ("buf",)
+    name = "proxy"
+
+    def __init__(self, conn: Connection) -> None:
+        super().__init__(conn)
+        self.buf = b""
+
+    def feed(self, data: bytes) -> bool:
+        conn = self.conn
+        self.buf += data
+        try:
+            res = parse_proxy_header(self.buf)
+        except ProtocolError as exc:
+            conn.close("proxy-header", f"not a valid PROXY header: {exc}")
+            return True
+        if isinstance(res, NeedData):
+            return False
+        self.release()
+        conn.ctx.wheel.cancel(conn)
+        conn.proxied(res, self.buf[res.size :])
+        return True
+
+    def eof(self) -> None:
+        self.conn.close("proxy-header", "the client closed before its PROXY header")
+
+    def on_deadline(self) -> None:
+        tmo = self.conn.ep.cfg.upstream.network.accept_proxy_timeout
+        self.conn.close("proxy-timeout", f"no whole PROXY header within {tmo:g}s")
+
+
+class Sniff(_ClientRead):
     """Read the client's first bytes until the route can be decided."""
 
-    __slots__ = ("sniffer", "watching")
+    __slots__ = ("sniffer",)
     name = "sniff"
 
     def __init__(self, conn: Connection, max_bytes: int) -> None:
         super().__init__(conn)
         self.sniffer = Sniffer(max_bytes)
-        self.watching = False
 
     def start(self, timeout: float, initial: bytes = b"") -> None:
-        """`initial`: bytes of the client's stream already read (after a PROXY header)."""
-        conn = self.conn
-        if initial and self._feed(initial):
+        """`initial`: bytes of the client's stream already read (after a PROXY header);
+        the hello is often there already too (TCP_DEFER_ACCEPT)."""
+        if initial and self.feed(initial):
             return
-        self.on_readable()  # the hello is often there already (TCP_DEFER_ACCEPT)
-        if conn.phase is self:  # not decided yet (nor closed): wait, with a deadline
-            conn.ctx.wheel.after(conn, timeout)
-            conn.ctx.poller.add_reader(conn.client.fd, self)
-            self.watching = True
+        super().start(timeout)
 
-    def on_readable(self) -> None:
-        conn = self.conn
-        try:
-            data = conn.client.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            conn.close(close_reason(exc))
-            return
-        if not data:
-            conn.close("client-eof-before-hello")
-            return
-        self._feed(data)
+    def eof(self) -> None:
+        self.conn.close("client-eof-before-hello")
 
-    def _feed(self, data: bytes) -> bool:
+    def feed(self, data: bytes) -> bool:
         """Feed the sniffer; True when that decided."""
         try:
             res = self.sniffer.feed(data)
@@ -212,10 +222,8 @@ class Sniff(Phase):
         self._done(SniffTimeout(len(self.sniffer.data)))
 
     def _done(self, seen: Any) -> None:
-        conn = self.conn
-        if self.watching:
-            conn.ctx.poller.remove_reader(conn.client.fd)
-        conn.decided(seen, self.sniffer.data)  # the sniffer is done with its buffer
+        self.release()
+        self.conn.decided(seen, self.sniffer.data)  # the sniffer is done with its buffer
 
 
 class Connect(Phase):
