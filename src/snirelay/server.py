@@ -76,10 +76,10 @@ def unsupported(config: Config) -> str | None:
     for ep in config.endpoints:
         for place, up in ep.upstreams():
             net = up.network
-            if net.use_udp and (net.send_proxy or net.accept_proxy):
+            if net.use_udp and net.send_proxy and net.send_proxy_version == 1:
                 return (
-                    f"{place}.network: the PROXY protocol on UDP is not supported yet"
-                    " (it is on TCP: set it on an endpoint without use_udp)"
+                    f"{place}.network.send_proxy_version: 1 cannot go with use_udp: a"
+                    " datagram carries only a v2 header (set send_proxy_version = 2)"
                 )
     if config.api is not None:
         from snirelay.api import check_listen

@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from helpers.relay import RelayProcess, free_port
+from helpers.relay import RelayProcess, free_port, relay_env
 from helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -327,3 +328,52 @@ def _listening_tcp(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+# ---------------------------------------------------------------- the PROXY protocol
+
+
+def test_a_proxy_header_on_every_datagram_and_a_chain(tmp_path: Path, echo: UdpEcho) -> None:
+    """client -> A (send_proxy) -> B (accept_proxy) -> echo and back: B takes each
+    datagram's header off and names the real client; a datagram without one is dropped."""
+    a_port, b_port = free_port(), free_port()
+    b_cfg = udp_config(b_port, f"127.0.0.1:{echo.port}", network=", accept_proxy = true")
+    a_cfg = udp_config(a_port, f"127.0.0.1:{b_port}", network=", send_proxy = true")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        RelayProcess(config=b_cfg, tmp_path=tmp_path / "b") as b,
+        RelayProcess(config=a_cfg, tmp_path=tmp_path / "a") as a,
+    ):
+        b.start()
+        a.start()
+        with client() as c:
+            me = f"127.0.0.1:{c.getsockname()[1]}"
+            for size in (1, 1200, 60000):
+                data = os.urandom(size)
+                c.sendto(data, ("127.0.0.1", a_port))
+                assert c.recv(65535) == data, size
+        with client(timeout=0.5) as bare:  # straight to B, without a header: dropped
+            bare.sendto(b"no header", ("127.0.0.1", b_port))
+            with pytest.raises(TimeoutError):
+                bare.recv(100)
+        b.wait_log("dropped: malformed: not a PROXY protocol header")
+        a.stop()
+        b.stop()
+        [rec_b] = udp_records(b)
+        assert rec_b["client"] == me and rec_b["datagrams_up"] == 3, rec_b
+        [rec_a] = udp_records(a)
+        assert rec_a["client"] == me and rec_a["bytes_up"] == 61201, rec_a
+
+
+def test_a_v1_header_cannot_go_on_udp(tmp_path: Path) -> None:
+    config = udp_config(
+        free_port(), "127.0.0.1:9", network=", send_proxy = true, send_proxy_version = 1"
+    )
+    (tmp_path / "relay.toml").write_text(config)
+    res = subprocess.run(
+        [sys.executable, "-m", "snirelay", "-c", str(tmp_path / "relay.toml")],
+        capture_output=True, text=True, timeout=30, check=False, env=relay_env(),
+    )  # fmt: skip
+    assert res.returncode == 2 and "send_proxy_version" in res.stderr, res
+    assert res.stderr.count("\n") == 1

@@ -22,6 +22,12 @@ cut at 1,500 (realm does).
 - Bounded: at most `udp_max_sessions` associations per endpoint; a new client past that
   is refused (its datagrams dropped, existing ones unaffected), with one log line per
   `REFUSED_LOG_EVERY` seconds and a count (`refused`).
+- The PROXY protocol (v2 only: a datagram carries a whole header or none): with
+  `send_proxy` every datagram toward the backend starts with a header (DGRAM; the
+  client as source, the listen address as destination); with `accept_proxy` every
+  datagram from the proxy in front must start with one, which is taken off and whose
+  source is the association's client (the answers still go to the proxy); a datagram
+  without a valid header is dropped, with a log line now and then.
 - Each association that ends logs one record (`udp client=... backend=... datagrams_up
   ... bytes_up ... duration close=...`) on the connection log.
 
@@ -38,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from snirelay.net.sockopt import bind_device, family_of
 from snirelay.observe.log import CONN_LOG, LOG, conn_record
+from snirelay.wire.errors import NeedData
 
 if TYPE_CHECKING:
     from snirelay.net.runtime import Context, EndpointRT
@@ -60,6 +67,8 @@ class Association:
     __slots__ = (
         "relay",
         "client",
+        "origin",
+        "header",
         "sock",
         "fd",
         "order",
@@ -78,9 +87,13 @@ class Association:
         "closed",
     )
 
-    def __init__(self, relay: UdpRelay, client: Any, order: list[int]) -> None:
+    def __init__(self, relay: UdpRelay, client: Any, origin: Any, order: list[int]) -> None:
+        """`client`: where its answers go (the sender); `origin`: who it is (the sender,
+        or the source a received PROXY header named)."""
         self.relay = relay
         self.client = client
+        self.origin = origin
+        self.header = relay.header_for(origin)  # a PROXY v2 header per datagram, or b""
         self.sock: socket.socket | None = None
         self.fd = -1
         self.order = order
@@ -163,7 +176,7 @@ class Association:
                 self.pending.append(data)
             return
         try:
-            self.sock.send(data)
+            self.sock.send(self.header + data if self.header else data)
         except BlockingIOError:
             return  # a full send buffer drops the datagram, as the network may
         except OSError as exc:
@@ -221,13 +234,13 @@ class Association:
         relay = self.relay
         relay.ctx.wheel.cancel(self)
         self._drop_socket()
-        relay.assocs.pop(self.client, None)
+        relay.assocs.pop((self.client, self.origin), None)
         if CONN_LOG.isEnabledFor(logging.INFO):
             conn_record(
                 {
                     "event": "udp",
                     "listener": relay.place,
-                    "client": _fmt(self.client),
+                    "client": _fmt(self.origin),
                     "backend": _fmt(self.backend) if self.backend is not None else None,
                     "datagrams_up": self.n_up,
                     "datagrams_down": self.n_down,
@@ -258,6 +271,9 @@ class UdpRelay:
         net = ep.cfg.upstream.network
         self.max_sessions = net.udp_max_sessions
         self.check_every = max(0.05, net.udp_timeout / IDLE_CHECKS)
+        self.accept_proxy = net.accept_proxy  # every datagram starts with a v2 header
+        self.send_proxy = net.send_proxy  # every datagram out gets one (v2, DGRAM)
+        self.bad_logged = -REFUSED_LOG_EVERY
         ctx.udp.append(self)
 
     def start(self) -> None:
@@ -294,14 +310,52 @@ class UdpRelay:
             except OSError as exc:
                 LOG.warning("%s: udp receive failed: %s", self.address, exc)
                 return
-            assoc = self.assocs.get(client)
+            origin = client
+            if self.accept_proxy:
+                got = self._strip_header(data, client)
+                if got is None:
+                    continue
+                data, origin = got
+            assoc = self.assocs.get((client, origin))
             if assoc is None:
-                assoc = self._new(client)
+                assoc = self._new(client, origin)
                 if assoc is None:
                     continue
             assoc.to_backend(data)
 
-    def _new(self, client: Any) -> Association | None:
+    def _strip_header(self, data: bytes, sender: Any) -> tuple[bytes, Any] | None:
+        """`accept_proxy`: the datagram's PROXY v2 header off; (payload, the client it
+        names, or the sender when it names none). A datagram without a valid one is
+        dropped, with a log line now and then."""
+        from snirelay.wire.errors import ProtocolError
+        from snirelay.wire.proxy import ProxyHeader, parse_proxy_header
+
+        header: ProxyHeader | NeedData | None
+        try:
+            header = parse_proxy_header(data)
+        except ProtocolError as exc:
+            header, why = None, str(exc)
+        else:
+            why = "a datagram too short for its PROXY header"
+            if isinstance(header, ProxyHeader) and header.version != 2:
+                header, why = None, "a PROXY v1 header (UDP carries only v2)"
+        if not isinstance(header, ProxyHeader):
+            now = self.ctx.loop.time()
+            if now - self.bad_logged >= REFUSED_LOG_EVERY:
+                self.bad_logged = now
+                LOG.warning("%s: udp from %s dropped: %s", self.address, _fmt(sender), why)
+            return None
+        return data[header.size :], header.src if header.src is not None else sender
+
+    def header_for(self, origin: Any) -> bytes:
+        if not self.send_proxy:
+            return b""
+        from snirelay.wire.proxy import encode_v2
+
+        here = self.sock.getsockname()
+        return encode_v2((origin[0], origin[1]), (here[0], here[1]), stream=False)
+
+    def _new(self, client: Any, origin: Any) -> Association | None:
         if len(self.assocs) >= self.max_sessions:
             self.refused += 1
             now = self.ctx.loop.time()
@@ -316,10 +370,10 @@ class UdpRelay:
             return None
         up = self.ep.default
         order = (
-            up.balancer.order(client[0], self.ctx.loop.time()) if len(up.cfg.remotes) > 1 else [0]
+            up.balancer.order(origin[0], self.ctx.loop.time()) if len(up.cfg.remotes) > 1 else [0]
         )
-        assoc = Association(self, client, list(order))
-        self.assocs[client] = assoc
+        assoc = Association(self, client, origin, list(order))
+        self.assocs[(client, origin)] = assoc
         self.arm(assoc)
         assoc.next_remote("")
         return assoc if not assoc.closed else None
