@@ -377,3 +377,35 @@ def test_a_v1_header_cannot_go_on_udp(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 2 and "send_proxy_version" in res.stderr, res
     assert res.stderr.count("\n") == 1
+
+
+def test_thousands_of_short_associations_all_go(tmp_path: Path, echo: UdpEcho) -> None:
+    """2,000 clients, one datagram each, one after another: the associations' count in
+    the API goes back to zero, and every client address has its record."""
+    import urllib.request
+
+    port, api = free_port(), free_port()
+    config = f'[api]\nlisten = "127.0.0.1:{api}"\n' + udp_config(
+        port, f"127.0.0.1:{echo.port}", network=", udp_timeout = 1"
+    )
+
+    def open_now() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("snirelay_udp_associations{"):
+                    return int(float(line.rsplit(" ", 1)[1]))
+        raise AssertionError("no snirelay_udp_associations in /metrics")
+
+    with RelayProcess(config=config, tmp_path=tmp_path) as relay:
+        relay.start(wait_listen=2)
+        ports = set()
+        for i in range(2000):
+            with client() as c:
+                ports.add(c.getsockname()[1])
+                c.sendto(b"%d" % i, ("127.0.0.1", port))
+                assert c.recv(10) == b"%d" % i
+        assert open_now() > 0
+        wait_until(lambda: open_now() == 0, 15, lambda: relay.log[-1000:])
+        # a port the system gave out again within udp_timeout was the same association
+        ended = {r["client"] for r in udp_records(relay)}
+        assert ended == {f"127.0.0.1:{p}" for p in ports} and len(ports) > 1000
