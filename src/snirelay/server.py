@@ -76,7 +76,12 @@ def unsupported(config: Config) -> str | None:
     for ep in config.endpoints:
         for place, up in ep.upstreams():
             net = up.network
-            if net.use_udp and net.send_proxy and net.send_proxy_version == 1:
+            if net.use_udp and place == ep.place and not ep.upstream.remotes:
+                return (
+                    f"{place}.remote: use_udp needs the endpoint's own remote (UDP does"
+                    " not route by name: a datagram carries none)"
+                )
+            if net.use_udp and place == ep.place and net.send_proxy and net.send_proxy_version == 1:
                 return (
                     f"{place}.network.send_proxy_version: 1 cannot go with use_udp: a"
                     " datagram carries only a v2 header (set send_proxy_version = 2)"

@@ -409,3 +409,16 @@ def test_thousands_of_short_associations_all_go(tmp_path: Path, echo: UdpEcho) -
         # a port the system gave out again within udp_timeout was the same association
         ended = {r["client"] for r in udp_records(relay)}
         assert ended == {f"127.0.0.1:{p}" for p in ports} and len(ports) > 1000
+
+
+def test_udp_needs_the_endpoints_own_remote(tmp_path: Path) -> None:
+    """Routes are by name and a datagram has none: an endpoint with routes and no remote
+    of its own cannot relay UDP, and says so at start."""
+    config = (f'[[endpoints]]\nlisten = "127.0.0.1:{free_port()}"\nnetwork = {{ use_udp = true }}\n'
+              '  [[endpoints.routes]]\n  server_names = ["a.test"]\n  remote = "127.0.0.1:9"\n')  # fmt: skip
+    (tmp_path / "relay.toml").write_text(config)
+    res = subprocess.run(
+        [sys.executable, "-m", "snirelay", "-c", str(tmp_path / "relay.toml")],
+        capture_output=True, text=True, timeout=30, check=False, env=relay_env(),
+    )  # fmt: skip
+    assert res.returncode == 2 and "endpoints[0].remote: use_udp" in res.stderr, res

@@ -122,8 +122,9 @@ class NetworkConfig:
     )
     accept_proxy: bool = option(
         False,
-        "require a PROXY v1/v2 header from clients, read whole first; its client is the"
-        " connection's (record, iphash, a header sent on); none or a bad one: closed",
+        "require a PROXY header from clients (TCP: v1 or v2, read whole first; UDP: v2 on"
+        " every datagram); its client is the connection's (record, iphash, a header sent"
+        " on); none or a bad one: closed (TCP) or dropped (UDP)",
         flag=Flag(("--accept-proxy",)),
     )
     accept_proxy_timeout: float = option(

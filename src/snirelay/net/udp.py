@@ -8,8 +8,10 @@ to the remote the balancer picks for it (per association, not per datagram: `iph
 keeps a client on one backend), bound to `through` and `interface` as TCP is. A
 datagram from the client goes out on that socket; one from the backend goes back to
 the client from the listening socket, so the client sees one peer (full cone toward
-that client). Datagrams are read and written whole, up to 65,535 bytes: nothing is
-cut at 1,500 (realm does).
+that client). Datagrams are read and written whole, up to 65,507 bytes over IPv4 (the
+protocol's limit): nothing is cut at 1,500 (realm does). A datagram too big for the way
+out (EMSGSIZE) is dropped, not taken for a dead backend. UDP uses the endpoint's own
+remotes: routes are by name, and a datagram has none.
 
 - A remote given by name is resolved with the relay's resolver (`[dns]`); the client's
   first datagrams wait for it, at most `PENDING_MAX` of them.
@@ -180,6 +182,9 @@ class Association:
         except BlockingIOError:
             return  # a full send buffer drops the datagram, as the network may
         except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                return  # too big for the way out (a header added, IPv6 to IPv4): dropped
+
             self.pending.append(data)
             self.next_remote(f"{_fmt(self.backend)}: {exc.strerror or exc}")
             return
@@ -202,6 +207,8 @@ class Association:
                 self.close(f"error: backend: {exc.strerror or exc}")
                 return
             self.moved += 1
+            if not self.n_down and len(self.order) > 1:
+                self.relay.ep.default.balancer.succeeded(self.order[self.oi - 1])
             try:
                 out.sendto(data, self.client)
             except OSError:
@@ -362,7 +369,7 @@ class UdpRelay:
             if now - self.refused_logged >= REFUSED_LOG_EVERY:
                 self.refused_logged = now
                 LOG.warning(
-                    "%s: udp_max_sessions (%d) reached: new clients refused (%d so far)",
+                    "%s: udp_max_sessions (%d) reached: new clients refused (%d datagrams so far)",
                     self.address,
                     self.max_sessions,
                     self.refused,
@@ -385,7 +392,7 @@ def bind_udp(ep: Any, reuse_port: bool) -> socket.socket:
     fam = family_of(ep.listen.host)
     sock = socket.socket(fam, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # no SO_REUSEADDR: for UDP it would let a second process bind the same port
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if fam == socket.AF_INET6:
