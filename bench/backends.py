@@ -29,6 +29,10 @@ whole run, so every relay sees the same backend.
   ``REORIG_NAME`` (no tickets): what a re-originating relay connects to for the
   throughput and idle-memory loads. ``idle_tls`` counts a connection once its handshake
   is done.
+- ``udp_echo``: a Python thread with one UDP socket that sends every datagram (up to
+  65,535 bytes) back whole to where it came from: the UDP check and the UDP round-trip
+  load. The UDP datagram-rate load uses the ``iperf3`` server (``-u`` on its client:
+  the control connection is TCP, the data UDP, both to the same port).
 
 Resource handling: ``Backends.close()`` stops every process and thread started here.
 """
@@ -155,6 +159,38 @@ class _Acceptor(threading.Thread):
 
 Acceptor = _Acceptor  # the type, for scenarios that pick one of the Python backends
 
+UDP_MAX = 65535  # the largest datagram the UDP echo reads (and so sends back) whole
+
+
+class UdpEcho(threading.Thread):
+    """Every datagram back to its sender, whole, in a daemon thread; bounded by close()."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.settimeout(0.5)
+        self.port = int(self.sock.getsockname()[1])
+        self.closing = threading.Event()
+
+    def run(self) -> None:
+        while not self.closing.is_set():
+            try:
+                data, peer = self.sock.recvfrom(UDP_MAX)
+                self.sock.sendto(data, peer)
+            except TimeoutError:
+                continue
+            except OSError:  # ECONNREFUSED from an earlier send, a closed socket: go on
+                if self.closing.is_set():
+                    return
+
+    def close(self) -> None:
+        self.closing.set()
+        self.join(2)
+        self.sock.close()
+
 
 def _send_then_hash(conn: socket.socket, payload: bytes) -> bytes:
     """Send payload, SHUT_WR, then read the client's bytes to EOF: their sha256."""
@@ -259,6 +295,7 @@ class Backends:
     stream: _Acceptor | None = None
     stream_tls: _Acceptor | None = None  # TLS as REORIG_NAME (needs the CA: nginx path)
     idle_tls: _Acceptor | None = None
+    udp_echo: UdpEcho | None = None
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_all(self) -> None:
@@ -268,6 +305,8 @@ class Backends:
         self.idle.start()
         self.stream = _Acceptor("stream")
         self.stream.start()
+        self.udp_echo = UdpEcho()
+        self.udp_echo.start()
         iperf = which("iperf3")
         if iperf:
             self.iperf_port = free_port()
@@ -373,3 +412,5 @@ class Backends:
         for a in (self.integrity, self.idle, self.stream, self.stream_tls, self.idle_tls):
             if a is not None:
                 a.close()
+        if self.udp_echo is not None:
+            self.udp_echo.close()

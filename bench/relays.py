@@ -22,12 +22,22 @@ how to start one instance (one worker / one thread) for a mode:
   starts B in the background and execs A, so B is A's child and the tree's CPU,
   memory and descriptors (and the stop by process group) cover A and B together.
 
+- ``udp``: UDP datagrams and TCP connections on the same listen port to the same
+  backend port (iperf3 ``-u`` opens its control connection over TCP, then sends its
+  datagrams to that port): snirelay ``-u`` (an endpoint with ``use_udp`` relays both),
+  nginx one stream ``server`` with ``listen ... udp`` beside the TCP ``listen``
+  (``proxy_buffer_size 64k``: a datagram from the backend larger than that buffer would
+  be cut), socat two processes, ``UDP4-LISTEN`` (``fork``: a child per client address,
+  ``-T 30``, ``-b 65536`` so a datagram up to that size passes whole; its default is
+  8,192) with the TCP one as its child, as the chains run. HAProxy 2.6 and sniproxy
+  have no UDP.
+
 sniproxy can only route (TLS or HTTP by name): it has ``sni`` and no ``forward``;
 sniproxy, socat and the direct path have neither TLS mode.
 Every relay runs in the foreground as our child, with a config written to the work
 directory, on loopback, one process/worker/thread where the program lets us choose.
 
-Modes still to come (UDP) become new mode names in
+Modes still to come become new mode names in
 ``modes`` and a branch in ``argv_for``; scenarios declare which mode they need, and
 relays that lack it are reported as "not applicable" instead of failing.
 """
@@ -51,6 +61,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 TLS_MODES = frozenset({"terminate", "reoriginate"})
 TUNNEL = "tunnel"  # two snirelays chained (see Relay.hop)
+UDP = "udp"  # UDP and TCP on one port to one backend port
 TUNNEL_WS = "ws;host=tunnel.bench.test;path=/tunnel"  # the A -> B transport of the ws chain
 
 
@@ -197,11 +208,11 @@ class Relay:
             _write(conf.replace(".conf", ".toml"), _snirelay_tls_toml(mode, port, routes, tls))
             return [sys.executable, "-m", "snirelay", "-c", conf.replace(".conf", ".toml")]
         if self.kind == "snirelay":
-            if mode == "forward":
+            if mode in ("forward", UDP):
                 return [
                     sys.executable, "-m", "snirelay",
                     "-l", f"{LOOPBACK}:{port}", "-r", f"{LOOPBACK}:{default}",
-                    "--log-level", "off",
+                    "--log-level", "off", *(["-u"] if mode == UDP else []),
                 ]  # fmt: skip
             conf = conf.replace(".conf", ".toml")
             lines = [
@@ -222,6 +233,17 @@ class Relay:
             _write(conf, _nginx_conf(mode, port, routes, default, workdir, tag, tls))
             err = f"{workdir}/nginx-{tag}.err"
             return [which("nginx") or "nginx", "-e", err, "-c", conf, "-p", workdir]
+        if self.kind == "socat" and mode == UDP:
+            socat = which("socat") or "socat"
+            tcp = shlex.join([
+                socat, f"TCP-LISTEN:{port},bind={LOOPBACK},fork,reuseaddr,backlog=4096",
+                f"TCP:{LOOPBACK}:{default}",
+            ])  # fmt: skip
+            udp = shlex.join([
+                socat, "-T", "30", "-b", "65536",
+                f"UDP4-LISTEN:{port},bind={LOOPBACK},fork,reuseaddr", f"UDP4:{LOOPBACK}:{default}",
+            ])  # fmt: skip
+            return ["/bin/sh", "-c", f"{tcp} & exec {udp}"]
         if self.kind == "socat":
             return [
                 which("socat") or "socat",
@@ -318,6 +340,11 @@ def _nginx_conf(
         )
     elif mode == "forward":
         server = f"  server {{ listen {LOOPBACK}:{port} backlog=4096; proxy_pass {LOOPBACK}:{default}; }}"
+    elif mode == UDP:
+        server = (
+            f"  server {{ listen {LOOPBACK}:{port} backlog=4096; listen {LOOPBACK}:{port} udp;"
+            f" proxy_buffer_size 64k; proxy_pass {LOOPBACK}:{default}; }}"
+        )
     else:
         entries = "".join(f"    {n} {LOOPBACK}:{p};\n" for n, p in routes.items())
         server = (
@@ -369,28 +396,32 @@ table routes {{
 
 
 def baseline(ref: str, src: str) -> Relay:
-    """snirelay as of another git ref, its src/ extracted to ``src`` (see run.py)."""
+    """snirelay as of another git ref, its src/ extracted to ``src`` (see run.py); mode
+    ``udp`` too when that tree has UDP relaying (``snirelay/net/udp.py``)."""
+    udp = os.path.exists(os.path.join(src, "snirelay", "net", "udp.py"))
     return Relay(
         f"snirelay@{ref}",
         f"snirelay@{ref} (1 worker, baseline)",
-        frozenset({"forward", "sni"}),
+        frozenset({"forward", "sni", *([UDP] if udp else [])}),
         kind="snirelay",
         src=src,
     )
 
 
 RELAYS: tuple[Relay, ...] = (
-    Relay("direct", "direct, no relay", frozenset({"forward", "sni"})),
-    Relay("snirelay", "snirelay (1 worker)", frozenset({"forward", "sni"}) | TLS_MODES),
+    Relay("direct", "direct, no relay", frozenset({"forward", "sni", UDP})),
+    Relay("snirelay", "snirelay (1 worker)", frozenset({"forward", "sni", UDP}) | TLS_MODES),
     Relay(
         "haproxy",
         "HAProxy (tcp mode, 1 thread)",
         frozenset({"forward", "sni"}) | TLS_MODES,
         "haproxy",
     ),
-    Relay("nginx", "nginx stream (1 worker)", frozenset({"forward", "sni"}) | TLS_MODES, "nginx"),
+    Relay(
+        "nginx", "nginx stream (1 worker)", frozenset({"forward", "sni", UDP}) | TLS_MODES, "nginx"
+    ),
     Relay("sniproxy", "sniproxy (SNI only)", frozenset({"sni"}), "sniproxy"),
-    Relay("socat", "socat (fork per connection)", frozenset({"forward"}), "socat"),
+    Relay("socat", "socat (fork per connection)", frozenset({"forward", UDP}), "socat"),
     Relay(
         "chain-tcp",
         "two snirelays, plain TCP between",

@@ -7,6 +7,8 @@ user and system time apart. When the run had a baseline build (``run.py --baseli
 REF``, relay ``snirelay@REF``), a before/after table puts it beside this tree's
 snirelay with the ratio of medians. The targets of issue 7 (and the two of issue 4 it
 does not restate) are checked on snirelay's ratios to HAProxy or to the baseline. The
+UDP section has its own references: ratios to socat and to nginx stream (HAProxy 2.6
+has no UDP), and its own target line (datagrams/s against socat and nginx). The
 hand-written analysis (profile findings) is read from bench/analysis.md and included
 verbatim, so regenerating never loses it. A result written before a column existed
 renders that column as "n/a".
@@ -98,6 +100,33 @@ TUNNEL_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("tunnel_idle1000", "fds_per_conn", "A+B fds / idle conn", "{:.1f}", -1),
 )
 WS_TPUT_TARGET = 0.7  # ws chain single-stream throughput over the plain chain's
+# UDP relaying (mode udp): iperf3 -u -b 0 datagram rate, then round trips through the echo
+UDP = "udp"
+UDP_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("udp_pps", "dgram_s", "datagrams/s (1,200 B)", "{:,.0f}", 1),
+    ("udp_pps", "mbit_s", "Mbit/s", "{:,.0f}", 1),
+    ("udp_pps", "loss_pct", "loss %", "{:.1f}", -1),
+    ("udp_pps", "relay_drop_pct", "dropped at the relay's socket, % of sent", "{:.1f}", -1),
+    ("udp_pps", "backend_drop_pct", "at the backend's, % of sent", "{:.1f}", -1),
+    ("udp_pps", "fwd_dgram_s", "forwarded by the relay /s", "{:,.0f}", 1),
+    ("udp_pps", "cpu_us_per_kdgram", "relay CPU µs / 1,000 forwarded", "{:,.0f}", -1),
+    ("udp_echo_rtt", "rt_s", "echo round trips/s", "{:,.0f}", 1),
+    ("udp_echo_rtt", "rtt_p50_us", "echo p50 µs", "{:.0f}", -1),
+    ("udp_echo_rtt", "rtt_p99_us", "echo p99 µs", "{:.0f}", -1),
+    ("udp_echo_rtt", "cpu_us_per_kdgram", "echo: relay CPU µs / 1,000 datagrams", "{:,.0f}", -1),
+)
+UDP_CPU_COLS: tuple[tuple[str, str, str, str, int], ...] = (
+    ("udp_pps", "cpu_us_per_kdgram_user", "user µs / 1,000 forwarded", "{:,.0f}", -1),
+    ("udp_pps", "cpu_us_per_kdgram_sys", "system µs / 1,000 forwarded", "{:,.0f}", -1),
+    ("udp_pps", "cpu_kernel_share", "kernel share", "{:.0%}", -1),
+    ("udp_echo_rtt", "cpu_us_per_kdgram_user", "echo: user µs / 1,000", "{:,.0f}", -1),
+    ("udp_echo_rtt", "cpu_us_per_kdgram_sys", "echo: system µs / 1,000", "{:,.0f}", -1),
+)
+# (reference relay, its letter in the brackets, shown as "—" when it has no figure)
+REFS: tuple[tuple[str, str, bool], ...] = (("direct", "d", False), ("haproxy", "h", True))
+UDP_REFS: tuple[tuple[str, str, bool], ...] = (("socat", "s", True), ("nginx", "n", True))
+UDP_TARGETS = (("socat", 1.0), ("nginx", 0.5))  # snirelay's datagrams/s over theirs, at least
+NO_RATIO = frozenset({"loss_pct", "relay_drop_pct", "backend_drop_pct"})  # shares: no ratio
 # relay CPU per unit of plain forwarding work, user and system apart
 CPU_COLS: tuple[tuple[str, str, str, str, int], ...] = (
     ("connrate", "cpu_us_per_conn", "µs / new conn", "{:.0f}", -1),
@@ -123,6 +152,10 @@ BEFORE_AFTER: tuple[tuple[str, str, str, str, int], ...] = (
     ("tls", "cpu_us_per_hs", "relay CPU µs / handshake", "{:.0f}", -1),
     ("tls", "cpu_us_per_hs_user", "… user", "{:.0f}", -1),
     ("tls", "cpu_us_per_hs_sys", "… system", "{:.0f}", -1),
+    ("udp_pps", "dgram_s", "UDP datagrams/s (1,200 B, iperf3 -u -b 0)", "{:,.0f}", 1),
+    ("udp_pps", "cpu_us_per_kdgram", "relay CPU µs / 1,000 datagrams forwarded", "{:,.0f}", -1),
+    ("udp_echo_rtt", "rtt_p50_us", "UDP echo p50 µs", "{:.0f}", -1),
+    ("udp_echo_rtt", "cpu_us_per_kdgram", "relay CPU µs / 1,000 echoed datagrams", "{:,.0f}", -1),
 )
 BASELINE = "@baseline"  # stands for the run's baseline relay in TARGETS
 # (scenario, metric, text, bound, direction, compared with: a relay name or BASELINE)
@@ -164,22 +197,26 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
-def _cell(res: dict[str, Any], relay: str, col: tuple[str, str, str, str, int]) -> str:
+def _cell(
+    res: dict[str, Any],
+    relay: str,
+    col: tuple[str, str, str, str, int],
+    refs: tuple[tuple[str, str, bool], ...] = REFS,
+) -> str:
     scen, metric, _, fmt, _ = col
     v = _median(res, scen, relay, metric)
     if v is None:
         return _why_missing(res, scen, relay)
     text = fmt.format(v)
-    if relay == "direct" or _median(res, scen, "direct", metric) is None:
-        rd = None
-    else:
-        rd = _ratio(v, _median(res, scen, "direct", metric))
-    rh = None if relay == "haproxy" else _ratio(v, _median(res, scen, "haproxy", metric))
     if metric == "mem_mb":
         s = res["results"][scen][relay]["summary"]
         if s.get("processes", {}).get("median", 1) > 2:
             text += " PSS"
-    parts = [p for p in (rd and f"{rd} d", rh and f"{rh} h") if p]
+    parts = []
+    for ref, letter, always in () if metric in NO_RATIO else refs:
+        base = _median(res, scen, ref, metric)
+        if relay != ref and (always or base is not None):
+            parts.append(f"{_ratio(v, base)} {letter}")
     return f"{text} ({', '.join(parts)})" if parts else text
 
 
@@ -208,9 +245,19 @@ def _spread(res: dict[str, Any], relay: str, col: tuple[str, str, str, str, int]
 
 
 def _table(
-    res: dict[str, Any], cols: tuple[tuple[str, str, str, str, int], ...], spread: bool
+    res: dict[str, Any],
+    cols: tuple[tuple[str, str, str, str, int], ...],
+    spread: bool,
+    refs: tuple[tuple[str, str, bool], ...] = REFS,
+    also: tuple[str, ...] = (),
 ) -> list[str]:
-    relays = [r for r in res["relays"] if any(r in res["results"].get(c[0], {}) for c in cols)]
+    """One row per relay measured in ``cols`` (and per relay in ``also``, e.g. one that
+    lacks the mode: its cells say n/a); medians with ratios to ``refs``, or the spread."""
+    relays = [
+        r
+        for r in res["relays"]
+        if r in also or any(r in res["results"].get(c[0], {}) for c in cols)
+    ]
     if not relays:
         return ["(not measured in this run)"]
     modes = {res["scenarios"].get(c[0], {}).get("mode") for c in cols}
@@ -228,7 +275,7 @@ def _table(
     lines = [head, "|" + "---|" * (len(cols) + 1)]
     for r in relays:
         label = res["relays"][r]["label"]
-        cells = [(_spread if spread else _cell)(res, r, c) for c in cols]
+        cells = [_spread(res, r, c) if spread else _cell(res, r, c, refs) for c in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -246,6 +293,7 @@ def _check_cell(info: dict[str, Any], name: str, mode: str) -> str:
             "terminate": "n/a (no TLS termination)",
             "reoriginate": "n/a (no TLS re-origination)",
             TUNNEL: "n/a (not a chain)",
+            UDP: "n/a (no UDP)",
         }[mode]
     checks = {
         "forward": ("integrity", "integrity_rev"),
@@ -253,6 +301,7 @@ def _check_cell(info: dict[str, Any], name: str, mode: str) -> str:
         "terminate": ("tls_term_check",),
         "reoriginate": ("tls_reorig_check",),
         TUNNEL: ("tunnel_check", "tunnel_check_rev"),
+        UDP: ("udp_check",),
     }[mode]
     done = [c for c in checks if c in info.get("checked", [])]
     if len(done) == len(checks):
@@ -477,6 +526,74 @@ def _tunnel_section(res: dict[str, Any]) -> list[str]:
     return [*out, "Spread:", "", *_table(res, TUNNEL_COLS, spread=True), ""]
 
 
+def _udp_section(res: dict[str, Any]) -> list[str]:
+    """UDP relaying: rates, loss and CPU per datagram with ratios to socat and nginx, the
+    target line, the spread and the CPU split."""
+    cols = UDP_COLS + UDP_CPU_COLS
+    if not {c[0] for c in cols} & set(res["scenarios"]):
+        return []
+    also = tuple(r for r in ("haproxy",) if r in res["relays"])
+    out = [
+        "## UDP relaying",
+        "",
+        "Each relay relays UDP and TCP on one port to one backend port (snirelay `-u`; nginx"
+        " stream `listen ... udp` beside the TCP `listen`, `proxy_buffer_size 64k`; socat"
+        " `-T 30 -b 65536 UDP4-LISTEN:...,fork,reuseaddr` with a TCP socat beside it, its"
+        " UDP child handling the one client flow); the direct row is the client talking to"
+        " the backend itself, the ceiling. HAProxy 2.6 has no UDP (n/a). Datagrams/s: iperf3"
+        " `-u -b 0 -l 1200 -t D`, one flow sending 1,200-byte datagrams as fast as it can"
+        " to the iperf3 server (its control connection is the TCP one); the rate and Mbit/s"
+        " (payload) are what the server received, the loss what it did not (iperf3's"
+        " count). Where it was lost, from the sockets' drop counters in /proc/net/udp (a"
+        " separate count, so the two shares need not add up to the loss exactly): dropped"
+        " at the relay's listening socket (the relay did not read them in time) or at the"
+        " iperf3 server's (the relay forwarded them, the server did not read them in time:"
+        " on few cores the sender, the relay and the server compete, and a relay that"
+        " forwards more leaves the server less CPU). Forwarded = what arrived plus what the"
+        " server's socket dropped: the relay's own rate, and its CPU is divided by that."
+        " Echo: a Python client sends one 1,200-byte"
+        " datagram at a time through the relay to a Python UDP echo for D s; round trips/s,"
+        " p50/p99 and the relay's CPU per 1,000 datagrams relayed (two per round trip). The"
+        " sender, the relay and the backend share the machine's cores, so with few cores the"
+        " CPU per datagram is the figure to compare. Medians over the rounds; in brackets:"
+        " ratio to socat (`s`) and to nginx stream (`n`). The check before timing: a"
+        " datagram of 1,200 and one of 65,000 bytes echoed back whole through the relay.",
+        "",
+        *_table(res, UDP_COLS, spread=False, refs=UDP_REFS, also=also),
+        "",
+    ]
+    parts, fwd = [], []
+    for ref, bound in UDP_TARGETS:
+        a, b = (
+            _median(res, "udp_pps", "snirelay", "dgram_s"),
+            _median(res, "udp_pps", ref, "dgram_s"),
+        )
+        if a is None or not b:
+            parts.append(f">= {bound:.1f}x {ref}: not measured")
+        else:
+            met = "met" if a / b >= bound else "**not met**"
+            parts.append(f">= {bound:.1f}x {ref}: {a / b:.2f}, {met}")
+        ra = _median(res, "udp_pps", "snirelay", "fwd_dgram_s")
+        fwd.append(f"{_ratio(ra, _median(res, 'udp_pps', ref, 'fwd_dgram_s'))}x {ref}")
+    out += [
+        f"Target: snirelay's datagrams/s (arrived) {'; '.join(parts)}. Forwarded by the"
+        f" relay, not a target: {', '.join(fwd)}.",
+        "",
+    ]
+    return [
+        *out,
+        "Spread:",
+        "",
+        *_table(res, UDP_COLS, spread=True, also=also),
+        "",
+        "Relay CPU per 1,000 datagrams, user and system apart (medians; `s`, `n`: ratios to"
+        " socat and nginx):",
+        "",
+        *_table(res, UDP_CPU_COLS, spread=False, refs=UDP_REFS, also=also),
+        "",
+    ]
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     base = res.get("baseline")
@@ -541,10 +658,12 @@ def render(res: dict[str, Any]) -> str:
     tls_modes = [
         m for m in TLS_MODES if any(m in i.get("modes", ()) for i in res["relays"].values())
     ]
-    check_modes = ["forward", "sni", *tls_modes]
+    udp = [UDP] if any(UDP in i.get("modes", ()) for i in res["relays"].values()) else []
+    check_modes = ["forward", "sni", *tls_modes, *udp]
     titles = ["byte-exact, half-close each way (16 MiB)", "SNI routing"]
     titles += [{"terminate": "TLS termination", "reoriginate": "TLS re-origination"}[m]
                for m in tls_modes]  # fmt: skip
+    titles += ["UDP: 1,200 and 65,000 B echoed whole" for _ in udp]
     out += [
         "| relay | version | " + " | ".join(titles) + " |",
         "|---|---|" + "---|" * len(titles),
@@ -589,6 +708,7 @@ def render(res: dict[str, Any]) -> str:
         "",
         *_tls_term_section(res),
         *_tunnel_section(res),
+        *_udp_section(res),
         *_before_after(res),
         *_targets(res),
     ]

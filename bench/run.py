@@ -4,7 +4,8 @@
 How it works: the backends (iperf3, nginx HTTP/HTTPS, Python integrity and idle
 holders) start once. Every relay that is installed first passes the checks of each mode
 it will be timed in (byte-exact transfer with half-close each way for ``forward``; SNI
-routing reaching each backend for ``sni``) -- a relay that fails is marked and not timed
+routing reaching each backend for ``sni``; datagrams of 1,200 and 65,000 bytes echoed
+back whole for ``udp``) -- a relay that fails is marked and not timed
 in that mode. Then, for each round, each scenario runs against a fresh instance of every
 relay in turn (the relay order rotates per round, so rounds interleave). Medians, min
 and max over the rounds, ratios to HAProxy and to the direct path, machine and version
@@ -82,6 +83,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "tlstput": ("tls_term_tput1", "tls_reorig_tput1"),
     "tlsmem": ("tls_term_idle1000", "tls_reorig_idle1000"),
     "ws": ("tunnel_tput1", "tunnel_connrate", "tunnel_idle1000"),
+    "udp": ("udp_pps", "udp_echo_rtt"),
     "forward": ("tput1", "tput8", "connrate", "reqrate", "idle1000", "idle5000"),
 }
 

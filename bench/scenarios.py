@@ -1,7 +1,7 @@
 """The measurements: each scenario runs one load against one running relay instance.
 
 How it works: a ``Scenario`` names the relay mode it needs (``forward``, ``sni``,
-``terminate``, ``reoriginate``; later ``udp``), the backend it targets and the tools it
+``terminate``, ``reoriginate``, ``tunnel``, ``udp``), the backend it targets and the tools it
 requires, and ``measure(inst, ctx)`` returns a flat dict of numbers. CPU figures are the
 relay process tree's utime and stime across the load (from /proc/PID/stat, read just
 before the load tool starts and just after it exits) divided by the work done: the total
@@ -22,7 +22,9 @@ import re
 import resource
 import socket
 import ssl
+import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,11 +36,12 @@ from backends import (
     REVERSE_MAGIC,
     SNI_NAMES,
     STREAM_BYTES,
+    UDP_MAX,
     Acceptor,
     Backends,
 )
 from common import LOOPBACK, BenchError, CpuMeter, tree_fds, tree_memory, which
-from relays import TUNNEL, Instance
+from relays import TUNNEL, UDP, Instance
 
 
 @dataclass
@@ -149,6 +152,33 @@ def _check_tls_relay(want: Callable[[], list[str]]) -> Callable[[Instance, Conte
     return measure
 
 
+UDP_CHECK_SIZES = (1200, 65000)  # bytes; 65,000 fits loopback's 65,536 MTU unfragmented
+
+
+def _check_udp(inst: Instance, ctx: Context) -> Metrics:
+    """One datagram of each of UDP_CHECK_SIZES to the relay, which the UDP echo sends
+    back: it must come back whole and unchanged, from the relay's address (the client's
+    socket is connected, so the kernel takes nothing from anywhere else). Up to 3 tries
+    of 2 s each per size: a relay may lose a datagram (loopback rarely does), not cut one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((LOOPBACK, inst.port))
+        s.settimeout(2.0)
+        for size in UDP_CHECK_SIZES:
+            payload = os.urandom(size)
+            for _ in range(3):
+                s.send(payload)
+                try:
+                    got = s.recv(UDP_MAX + 1)
+                except TimeoutError:
+                    continue
+                if got != payload:
+                    raise BenchError(f"udp: sent {size} bytes, got {len(got)} back, or altered")
+                break
+            else:
+                raise BenchError(f"udp: no echo of a {size}-byte datagram in 3 tries")
+    return {"ok": 1.0, "sizes": float(len(UDP_CHECK_SIZES))}
+
+
 # ---------------------------------------------------------------- loads
 
 
@@ -174,6 +204,161 @@ def _iperf(streams: int) -> Callable[[Instance, Context], Metrics]:
         return m
 
     return measure
+
+
+UDP_LEN = 1200  # bytes per datagram in the UDP loads
+
+
+def _udp_drops(ports: tuple[int, ...]) -> dict[tuple[int, int], int]:
+    """{(port, inode): datagrams the kernel dropped on that socket (its receive buffer
+    full)} for the UDP sockets bound to ``ports`` (any address: iperf3's server binds
+    ``[::]``), from /proc/net/udp and udp6 (their last column)."""
+    want = {f"{p:04X}": p for p in ports}
+    out: dict[tuple[int, int], int] = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            port = want.get(fields[1].rpartition(":")[2])
+            if port is not None:
+                out[(port, int(fields[9]))] = int(fields[-1])
+    return out
+
+
+class _DropWatch(threading.Thread):
+    """Drops at the UDP sockets on ``ports`` over a load: /proc/net/udp read every
+    0.05 s, the last count of each socket kept. Some sockets close before the load ends:
+    iperf3's server closes its data socket when the test ends, and socat's child (its
+    socket bound to the listen port, connected to the client) exits on the refusal that
+    follows. A socket that closed counts as last seen (at most 0.05 s of its drops may be
+    missed); one that lives is read once more at the end."""
+
+    def __init__(self, ports: tuple[int, ...]) -> None:
+        super().__init__(daemon=True)
+        self.ports = ports
+        self.first = _udp_drops(ports)
+        self.last = dict(self.first)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            self.last.update(_udp_drops(self.ports))
+
+    def stop(self) -> dict[int, int]:
+        """{port: datagrams dropped there since the start}."""
+        self.done.set()
+        self.join(2)
+        self.last.update(_udp_drops(self.ports))
+        out = dict.fromkeys(self.ports, 0)
+        for (port, inode), n in self.last.items():
+            out[port] += n - self.first.get((port, inode), 0)
+        return out
+
+
+def _udp_pps(inst: Instance, ctx: Context) -> Metrics:
+    """iperf3 ``-u -b 0 -l 1200 -t D``: one client flow sending 1,200-byte datagrams as
+    fast as it can, through the relay to the iperf3 server; the server's count of what
+    arrived is the rate (``dgram_s``, ``mbit_s`` of payload) and ``loss_pct`` what did
+    not. Where the loss happened, as shares of the sent datagrams, from the sockets'
+    drop counters (``_DropWatch``): ``relay_drop_pct`` at the relay's listening socket
+    (the relay did not read them in time), ``backend_drop_pct`` at the iperf3 server's
+    (the relay forwarded them, the server did not read them in time: the sender, the
+    relay and the server share the cores). So the relay forwarded ``fwd_dgram_s`` = what
+    arrived plus what the server's socket dropped, and its CPU is divided by that
+    (``cpu_us_per_kdgram``: µs per 1,000 datagrams forwarded)."""
+    backend = ctx.backends.iperf_port
+    assert backend is not None
+    argv = [which("iperf3") or "iperf3", "-c", LOOPBACK, "-p", str(inst.port), "-u"]
+    argv += ["-b", "0", "-l", str(UDP_LEN), "-t", str(ctx.duration), "-J"]
+    watch = _DropWatch((backend,) if inst.proc is None else (inst.port, backend))
+    cpu = CpuMeter(inst.pid)
+    watch.start()
+    cpu.start()
+    try:
+        out = subprocess.run(argv, capture_output=True, timeout=ctx.duration + 30, check=False)
+    finally:
+        used = cpu.stop()
+        drops = watch.stop()
+    try:
+        end = json.loads(out.stdout)["end"]
+        recv, sent = end.get("sum_received", end["sum"]), end.get("sum_sent", end["sum"])
+        got = recv["packets"] - recv["lost_packets"]
+        secs, n_sent = recv["seconds"], sent["packets"]
+        m = {
+            "dgram_s": got / secs,
+            "mbit_s": recv["bytes"] * 8 / secs / 1e6,
+            "loss_pct": float(recv["lost_percent"]),
+            "sent_dgram_s": n_sent / sent["seconds"],
+        }
+    except (ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        raise BenchError(f"iperf3 -u failed: {out.stdout[-300:]!r} {out.stderr[-300:]!r}") from e
+    if got <= 0 or n_sent <= 0:
+        raise BenchError("iperf3 -u: no datagram reached the backend")
+    forwarded = got + drops[backend]
+    m["fwd_dgram_s"] = forwarded / secs
+    m["backend_drop_pct"] = 100 * drops[backend] / n_sent
+    if inst.proc is not None:
+        m["relay_drop_pct"] = 100 * drops[inst.port] / n_sent
+    if used is not None:
+        m.update(cpu.per_unit("cpu_us_per_kdgram", forwarded / 1000))
+    return m
+
+
+UDP_RTT_MAX = 200_000  # round trips per load at most
+
+
+def _udp_rtt(inst: Instance, ctx: Context) -> Metrics:
+    """One 1,200-byte datagram at a time to the UDP echo through the relay, for D s
+    (UDP_RTT_MAX round trips at most), each reply awaited 1 s at most (``lost``
+    otherwise; a late reply is known by its sequence number and skipped): round trips/s,
+    p50 and p99 in µs, and the relay's CPU per 1,000 datagrams relayed (two per round
+    trip). One warm-up round trip first sets up the relay's association (socat's fork)."""
+    filler = os.urandom(UDP_LEN - 8)
+    rtts: list[float] = []
+    lost = 0
+    cpu = CpuMeter(inst.pid)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((LOOPBACK, inst.port))
+        s.settimeout(2.0)
+        s.send(bytes(8) + filler)
+        try:
+            s.recv(UDP_MAX)
+        except TimeoutError as e:
+            raise BenchError("udp rtt: no echo of the warm-up datagram in 2 s") from e
+        s.settimeout(1.0)
+        cpu.start()
+        start = time.perf_counter()
+        end = start + ctx.duration
+        for seq in range(1, UDP_RTT_MAX + 1):
+            tag = seq.to_bytes(8, "big")
+            t0 = time.perf_counter()
+            if t0 > end:
+                break
+            s.send(tag + filler)
+            try:
+                while s.recv(UDP_MAX)[:8] != tag:  # a late reply to an earlier one
+                    pass
+                rtts.append(time.perf_counter() - t0)
+            except TimeoutError:
+                lost += 1
+        elapsed = time.perf_counter() - start
+        used = cpu.stop()
+    if not rtts:
+        raise BenchError(f"udp rtt: no echo came back ({lost} lost)")
+    rtts.sort()
+    m = {
+        "rt_s": len(rtts) / elapsed,
+        "rtt_p50_us": statistics.median(rtts) * 1e6,
+        "rtt_p99_us": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1e6,
+        "lost": float(lost),
+    }
+    if used is not None:
+        m.update(cpu.per_unit("cpu_us_per_kdgram", 2 * len(rtts) / 1000))
+    return m
 
 
 def _ab(inst: Instance, ctx: Context) -> Metrics:
@@ -497,6 +682,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         "reoriginate", "check", _reorig, _check_tls_relay(lambda: [REORIG_NAME, REORIG_NAME]),
     ),
     Scenario(
+        "udp_check", "UDP datagrams of 1,200 and 65,000 bytes echoed back whole", UDP, "check",
+        lambda b: b.udp_echo.port if b.udp_echo else None, _check_udp,
+    ),
+    Scenario(
         "tput1", "1 stream", "forward", "load", lambda b: b.iperf_port, _iperf(1),
         ("iperf3",), metrics=("gbit_s", "cpu_s_per_gb"),
     ),
@@ -585,5 +774,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         "tunnel_idle1000", "memory of A+B at 1,000 idle conns", TUNNEL, "load",
         lambda b: b.idle.port if b.idle else None, _idle(1000), needs_relay_process=True,
         metrics=("mem_mb", "kb_per_conn"),
+    ),
+    # UDP relaying: datagram rate through iperf3's server, round trips through the echo
+    Scenario(
+        "udp_pps", "1,200-byte datagrams/s, one flow, iperf3 -u -b 0", UDP, "load",
+        lambda b: b.iperf_port, _udp_pps, ("iperf3",),
+        metrics=("dgram_s", "mbit_s", "cpu_us_per_kdgram", "loss_pct"),
+    ),
+    Scenario(
+        "udp_echo_rtt", "UDP echo round trips, 1,200 bytes, one at a time", UDP, "load",
+        lambda b: b.udp_echo.port if b.udp_echo else None, _udp_rtt,
+        metrics=("rt_s", "rtt_p50_us", "rtt_p99_us", "cpu_us_per_kdgram"),
     ),
 )  # fmt: skip
