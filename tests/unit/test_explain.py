@@ -224,3 +224,10 @@ def test_the_text_report_of_one_setup_is_golden(tmp_path: Path) -> None:
     if os.environ.get("SNIRELAY_GOLDEN_UPDATE"):
         golden.write_text(out)
     assert out == golden.read_text()
+
+
+def test_a_listener_key_on_a_route_is_said_to_do_nothing(tmp_path: Path) -> None:
+    text = routes(('"a.example.com"', 9001, "  network = { accept_proxy = true }\n"))
+    assert ("route-network-ignored", "endpoints[0].routes[0].network.accept_proxy") in (
+        warnings(tmp_path, text)
+    )

@@ -379,7 +379,33 @@ def review(config: Config, rts: list[Any], now: datetime.datetime) -> list[Note]
         notes += _shadowed(ep, ert)
         notes += _coalescing(ep, ert)
         notes += _overlaps(ep, ert)
+        notes += _listener_keys_on_routes(ep)
     return notes
+
+
+# network keys that act before a route is chosen (the listener, the PROXY header, the
+# sniff) or outside routing (UDP): the endpoint's value is the one used
+LISTENER_KEYS = ("accept_proxy", "accept_proxy_timeout", "use_udp", "no_tcp", "ipv6_only",
+                 "accept_mptcp", "sniff_timeout", "sniff_max_bytes")  # fmt: skip
+
+
+def _listener_keys_on_routes(ep: Endpoint) -> list[Note]:
+    out: list[Note] = []
+    mine = ep.upstream.network
+    for route in ep.routes:
+        theirs = route.upstream.network
+        for key in LISTENER_KEYS:
+            if getattr(theirs, key) != getattr(mine, key):
+                out.append(
+                    Note(
+                        "route-network-ignored",
+                        f"{route.place}.network.{key}",
+                        "acts before a route is chosen (or outside routing), so the"
+                        f" endpoint's value ({getattr(mine, key)!r}) is the one used",
+                        f"set {key} in {ep.place}'s own network table, or remove it here",
+                    )
+                )
+    return out
 
 
 def _upstream_notes(place: str, up: Upstream, rt: Any, now: datetime.datetime) -> list[Note]:
