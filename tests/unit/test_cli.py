@@ -372,3 +372,10 @@ def test_daemon_detaches(tmp_path: Path) -> None:
     assert info["daemon"] is True
     assert info["sid"] != os.getsid(0)  # a new session
     assert info["stdout"] == "/dev/null" and info["stdin"] == "/dev/null"
+
+
+def test_realms_mtcp_spelling_is_mptcp() -> None:
+    """realm 2.9's long name for -m is --mtcp (its README): both spellings work."""
+    for spelling in ("-m", "--mptcp", "--mtcp"):
+        o = parse(["-l", "127.0.0.1:1", "-r", "h:1", spelling])
+        assert o.network == {"send_mptcp": True, "accept_mptcp": True}, spelling

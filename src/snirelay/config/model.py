@@ -55,7 +55,9 @@ class DnsConfig:
     cache_size: int = 32
 
 
-_MPTCP = Flag(("-m", "--mptcp"), switch=True, help="MPTCP both ways")
+_MPTCP = Flag(
+    ("-m", "--mptcp", "--mtcp"), switch=True, help="MPTCP both ways (--mtcp: realm's spelling)"
+)
 
 
 @dataclass(frozen=True, slots=True)
