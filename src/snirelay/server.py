@@ -37,139 +37,41 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import resource
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from snirelay import control, sdnotify
-from snirelay.config.model import Addr, Config, ConfigError, Endpoint
+from snirelay.config.model import Config, ConfigError, Endpoint
 from snirelay.net.listener import Listener
 from snirelay.net.loop import Loop, new_loop
-from snirelay.net.runtime import Context, EndpointRT, sniffs
-from snirelay.net.sockopt import make_listener
+from snirelay.net.runtime import Context, EndpointRT
 from snirelay.observe import log as logsetup
 from snirelay.observe.log import LOG
 from snirelay.services import DRAIN_TIMEOUT, SHUTDOWN, Service
+from snirelay.startup import (
+    Loader,
+    StartupError,
+    bind_all,
+    bind_endpoints,
+    check_tls,
+    checked,
+    files_signature,
+    raise_nofile,
+    udp_endpoints,
+    unsupported,
+    with_bound_ports,
+)
 from snirelay.supervisor import Supervisor
 
-DEFER_ACCEPT = 1  # seconds: TCP_DEFER_ACCEPT on listeners that sniff
+__all__ = ["Server", "StartupError", "run", "unsupported"]
+
 API_GRACE = 1.0  # seconds the admin API's last requests get once relaying has stopped
 CERT_POLL = 2.0  # seconds between looks at the certificate files (see Server._watch_files)
 FANOUT_TIMEOUT = 5.0  # seconds every worker gets to send its figures to the API
 RELOAD_TIMEOUT = 30.0  # and to reload, for POST /reload
-
-
-class StartupError(Exception):
-    """An expected start-up failure: one line, and the exit code the CLI returns."""
-
-    def __init__(self, message: str, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def unsupported(config: Config) -> str | None:
-    """The first configured feature this build cannot serve yet, as a one-line error."""
-    for ep in config.endpoints:
-        for place, up in ep.upstreams():
-            net = up.network
-            if net.use_udp and place == ep.place and not ep.upstream.remotes:
-                return (
-                    f"{place}.remote: use_udp needs the endpoint's own remote (UDP does"
-                    " not route by name: a datagram carries none)"
-                )
-            if net.use_udp and place == ep.place and net.send_proxy and net.send_proxy_version == 1:
-                return (
-                    f"{place}.network.send_proxy_version: 1 cannot go with use_udp: a"
-                    " datagram carries only a v2 header (set send_proxy_version = 2)"
-                )
-    if config.api is not None:
-        from snirelay.api import check_listen
-
-        return check_listen(config.api)
-    return None
-
-
-def raise_nofile(nofile: int | None) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if nofile is None else nofile
-    if want == soft:
-        return
-    try:
-        resource.setrlimit(
-            resource.RLIMIT_NOFILE, (want, hard if hard >= want or hard < 0 else want)
-        )
-    except (ValueError, OSError) as exc:
-        LOG.warning("cannot set the open-file limit to %d: %s", want, exc)
-
-
-def check_tls(config: Config) -> None:
-    """Build every TLS context once, before anything listens or forks: a bad certificate
-    or key is exit code 2 naming the key and the file, and the start-up warnings are
-    logged once (workers build their own contexts, silently)."""
-    for ep in config.endpoints:
-        try:
-            EndpointRT(ep, warn=True)
-        except ConfigError as exc:
-            raise StartupError(str(exc), 2) from None
-
-
-def bind_all(
-    config: Config, *, reuse_port: bool, listen: bool = True
-) -> list[tuple[Endpoint, socket.socket]]:
-    """One bound socket per endpoint that serves TCP, in config order (listening unless
-    `listen` is false). On failure every socket bound so far is closed and
-    `StartupError` (exit code 3) names the address and the OS error."""
-    return bind_endpoints(
-        [ep for ep in config.endpoints if not ep.upstream.network.no_tcp],
-        reuse_port=reuse_port,
-        listen=listen,
-    )
-
-
-def bind_endpoints(
-    eps: Sequence[Endpoint], *, reuse_port: bool, listen: bool = True
-) -> list[tuple[Endpoint, socket.socket]]:
-    """A bound socket for each of `eps`, all or none (see `bind_all`)."""
-    out: list[tuple[Endpoint, socket.socket]] = []
-    for ep in eps:
-        try:
-            sock = make_listener(
-                ep.listen,
-                ep.upstream.network,
-                ep.listen_interface,
-                reuse_port=reuse_port,
-                backlog=4096 if listen else None,
-                # sniffing endpoints read the ClientHello at accept (net.phases.Sniff)
-                defer_accept=DEFER_ACCEPT if sniffs(ep) else 0,
-            )
-        except OSError as exc:
-            for _, s in out:
-                s.close()
-            raise StartupError(
-                f"cannot listen on {ep.listen} ({ep.place}): {exc.strerror or exc}", 3
-            ) from None
-        out.append((ep, sock))
-    return out
-
-
-def with_bound_ports(config: Config, bound: Sequence[tuple[Endpoint, socket.socket]]) -> Config:
-    """`config` with each port 0 replaced by the port its socket got, so every worker
-    (and every restarted one) binds the same port the first bind chose."""
-    got = {id(ep): sock.getsockname()[1] for ep, sock in bound}
-    eps = tuple(
-        dataclasses.replace(ep, listen=Addr(ep.listen.host, got[id(ep)]))
-        if ep.listen.port == 0 and id(ep) in got
-        else ep
-        for ep in config.endpoints
-    )
-    return dataclasses.replace(config, endpoints=eps)
-
-
-Loader = Callable[[], Config]
 
 
 class Server:
@@ -256,7 +158,7 @@ class Server:
         if self.control is not None:
             self._tell_ready(self.control)
         self._notify("READY=1")
-        self._files = _files_signature(self.config)
+        self._files = files_signature(self.config)
         self._poll = self.loop.call_later(CERT_POLL, self._watch_files)
         await self.stopping.wait()
         self._poll.cancel()
@@ -298,7 +200,7 @@ class Server:
         changes again."""
         if self._is_stopping():
             return
-        sig = _files_signature(self.config)
+        sig = files_signature(self.config)
         if sig != self._files:
             self._files = sig
             try:
@@ -456,7 +358,7 @@ class Server:
         for key in ("workers", "api", "dns"):
             if getattr(new, key) != getattr(self.config, key):
                 LOG.warning("reload: %s changed: that takes a restart; kept as it was", key)
-        if _udp(new) != _udp(self.config):
+        if udp_endpoints(new) != udp_endpoints(self.config):
             LOG.warning("reload: UDP endpoints changed: they take a restart; kept as they run")
         rts = [EndpointRT(ep, warn=not quiet) for ep in new.endpoints]  # ConfigError: files
         running = {str(lst.ep.cfg.listen): lst for lst in self.listeners}
@@ -488,7 +390,7 @@ class Server:
         self.config = dataclasses.replace(new, workers=old.workers, api=old.api, dns=old.dns)
         self.ctx.config = self.config
         self.endpoints[:] = rts  # the list the API's observer reads
-        self._files = _files_signature(self.config)
+        self._files = files_signature(self.config)
         if quiet:
             return {"ok": True, "added": added, "removed": removed, "switched": switched}
         LOG.info(
@@ -598,30 +500,6 @@ class Server:
         LOG.info("stopped")
 
 
-def _udp(config: Config) -> list[Endpoint]:
-    return [ep for ep in config.endpoints if ep.upstream.network.use_udp]
-
-
-def _files_signature(config: Config) -> dict[str, tuple[int, int, int] | None]:
-    """For each certificate, key and CA file the config names: (mtime ns, size, inode),
-    or None when it cannot be read."""
-    out: dict[str, tuple[int, int, int] | None] = {}
-    for ep in config.endpoints:
-        for _, up in ep.upstreams():
-            for t in (up.listen_transport, up.remote_transport):
-                if t is None:
-                    continue
-                for path in (t.cert, t.key, t.ca, t.client_cert, t.client_key, t.ocsp):
-                    if path and path not in out:
-                        try:
-                            st = os.stat(path)
-                        except OSError:
-                            out[path] = None
-                            continue
-                        out[path] = (st.st_mtime_ns, st.st_size, st.st_ino)
-    return out
-
-
 def _serve(
     config: Config,
     reuse_port: bool,
@@ -662,24 +540,6 @@ def _worker(
     except ConfigError as exc:  # a config the supervisor let through: one line, not a trace
         print(f"snirelay: {exc}", file=sys.stderr)
         return 2
-
-
-def checked(loader: Loader) -> Loader:
-    """`loader`, refusing (ConfigError) what the relay would refuse at start: a feature
-    not built, a certificate or key that does not load. The supervisor keeps only such
-    a config for the workers it starts later, so a reload the workers refuse cannot make
-    every restarted worker fail."""
-
-    def load() -> Config:
-        config = loader()
-        problem = unsupported(config)
-        if problem:
-            raise ConfigError("", problem)
-        for ep in config.endpoints:
-            EndpointRT(ep)  # ConfigError naming the file
-        return config
-
-    return load
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:

@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from snirelay.diagnose import explain
+from snirelay.diagnose.review import review
 
 GOLDEN = Path(__file__).parent / "golden"
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -141,7 +142,7 @@ def test_send_proxy_is_reviewed(tmp_path: Path) -> None:
     path = tmp_path / "p.toml"
     path.write_text(EP + "network.send_proxy = true\n")
     config, rts = explain.load(str(path))
-    notes = explain.review(config, rts, NOW)
+    notes = review(config, rts, NOW)
     assert [(n.code, n.place) for n in notes] == [("send-proxy", "endpoints[0].network.send_proxy")]
     assert "proxy_protocol" in notes[0].fix
 

@@ -19,13 +19,11 @@ from snirelay.diagnose.findings import (
     V_SELF_SIGNED_IN_CHAIN,
     V_UNABLE_TO_GET_ISSUER_LOCALLY,
     Finding,
-    Relay,
     Target,
     findings,
-    match,
-    relay_notes,
 )
 from snirelay.diagnose.probe import Cert, Probe, describe_answer
+from snirelay.diagnose.sightings import Relay, match, relay_notes
 
 NOW = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.UTC)
 GOLDEN = Path(__file__).parent / "golden"

@@ -18,7 +18,7 @@ verified against --ca or the system store, the token (`--api-token`, else
 SNIRELAY_API_TOKEN) as `Authorization: Bearer`. When a probe is not listed yet it asks
 once more after RETRY_AFTER seconds: the relay notes a terminated handshake when the
 client's last handshake message arrives, which can be after the probe moved on. Any
-failure is data (`findings.Relay.error`), named as a finding; `diagnose.findings`
+failure is data (`sightings.Relay.error`), named as a finding; `diagnose.findings`
 matches the probes in the list and compares.
 
 Exit codes: 0 no errors (warnings are printed), 1 at least one error (with --strict,
@@ -44,17 +44,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from snirelay.diagnose.findings import (
-    API_LIMIT,
-    Finding,
-    Relay,
-    Target,
-    findings,
-    match,
-    reached,
-    relay_notes,
-)
+from snirelay.diagnose.findings import Finding, Target, findings
 from snirelay.diagnose.probe import Cert, Probe, contexts, probe
+from snirelay.diagnose.sightings import API_LIMIT, Relay, match, reached, relay_notes
 from snirelay.diagnose.usage import Parser, Usage
 from snirelay.wire.names import host_name, is_ip
 

@@ -24,7 +24,7 @@ touch it; nothing else is read there). Certificates are decoded with `cryptograp
 
 Each connection's own end (`local`: address and port, from getsockname) is kept: a
 relay's admin API lists its clients by that address, so `check --api` finds the probe
-there (diagnose.findings.match).
+there (diagnose.sightings.match).
 
 Every step has a deadline (`timeout` each: resolve, connect, handshake). The result is
 data (`Probe`); nothing is raised for anything the network does. Findings and fixes
