@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -326,3 +326,20 @@ class RelayProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop(signal.SIGKILL if exc_type is not None else signal.SIGTERM, timeout=10)
+
+
+@contextlib.contextmanager
+def relay_chain(
+    tmp_path: Path, front: str, back: str
+) -> Iterator[tuple[RelayProcess, RelayProcess]]:
+    """Two relays, `front` in front of `back` (config texts), each in its own directory
+    under `tmp_path`, both started (the back one first); (front, back), both stopped."""
+    (tmp_path / "front").mkdir()
+    (tmp_path / "back").mkdir()
+    with (
+        RelayProcess(config=back, tmp_path=tmp_path / "back") as b,
+        RelayProcess(config=front, tmp_path=tmp_path / "front") as a,
+    ):
+        b.start()
+        a.start()
+        yield a, b

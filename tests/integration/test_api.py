@@ -19,8 +19,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.peers import EchoServer, HeldServer, connect, recv_all
-from helpers.relay import RelayProcess, free_port, relay_env
+from helpers.relay import RelayProcess, free_port, run_relay
 from helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -220,8 +218,7 @@ def test_a_public_address_without_a_token_is_refused(tmp_path: Path) -> None:
         '[api]\nlisten = "0.0.0.0:9090"\n[[endpoints]]\nlisten = "127.0.0.1:0"\n'
         'remote = "127.0.0.1:9"\n'
     )
-    res = subprocess.run([sys.executable, "-m", "snirelay", "-c", str(config)],
-                         capture_output=True, text=True, timeout=30, env=relay_env())  # fmt: skip
+    res = run_relay(["-c", str(config)])
     assert res.returncode == 2, res
     assert res.stderr.count("\n") == 1 and "api.listen" in res.stderr, res.stderr
     assert "api.token" in res.stderr and "loopback" in res.stderr

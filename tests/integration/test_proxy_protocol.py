@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from helpers.peers import EchoServer, connect, recv_all
-from helpers.relay import RelayProcess, free_port
+from helpers.relay import RelayProcess, free_port, relay_chain
 from integration.test_tls import relay_cert
 from snirelay.wire.errors import NeedData
 from snirelay.wire.proxy import (
@@ -145,14 +145,7 @@ def test_a_ws_tunnel_carries_the_client_address(tmp_path: Path) -> None:
                  f'listen_transport = "{ws}"\nnetwork = {{ accept_proxy = true }}\n')  # fmt: skip
         a_cfg = (f'[[endpoints]]\nlisten = "127.0.0.1:{a_port}"\nremote = "127.0.0.1:{b_port}"\n'
                  f'remote_transport = "{ws}"\nnetwork = {{ send_proxy = true }}\n')  # fmt: skip
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        with (
-            RelayProcess(config=b_cfg, tmp_path=tmp_path / "b") as b,
-            RelayProcess(config=a_cfg, tmp_path=tmp_path / "a") as a,
-        ):
-            b.start()
-            a.start()
+        with relay_chain(tmp_path, a_cfg, b_cfg) as (a, b):
             with connect(a_port) as s:
                 me = f"127.0.0.1:{s.getsockname()[1]}"
                 s.sendall(b"through the tunnel")

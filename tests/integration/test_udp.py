@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from helpers.relay import RelayProcess, free_port, relay_env
+from helpers.relay import RelayProcess, free_port, relay_chain, run_relay
 from helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -339,14 +338,7 @@ def test_a_proxy_header_on_every_datagram_and_a_chain(tmp_path: Path, echo: UdpE
     a_port, b_port = free_port(), free_port()
     b_cfg = udp_config(b_port, f"127.0.0.1:{echo.port}", network=", accept_proxy = true")
     a_cfg = udp_config(a_port, f"127.0.0.1:{b_port}", network=", send_proxy = true")
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        RelayProcess(config=b_cfg, tmp_path=tmp_path / "b") as b,
-        RelayProcess(config=a_cfg, tmp_path=tmp_path / "a") as a,
-    ):
-        b.start()
-        a.start()
+    with relay_chain(tmp_path, a_cfg, b_cfg) as (a, b):
         with client() as c:
             me = f"127.0.0.1:{c.getsockname()[1]}"
             for size in (1, 1200, 60000):
@@ -371,10 +363,7 @@ def test_a_v1_header_cannot_go_on_udp(tmp_path: Path) -> None:
         free_port(), "127.0.0.1:9", network=", send_proxy = true, send_proxy_version = 1"
     )
     (tmp_path / "relay.toml").write_text(config)
-    res = subprocess.run(
-        [sys.executable, "-m", "snirelay", "-c", str(tmp_path / "relay.toml")],
-        capture_output=True, text=True, timeout=30, check=False, env=relay_env(),
-    )  # fmt: skip
+    res = run_relay(["-c", str(tmp_path / "relay.toml")])
     assert res.returncode == 2 and "send_proxy_version" in res.stderr, res
     assert res.stderr.count("\n") == 1
 
@@ -417,8 +406,5 @@ def test_udp_needs_the_endpoints_own_remote(tmp_path: Path) -> None:
     config = (f'[[endpoints]]\nlisten = "127.0.0.1:{free_port()}"\nnetwork = {{ use_udp = true }}\n'
               '  [[endpoints.routes]]\n  server_names = ["a.test"]\n  remote = "127.0.0.1:9"\n')  # fmt: skip
     (tmp_path / "relay.toml").write_text(config)
-    res = subprocess.run(
-        [sys.executable, "-m", "snirelay", "-c", str(tmp_path / "relay.toml")],
-        capture_output=True, text=True, timeout=30, check=False, env=relay_env(),
-    )  # fmt: skip
+    res = run_relay(["-c", str(tmp_path / "relay.toml")])
     assert res.returncode == 2 and "endpoints[0].remote: use_udp" in res.stderr, res

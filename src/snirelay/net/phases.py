@@ -398,7 +398,8 @@ class Connect(Phase):
         if len(up.cfg.remotes) > 1:
             up.balancer.succeeded(self.cur)
         conn.ctx.wheel.cancel(conn)
-        self._tell(None)
+        if conn.ctx.on_remote_tried:  # (no call on the hot path without observers)
+            self._tell(None)
         conn.connected(s, sa, up.cfg.remotes[self.cur].host)
 
 

@@ -44,6 +44,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
+from snirelay.net.phases import fmt_addr
 from snirelay.net.sockopt import bind_device, family_of
 from snirelay.observe.log import CONN_LOG, LOG, conn_record
 from snirelay.wire.errors import NeedData
@@ -56,11 +57,6 @@ PENDING_MAX = 16  # client datagrams kept while the remote's name resolves
 IDLE_CHECKS = 4  # idle checks per udp_timeout
 REFUSED_LOG_EVERY = 10.0  # seconds between log lines about refused new clients
 BATCH = 64  # datagrams read per readiness callback before yielding to the loop
-
-
-def _fmt(sa: Any) -> str:
-    host, port = sa[0], sa[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Association:
@@ -153,7 +149,7 @@ class Association:
                 sock.connect(sa)
             except OSError as exc:
                 sock.close()
-                last = f"{_fmt(sa)}: {exc.strerror or exc}"
+                last = f"{fmt_addr(sa)}: {exc.strerror or exc}"
                 continue
             self._drop_socket()
             self.sock, self.fd, self.backend = sock, sock.fileno(), sa
@@ -186,7 +182,7 @@ class Association:
                 return  # too big for the way out (a header added, IPv6 to IPv4): dropped
 
             self.pending.append(data)
-            self.next_remote(f"{_fmt(self.backend)}: {exc.strerror or exc}")
+            self.next_remote(f"{fmt_addr(self.backend)}: {exc.strerror or exc}")
             return
         self.n_up += 1
         self.b_up += len(data)
@@ -202,7 +198,7 @@ class Association:
                 return
             except OSError as exc:  # ICMP unreachable, reported on the connected socket
                 if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    self.next_remote(f"{_fmt(self.backend)}: {exc.strerror or exc}")
+                    self.next_remote(f"{fmt_addr(self.backend)}: {exc.strerror or exc}")
                     return
                 self.close(f"error: backend: {exc.strerror or exc}")
                 return
@@ -247,8 +243,8 @@ class Association:
                 {
                     "event": "udp",
                     "listener": relay.place,
-                    "client": _fmt(self.origin),
-                    "backend": _fmt(self.backend) if self.backend is not None else None,
+                    "client": fmt_addr(self.origin),
+                    "backend": fmt_addr(self.backend) if self.backend is not None else None,
                     "datagrams_up": self.n_up,
                     "datagrams_down": self.n_down,
                     "bytes_up": self.b_up,
@@ -271,7 +267,7 @@ class UdpRelay:
         self.fd = sock.fileno()
         self.place = ep.cfg.place
         name = sock.getsockname()
-        self.address = _fmt(name)
+        self.address = fmt_addr(name)
         self.assocs: dict[Any, Association] = {}
         self.refused = 0  # new clients refused past udp_max_sessions
         self.refused_logged = -REFUSED_LOG_EVERY
@@ -350,7 +346,7 @@ class UdpRelay:
             now = self.ctx.loop.time()
             if now - self.bad_logged >= REFUSED_LOG_EVERY:
                 self.bad_logged = now
-                LOG.warning("%s: udp from %s dropped: %s", self.address, _fmt(sender), why)
+                LOG.warning("%s: udp from %s dropped: %s", self.address, fmt_addr(sender), why)
             return None
         return data[header.size :], header.src if header.src is not None else sender
 
