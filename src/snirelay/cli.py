@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("-p", "--pipe-page", type=_count, metavar="N", help="splice pipe size in 4 KiB pages")
     a("-f", "--tfo", dest="fast_open", help="accepted, no effect (deprecated)", **flag)
     a("-z", "--splice", dest="zero_copy", help="accepted, no effect (deprecated)", **flag)
+    a(
+        "-j",
+        "--pre-conn-hook",
+        metavar="LIB",
+        help="realm's pre-connect hook: a C library "
+        "(realm_first_pkt_len, realm_decide_remote_idx) that picks or refuses the remote",
+    )
     a("-w", "--workers", type=_count, metavar="N", help="worker processes (SO_REUSEPORT)")
     a("--log-level", metavar="L", help="off, error, warn, info, debug, trace")
     a("--log-output", metavar="P", help="stdout, stderr or a file path")

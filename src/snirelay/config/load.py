@@ -55,7 +55,16 @@ from snirelay.config.options import (
 )
 from snirelay.config.table import Table, check_range, type_name
 
-TOP_KEYS = ("log", "dns", "network", "endpoints", "api", "workers", "drain_timeout")
+TOP_KEYS = (
+    "log",
+    "dns",
+    "network",
+    "endpoints",
+    "api",
+    "workers",
+    "drain_timeout",
+    "pre_conn_hook",
+)
 LOG_KEYS = tuple(f.name for f in dataclasses.fields(LogConfig))
 DNS_KEYS = tuple(f.name for f in dataclasses.fields(DnsConfig))
 API_KEYS = ("listen", "token")
@@ -188,6 +197,8 @@ def _top(tbl: Table) -> dict[str, Any]:
         out["workers"] = tbl.integer("workers", 1, 1024)
     if "drain_timeout" in tbl:
         out["drain_timeout"] = tbl.seconds("drain_timeout")
+    if "pre_conn_hook" in tbl:
+        out["pre_conn_hook"] = tbl.text("pre_conn_hook")
     api = tbl.table("api", API_KEYS)
     if api is not None:
         listen = api.text("listen") or DEFAULT_API_LISTEN  # loopback unless told otherwise
@@ -263,6 +274,7 @@ def load_documents(
         pipe_pages=cli.pipe_page if cli.pipe_page is not None else 16,
         daemon=bool(cli.daemon),
         drain_timeout=top_values.get("drain_timeout", 30.0),
+        pre_conn_hook=cli.pre_conn_hook or top_values.get("pre_conn_hook"),
     )
 
 

@@ -268,6 +268,10 @@ class Config:
     pipe_pages: int = 16  # -p; splice pipe size in 4 KiB pages
     daemon: bool = False
     drain_timeout: float = 30  # seconds SIGTERM waits for running transfers
+    pre_conn_hook: str | None = None  # -j / pre_conn_hook: realm's C-ABI hook library
+    # one-line warnings the loader found (retired keys, remotes never used, ...): logged
+    # at start and at each reload, never fatal
+    warnings: tuple[str, ...] = ()
 
 
 class ConfigError(Exception):

@@ -49,6 +49,7 @@ class CliOptions:
     dns_max_ttl: int | None = None
     dns_cache_size: int | None = None
     workers: int | None = None  # snirelay, -w
+    pre_conn_hook: str | None = None  # -j
     # network options given as flags, by option name ("-m" sets send_mptcp and
     # accept_mptcp); the flags are made from NetworkConfig (see config.network)
     network: dict[str, Any] = field(default_factory=dict)
