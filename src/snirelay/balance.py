@@ -28,8 +28,13 @@ refused or timed-out connect and `succeeded(i)` for one that worked.
   are dropped from `order`, unless all are out, in which case all are returned in the
   normal order (trying is better than refusing the client).
 
+The remotes in use are the first ``len(balance.weights)`` (at least one; realm's rule:
+as many remotes as weights, and one for "off"); `order` only returns those. `failed`,
+`succeeded` and `is_down` take any index below `count`: a pre-connect hook may pick a
+remote the strategy does not use.
+
 Error handling: the constructor raises ValueError for an unknown strategy or a weight
-below 1. Missing weights count as 1, surplus weights are ignored.
+below 1. Surplus weights (more than `count`) are ignored.
 """
 
 from __future__ import annotations
@@ -74,31 +79,35 @@ class Balancer:
     def __init__(
         self, balance: Balance, count: int, *, max_fails: int, fail_timeout: float
     ) -> None:
-        if balance.strategy not in ("roundrobin", "iphash"):
-            raise ValueError(f"unknown strategy {balance.strategy!r} (expected roundrobin, iphash)")
+        if balance.strategy not in ("off", "roundrobin", "iphash"):
+            raise ValueError(
+                f"unknown strategy {balance.strategy!r} (expected off, roundrobin, iphash)"
+            )
         if count < 0:
             raise ValueError(f"remote count must be >= 0, got {count}")
-        weights = list(balance.weights[:count])
-        weights += [1] * (count - len(weights))
+        weights = [1] if balance.strategy == "off" else list(balance.weights[:count])
+        weights = (weights[:count] or [1]) if count else []
         for w in weights:
             if w < 1:
                 raise ValueError(f"weights must be >= 1, got {w}")
-        self._count = count
+        used = len(weights)  # the remotes in use; state is kept for all `count`
+        self._count = used
         self._weights = weights
-        self._all = list(range(count))
+        self._all = list(range(used))
         self._iphash = balance.strategy == "iphash"
         self._max_fails = max_fails
         self._fail_timeout = float(fail_timeout)
-        self._current = [0] * count
-        self._fails = [0] * count
-        self._window_start = [0.0] * count
-        self._down_until = [float("-inf")] * count
-        self._probation = [False] * count
+        size = max(count, used)
+        self._current = [0] * size
+        self._fails = [0] * size
+        self._window_start = [0.0] * size
+        self._down_until = [float("-inf")] * size
+        self._probation = [False] * size
         self._any_down = False
         self._ring_hashes: list[int] = []
         self._ring_owner: list[int] = []
         self._walk_cache: dict[int, tuple[int, ...]] = {}
-        if self._iphash and count > 1:
+        if self._iphash and used > 1:
             self._build_ring()
 
     # --- choosing -------------------------------------------------------------------

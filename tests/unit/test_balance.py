@@ -64,10 +64,24 @@ def test_roundrobin_failover_tail_contains_every_other_remote() -> None:
         assert sorted(order) == [0, 1, 2]
 
 
-def test_roundrobin_missing_weights_default_to_one() -> None:
-    b = Balancer(Balance("roundrobin", (2,)), 3, max_fails=1, fail_timeout=10)
-    counts = Counter(b.order("x", 0.0)[0] for _ in range(4 * 100))
-    assert counts == {0: 200, 1: 100, 2: 100}
+@pytest.mark.parametrize(
+    ("balance", "used"),
+    [
+        (Balance("roundrobin", (2,)), {0}),  # realm: as many remotes as weights
+        (Balance("roundrobin", (2, 1)), {0, 1}),
+        (Balance("iphash", (1, 1)), {0, 1}),
+        (Balance("off", (1, 1, 1)), {0}),  # off: remote only, whatever the weights
+        (Balance("off", ()), {0}),
+    ],
+)
+def test_only_as_many_remotes_as_weights_are_used(balance: Balance, used: set[int]) -> None:
+    b = Balancer(balance, 3, max_fails=1, fail_timeout=10)
+    orders = [b.order(f"10.0.0.{i}", 0.0) for i in range(300)]
+    assert {o[0] for o in orders} == used
+    assert all(set(o) == used for o in orders)  # no failover to a remote not in use
+    b.failed(2, 0.0)  # a hook may pick a remote not in use: its state is kept
+    b.succeeded(2)
+    assert not b.is_down(2, 0.0)
 
 
 def test_single_and_zero_remotes() -> None:

@@ -10,13 +10,19 @@ paired by position.
 
 Fallbacks (docs/reference/config.md, routes): a route's unset keys take the endpoint's value.
 The remote group is taken as a whole: a route that sets ``remote`` gets its own
-``extra_remotes`` and ``balance`` (default: none and plain roundrobin); a route without
+``extra_remotes`` and ``balance`` (default: none and off); a route without
 ``remote`` uses the endpoint's remotes, and its own ``balance`` if set. Networks:
 defaults < global [network] < endpoint network < route network < command line; the
 caller passes the global network (file values only) and the command-line overrides.
 
-Balance strings: ``"roundrobin"``, ``"iphash"``, ``"roundrobin: 4, 2, 1"``; weights go
-in order remote, extra_remotes, missing weights are 1, extra weights are an error.
+Balance strings, read as realm reads them: ``"off"`` (or no ``balance``: realm's default)
+sends every connection to ``remote``; ``"roundrobin: 4, 2, 1"`` / ``"iphash: 2, 1"``
+balance over as many remotes as there are weights, in order remote, extra_remotes
+(``"roundrobin: 1"`` with three remotes uses ``remote`` only; ``"roundrobin:"`` too).
+Remotes left out so get a warning (`notes.warn`): they carry no traffic unless a
+pre-connect hook picks them. More weights than remotes is an error (realm panics).
+snirelay's addition: a strategy without a colon (``"roundrobin"``, realm panics on it)
+spreads over every remote with weight 1.
 
 Server names: exact host names (normalised), ``*.suffix`` wildcards, ``~regex``
 (compiled with RE2, as routing matches it, to check it). The same exact name (or wildcard) in two
@@ -43,6 +49,7 @@ from snirelay.config.model import (
     Upstream,
 )
 from snirelay.config.network import NETWORK_KEYS, parse_network
+from snirelay.config.notes import Errors, warn
 from snirelay.config.table import Table
 from snirelay.config.transport import parse_transport
 from snirelay.routing import compile_regex
@@ -67,20 +74,27 @@ _WEIGHT = re.compile(r"[0-9]{1,9}")
 Spec = tuple[str, list[int]]  # host, ports (one, or one per listen port)
 
 
-def parse_balance(raw: str | None, count: int, place: str) -> Balance:
-    """`raw` balance string for `count` remotes (see the module docstring)."""
+def parse_balance(
+    raw: str | None, count: int, place: str, unused_place: str = "", *, quiet: bool = False
+) -> Balance:
+    """`raw` balance string for `count` remotes (see the module docstring). `unused_place`
+    names the remotes a warning says are never used (`extra_remotes`); `quiet`: no
+    warning (a route inheriting the endpoint's remotes, already warned about)."""
     if raw is None:
-        return Balance("roundrobin", (1,) * count)
-    name, _, weights_text = raw.partition(":")
-    if name.strip().lower() not in BALANCE_STRATEGIES:
-        raise ConfigError(
-            place,
-            f"unknown strategy {name.strip()!r} (expected {', '.join(BALANCE_STRATEGIES)})",
-        )
-    strategy = name.strip().lower()
+        strategy, weights_text, colon = "off", "", True
+    else:
+        name, sep, weights_text = raw.partition(":")
+        strategy, colon = name.strip().lower(), bool(sep)
+        if strategy not in BALANCE_STRATEGIES:
+            raise ConfigError(
+                place,
+                f"unknown strategy {name.strip()!r} (expected {', '.join(BALANCE_STRATEGIES)})",
+            )
+    if count == 0:
+        return Balance(strategy, ())
     weights: list[int] = []
-    if weights_text.strip():
-        for item in weights_text.split(","):
+    if strategy != "off":  # realm reads no weights for "off"
+        for item in weights_text.split(",") if weights_text.strip() else ():
             text = item.strip()
             if not _WEIGHT.fullmatch(text) or int(text) < 1:
                 raise ConfigError(place, f"weight {text!r} is not a positive integer in {raw!r}")
@@ -89,7 +103,25 @@ def parse_balance(raw: str | None, count: int, place: str) -> Balance:
         raise ConfigError(
             place, f"{len(weights)} weights for {count} remote(s) (remote, then extra_remotes)"
         )
-    return Balance(strategy, tuple(weights) + (1,) * (count - len(weights)))
+    if not colon and strategy != "off":
+        weights = [1] * count  # snirelay: "roundrobin" alone spreads over every remote
+    elif not weights:
+        weights = [1]  # realm: no weights, one remote in use
+    if len(weights) < count and not quiet:
+        why = (
+            "there is no 'balance' (realm's default is off: every connection goes to 'remote')"
+            if raw is None
+            else "balance is off"
+            if strategy == "off"
+            else f"balance gives {len(weights)} weight(s), and realm uses as many remotes as weights"
+        )
+        unused = "extra_remotes" if len(weights) == 1 else f"extra_remotes[{len(weights) - 1}:]"
+        warn(
+            unused_place or place,
+            f"{unused} never used: {why}; to spread over all {count}, set balance = "
+            f'"roundrobin: {", ".join(["1"] * count)}"',
+        )
+    return Balance(strategy, tuple(weights))
 
 
 class _Ctx:
@@ -181,7 +213,9 @@ def parse_endpoint(
     balance_raw = tbl.text("balance")
     if specs is None and balance_raw is not None and ":" in balance_raw:
         raise tbl.error("balance", "weights given but the endpoint has no remote")
-    balance = parse_balance(balance_raw, len(specs or []), tbl.place_of("balance"))
+    balance = parse_balance(
+        balance_raw, len(specs or []), tbl.place_of("balance"), tbl.place_of("extra_remotes")
+    )
     raw_routes = tbl.tables("routes")
     if specs is None and not raw_routes:
         raise tbl.error("remote", "missing (an endpoint without routes needs a remote)")
@@ -235,33 +269,57 @@ def _routes(
 ) -> list[_RouteBuilder]:
     builders = []
     owners: dict[str, str] = {}  # exact name / wildcard / when -> place of the route
+    errors = Errors()  # each route's problem is reported, not only the first
     for i, raw in enumerate(raws):
-        rplace = f"{place}[{i}]"
-        tbl = Table(raw, rplace, ROUTE_KEYS)
-        names = _server_names(tbl, owners)
-        when = tbl.choice("when", WHEN_CONDITIONS)
-        if names and when is not None:
-            raise ConfigError(rplace, "has both 'server_names' and 'when' (give one)")
-        if not names and when is None:
-            raise ConfigError(rplace, "needs 'server_names' or 'when'")
-        if when is not None:
-            if "when:" + when in owners:
-                raise tbl.error("when", f"{when!r} is already handled by {owners['when:' + when]}")
-            owners["when:" + when] = rplace
-        specs = _remotes(tbl, ctx)
-        balance_raw = tbl.text("balance")
-        if specs is None:
-            if ep_specs is None:
-                raise ConfigError(rplace, "no 'remote', and the endpoint has none to fall back to")
-            specs = ep_specs
-            if balance_raw is None:
-                balance_raw = ep_balance
-        balance = parse_balance(balance_raw, len(specs), tbl.place_of("balance"))
-        # start from the endpoint's own keys, then the route's (network resolved from
-        # the endpoint's own network, not the global one)
-        common = {**ep_common, **_common(tbl, ep_common["network"], ctx.cli_net)}
-        builders.append(_RouteBuilder(rplace, specs, balance, common, names, when))
+        with errors.part():
+            builders.append(
+                _route(raw, f"{place}[{i}]", ctx, ep_specs, ep_balance, ep_common, owners)
+            )
+    errors.raise_any()
     return builders
+
+
+def _route(
+    raw: Any,
+    rplace: str,
+    ctx: _Ctx,
+    ep_specs: list[Spec] | None,
+    ep_balance: str | None,
+    ep_common: dict[str, Any],
+    owners: dict[str, str],
+) -> _RouteBuilder:
+    """One route entry (the endpoint's remotes and keys are its fallbacks)."""
+    tbl = Table(raw, rplace, ROUTE_KEYS)
+    names = _server_names(tbl, owners)
+    when = tbl.choice("when", WHEN_CONDITIONS)
+    if names and when is not None:
+        raise ConfigError(rplace, "has both 'server_names' and 'when' (give one)")
+    if not names and when is None:
+        raise ConfigError(rplace, "needs 'server_names' or 'when'")
+    if when is not None:
+        if "when:" + when in owners:
+            raise tbl.error("when", f"{when!r} is already handled by {owners['when:' + when]}")
+        owners["when:" + when] = rplace
+    specs = _remotes(tbl, ctx)
+    balance_raw = tbl.text("balance")
+    inherited = specs is None and balance_raw is None
+    if specs is None:
+        if ep_specs is None:
+            raise ConfigError(rplace, "no 'remote', and the endpoint has none to fall back to")
+        specs = ep_specs
+        if balance_raw is None:
+            balance_raw = ep_balance
+    balance = parse_balance(
+        balance_raw,
+        len(specs),
+        tbl.place_of("balance"),
+        tbl.place_of("extra_remotes") if "remote" in tbl else f"{ctx.place}.extra_remotes",
+        quiet=inherited,
+    )
+    # start from the endpoint's own keys, then the route's (network resolved from
+    # the endpoint's own network, not the global one)
+    common = {**ep_common, **_common(tbl, ep_common["network"], ctx.cli_net)}
+    return _RouteBuilder(rplace, specs, balance, common, names, when)
 
 
 def _server_names(tbl: Table, owners: dict[str, str]) -> tuple[str, ...]:

@@ -45,7 +45,8 @@ from snirelay.config.model import (
     LogConfig,
     NetworkConfig,
 )
-from snirelay.config.network import NETWORK_KEYS, cli_network, parse_network
+from snirelay.config.network import NETWORK_KEYS, RETIRED, cli_network, parse_network
+from snirelay.config.notes import Errors, collecting, warn
 from snirelay.config.options import (
     CLI_ENDPOINT_FLAGS,
     LOG_FORMATS,
@@ -221,48 +222,81 @@ def load_documents(
 ) -> Config:
     """The loader without the file system: ``(label, data)`` pairs as `read_documents`
     gives them (legacy documents already converted). `where` names the source in the
-    "no endpoints" error."""
-    cli = cli or CliOptions()
+    "no endpoints" error. Raises `ConfigError` (a `notes.ConfigErrors` when there are
+    several); the returned Config's `warnings` are the `notes.warn` lines."""
+    with collecting() as warnings:
+        config = _load(docs, cli or CliOptions(), where)
+    return dataclasses.replace(config, warnings=tuple(warnings))
+
+
+def _load(docs: list[tuple[str, dict[str, Any]]], cli: CliOptions, where: str) -> Config:
+    errors = Errors()  # independent parts: each section, each endpoint, each route
     merged = _Globals()
     tables: list[tuple[str, Table]] = []
     for label, data in docs:
         try:
             top = Table(data, "", TOP_KEYS)
-            sections = {s: _section(top, s) for s in ("log", "dns", "network")}
-            sections["top"] = _top(top)
         except ConfigError as exc:
-            raise _in_file(exc, label) from None
-        for section, values in sections.items():
-            merged.add(label, section, values)
+            with errors.part():
+                raise _in_file(exc, label) from None
+            continue
         tables.append((label, top))
-    cli_log, cli_dns = cli_log_dns(cli)
-    cli_net = cli_network(cli.network)
+        for section in ("log", "dns", "network", "top"):
+            with errors.part():
+                try:
+                    values = _top(top) if section == "top" else _section(top, section)
+                except ConfigError as exc:
+                    raise _in_file(exc, label) from None
+                merged.add(label, section, values)
+    for flag, attr in (("-f/--tfo", "fast_open"), ("-z/--splice", "zero_copy")):
+        if getattr(cli, attr):
+            warn(flag, f"does nothing ({RETIRED[attr]})")
+    cli_log: dict[str, Any] = {}
+    cli_dns: dict[str, Any] = {}
+    cli_net: dict[str, Any] = {}
+    with errors.part():
+        cli_log, cli_dns = cli_log_dns(cli)
+    with errors.part():
+        cli_net = cli_network(cli.network)
     log = LogConfig(**{**merged.values["log"], **cli_log})
     dns = DnsConfig(**{**merged.values["dns"], **cli_dns})
     if dns.min_ttl > dns.max_ttl:
-        raise ConfigError("dns.min_ttl", f"{dns.min_ttl} is above max_ttl {dns.max_ttl}")
+        with errors.part():
+            raise ConfigError("dns.min_ttl", f"{dns.min_ttl} is above max_ttl {dns.max_ttl}")
     file_net = NetworkConfig(**merged.values["network"])
     endpoints: list[Endpoint] = []
     for label, top in tables:
-        raws = top.tables("endpoints") or []
+        raws: list[Any] = []
+        with errors.part():
+            try:
+                raws = top.tables("endpoints") or []
+            except ConfigError as exc:
+                raise _in_file(exc, label) from None
         for i, raw in enumerate(raws):
             place = f"{label}:endpoints[{i}]" if label else f"endpoints[{i}]"
-            endpoints.extend(parse_endpoint(raw, place, file_net, cli_net))
-    cli_ep = cli_endpoint(cli)
-    if cli_ep is not None:
-        endpoints.extend(
-            parse_endpoint(cli_ep, "command line", file_net, cli_net, CLI_ENDPOINT_FLAGS)
-        )
-    if not endpoints:
-        raise ConfigError(where, "no endpoints (give -l/-r, or [[endpoints]] in the config)")
-    _check_listen_unique(endpoints)
+            with errors.part():
+                endpoints.extend(parse_endpoint(raw, place, file_net, cli_net))
+    with errors.part():
+        cli_ep = cli_endpoint(cli)
+        if cli_ep is not None:
+            endpoints.extend(
+                parse_endpoint(cli_ep, "command line", file_net, cli_net, CLI_ENDPOINT_FLAGS)
+            )
     top_values = merged.values["top"]
     workers = cli.workers if cli.workers is not None else top_values.get("workers", 1)
-    check_range("-w/--workers", workers, 1, 1024)
-    if cli.nofile is not None:
-        check_range("-n/--nofile", cli.nofile, 1)
-    if cli.pipe_page is not None:
-        check_range("-p/--pipe-page", cli.pipe_page, 1, 65536)
+    with errors.part():
+        check_range("-w/--workers", workers, 1, 1024)
+    with errors.part():
+        if cli.nofile is not None:
+            check_range("-n/--nofile", cli.nofile, 1)
+    with errors.part():
+        if cli.pipe_page is not None:
+            check_range("-p/--pipe-page", cli.pipe_page, 1, 65536)
+    errors.raise_any()  # what follows looks at the endpoints as a whole
+    if not endpoints:
+        raise ConfigError(where, "no endpoints (give -l/-r, or [[endpoints]] in the config)")
+    _check_something_runs(endpoints)
+    _check_listen_unique(endpoints)
     return Config(
         endpoints=tuple(endpoints),
         log=log,
@@ -276,6 +310,24 @@ def load_documents(
         drain_timeout=top_values.get("drain_timeout", 30.0),
         pre_conn_hook=cli.pre_conn_hook or top_values.get("pre_conn_hook"),
     )
+
+
+def _check_something_runs(endpoints: list[Endpoint]) -> None:
+    """An endpoint with TCP off (`no_tcp`, ``-t``) and UDP off carries nothing: realm
+    starts it and serves nothing; snirelay warns, and refuses when no endpoint is left."""
+    idle = [
+        ep for ep in endpoints if ep.upstream.network.no_tcp and not ep.upstream.network.use_udp
+    ]
+    if len(idle) == len(endpoints):
+        raise ConfigError(
+            f"{idle[0].place}.network.no_tcp",
+            "nothing to run: TCP is off (no_tcp, -t/--ntcp) and UDP is not on (use_udp, -u/--udp)",
+        )
+    for ep in idle:
+        warn(
+            f"{ep.place}.network.no_tcp",
+            "the endpoint carries nothing: TCP is off and UDP is not on",
+        )
 
 
 def _in_file(exc: ConfigError, label: str) -> ConfigError:

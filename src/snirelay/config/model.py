@@ -23,7 +23,7 @@ from snirelay.config.option import Flag, option
 LOG_LEVELS = ("off", "error", "warn", "info", "debug", "trace")
 DNS_MODES = ("ipv4_only", "ipv6_only", "ipv4_then_ipv6", "ipv6_then_ipv4", "ipv4_and_ipv6")
 DNS_PROTOCOLS = ("tcp", "udp", "tcp_and_udp")
-BALANCE_STRATEGIES = ("roundrobin", "iphash")
+BALANCE_STRATEGIES = ("off", "roundrobin", "iphash")
 WHEN_CONDITIONS = ("no_sni", "ip_sni", "not_tls")
 
 
@@ -198,13 +198,16 @@ class Transport:
 
 @dataclass(frozen=True, slots=True)
 class Balance:
-    """`roundrobin: 4, 2, 1` / `iphash: 2, 1`; weights in order remote, extra_remotes.
+    """`roundrobin: 4, 2, 1` / `iphash: 2, 1` / `off`; weights in order remote,
+    extra_remotes.
 
-    `strategy` is "roundrobin" when the config set none. `weights` always has one entry
-    per remote (missing weights are 1).
+    `strategy` is "off" (every connection to `remote`) when the config set none, as in
+    realm. `weights` has one entry per remote in use: the first ``len(weights)`` remotes
+    are balanced over, the others only a pre-connect hook picks (realm's rule: as many
+    remotes as weights; "off" uses one).
     """
 
-    strategy: str = "roundrobin"
+    strategy: str = "off"
     weights: tuple[int, ...] = (1,)
 
 

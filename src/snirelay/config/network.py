@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from snirelay.config.model import NetworkConfig
+from snirelay.config.notes import warn
 from snirelay.config.option import SPEC, Flag, Spec
 from snirelay.config.table import Table
 
@@ -68,7 +69,12 @@ def options_of(table: type[Any]) -> tuple[NetOption, ...]:
 
 OPTIONS = options_of(NetworkConfig)
 BY_NAME = {o.name: o for o in OPTIONS}
-NETWORK_KEYS = tuple(BY_NAME)
+# keys realm retired but its README still shows: accepted, warned about, no effect
+RETIRED = {
+    "zero_copy": "realm retired it: splice is used wherever both ends are plain sockets",
+    "fast_open": "realm retired it: TCP Fast Open is not used",
+}
+NETWORK_KEYS = (*BY_NAME, *RETIRED)
 
 
 def _flags() -> tuple[tuple[Flag, tuple[NetOption, ...]], ...]:
@@ -95,8 +101,15 @@ def read_option(tbl: Table, opt: NetOption) -> bool | int | float | None:
 
 
 def parse_network(tbl: Table) -> dict[str, Any]:
-    """The keys a [network] table sets, type-checked (absent keys are left out)."""
-    return {key: read_option(tbl, BY_NAME[key]) for key in tbl.data}
+    """The keys a [network] table sets, type-checked (absent keys are left out; a
+    retired key is a warning, `notes.warn`)."""
+    out = {}
+    for key in tbl.data:
+        if key in RETIRED:
+            warn(tbl.place_of(key), f"does nothing ({RETIRED[key]})")
+            continue
+        out[key] = read_option(tbl, BY_NAME[key])
+    return out
 
 
 def cli_network(values: Mapping[str, Any]) -> dict[str, Any]:

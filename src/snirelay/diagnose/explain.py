@@ -115,8 +115,13 @@ def _match(route_names: tuple[str, ...], when: str | None) -> str:
 def _balance(up: Upstream) -> str | None:
     if len(up.remotes) < 2:
         return None
-    weights = ", ".join(str(w) for w in up.balance.weights)
-    return f"{up.balance.strategy}: {weights}"
+    used = len(up.balance.weights)
+    text = "off" if up.balance.strategy == "off" else f"{up.balance.strategy}: " + ", ".join(
+        str(w) for w in up.balance.weights
+    )
+    if used < len(up.remotes):
+        text += f"; {len(up.remotes) - used} of {len(up.remotes)} remotes unused"
+    return text
 
 
 # -- the decision for a name ---------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_minimal_defaults(load: Load) -> None:
     assert ep.place == "endpoints[0]"
     assert ep.listen == Addr("127.0.0.1", 5000)
     assert ep.upstream.remotes == (Addr("127.0.0.1", 6000),)
-    assert ep.upstream.balance == Balance("roundrobin", (1,))
+    assert ep.upstream.balance == Balance("off", (1,))
     assert ep.upstream.max_fails == 1 and ep.upstream.fail_timeout == 10
     assert c.log.level == "off" and c.log.format == "text"
     assert c.workers == 1 and c.api is None and c.pipe_pages == 16 and not c.daemon
@@ -139,7 +139,7 @@ network = { tcp_timeout = 2, sniff_max_bytes = 100 }
         Addr("10.0.0.2", 443),
         Addr("2001:db8::1", 443),
     )
-    assert u.balance == Balance("iphash", (3, 1, 1))
+    assert u.balance == Balance("iphash", (3,))  # realm: one weight, one remote in use
     assert u.through == Addr("192.0.2.10", 0) and u.interface == "eth1"
     assert u.max_fails == 3 and u.fail_timeout == 0
     assert u.listen_transport is not None and u.listen_transport.alpn == ("h2", "http/1.1")
@@ -168,7 +168,7 @@ def test_balance_forms(load: Load) -> None:
         ("roundrobin", Balance("roundrobin", (1, 1, 1))),
         ("iphash", Balance("iphash", (1, 1, 1))),
         ("roundrobin: 4, 2, 1", Balance("roundrobin", (4, 2, 1))),
-        ("iphash: 2,1", Balance("iphash", (2, 1, 1))),
+        ("iphash: 2,1", Balance("iphash", (2, 1))),
     ]:
         c = load(EP + extra + f'balance = "{text}"\n')
         assert c.endpoints[0].upstream.balance == want, text
@@ -328,7 +328,7 @@ def test_errors_name_the_place(load: Load, text: str, expected: str) -> None:
 @pytest.mark.parametrize(
     "balance,expected",
     [
-        ("rr", "endpoints[0].balance: unknown strategy 'rr' (expected roundrobin, iphash)"),
+        ("rr", "endpoints[0].balance: unknown strategy 'rr' (expected off, roundrobin, iphash)"),
         ("roundrobin: 1, 2, 3", "endpoints[0].balance: 3 weights for 2 remote(s)"),
         ("roundrobin: 0", "endpoints[0].balance: weight '0' is not a positive integer"),
         ("iphash: a", "endpoints[0].balance: weight 'a' is not a positive integer"),
@@ -343,7 +343,7 @@ def test_bad_balance(load: Load, balance: str, expected: str) -> None:
 def test_issue_example_error_on_second_endpoint(load: Load) -> None:
     text = EP + '[[endpoints]]\nlisten = "127.0.0.1:5001"\nremote = "h:1"\nbalance = "rr: 1"\n'
     assert err(load, text) == (
-        "endpoints[1].balance: unknown strategy 'rr' (expected roundrobin, iphash)"
+        "endpoints[1].balance: unknown strategy 'rr' (expected off, roundrobin, iphash)"
     )
 
 
@@ -420,7 +420,7 @@ def test_routes_and_fallbacks(load: Load) -> None:
 
 
 def test_route_inherits_endpoint_balance_without_own_remote(load: Load) -> None:
-    text = EP + 'extra_remotes = ["127.0.0.1:6001"]\nbalance = "iphash: 5"\n'
+    text = EP + 'extra_remotes = ["127.0.0.1:6001"]\nbalance = "iphash: 5, 1"\n'
     text += '[[endpoints.routes]]\nserver_names = ["a.example"]\n'
     (ep,) = load(text).endpoints
     assert ep.routes[0].upstream.balance == Balance("iphash", (5, 1))

@@ -92,6 +92,8 @@ network = {{ {opt.name} = {_toml(file_value)} }}
     (ep,) = load_config(str(path)).endpoints
     assert getattr(ep.routes[0].upstream.network, opt.name) == file_value
     argv = ["-c", str(path), *_argv(opt, cli_value)]
+    if opt.name == "no_tcp":
+        argv.append("-u")  # TCP off everywhere and no UDP: nothing to run, refused
     c = load_config(str(path), cli.options_from(cli.build_parser().parse_args(argv)))
     (ep,) = c.endpoints
     for net in (c.network, ep.upstream.network, ep.routes[0].upstream.network):
