@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 from typing import Any
 
 from snirelay.config.addr import parse_addr_range, parse_through
@@ -177,6 +178,7 @@ def _common(tbl: Table, net: NetworkConfig, cli_net: dict[str, Any]) -> dict[str
         out["through"] = parse_through(through, tbl.place_of("through"))
     if "interface" in tbl:
         out["interface"] = tbl.text("interface")
+        _device_exists(tbl, "interface")
     if "listen_transport" in tbl:
         out["listen_transport"] = _transport(tbl, "listen_transport", "listen")
     if "remote_transport" in tbl:
@@ -186,6 +188,19 @@ def _common(tbl: Table, net: NetworkConfig, cli_net: dict[str, Any]) -> dict[str
     out["network"] = own
     out["_final_network"] = dataclasses.replace(own, **cli_net)
     return out
+
+
+def _device_exists(tbl: Table, key: str) -> None:
+    """A device that does not exist (yet: it may appear later, a VPN's tun) is a
+    warning, not an error; each connection that fails for it names it."""
+    name = tbl.data[key]
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        warn(
+            tbl.place_of(key),
+            f"no network device {name!r} here now: connections through it fail until it exists",
+        )
 
 
 def _upstream(specs: list[Spec], balance: Balance, k: int, common: dict[str, Any]) -> Upstream:

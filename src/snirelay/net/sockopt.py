@@ -33,8 +33,13 @@ def set_keepalive(sock: _socket.socket, net: NetworkConfig) -> None:
 
 
 def bind_device(sock: _socket.socket, interface: str | None) -> None:
+    """SO_BINDTODEVICE; an OSError names the device ("interface 'wlan0': No such
+    device"), so a connection that fails for it says why."""
     if interface:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        except OSError as exc:
+            raise OSError(exc.errno, f"interface {interface!r}: {exc.strerror or exc}") from None
 
 
 def make_listener(
