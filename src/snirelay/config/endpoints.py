@@ -116,10 +116,10 @@ def parse_balance(
             if strategy == "off"
             else f"balance gives {len(weights)} weight(s), and realm uses as many remotes as weights"
         )
-        unused = "extra_remotes" if len(weights) == 1 else f"extra_remotes[{len(weights) - 1}:]"
+        unused = "never used" if len(weights) == 1 else f"from [{len(weights) - 1}] on never used"
         warn(
             unused_place or place,
-            f"{unused} never used: {why}; to spread over all {count}, set balance = "
+            f"{unused}: {why}; to spread over all {count}, set balance = "
             f'"roundrobin: {", ".join(["1"] * count)}"',
         )
     return Balance(strategy, tuple(weights))
