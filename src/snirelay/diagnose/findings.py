@@ -13,10 +13,10 @@ sends to both probes is named once, as an error. When the probe without SNI gets
 different certificate, only that difference is named (the state of that other
 certificate is beside the point: it is the wrong one).
 
-The fixes are the solution matrix of docs/design.md §1: A, the client uses the name
-(`curl --resolve`, a DNS or hosts entry) and the relay passes TLS through; B, a
-certificate that covers what clients use (at the server, or at the relay that
-terminates); C, the relay terminates and re-originates with `sni=`.
+The fixes are the three ways out in docs/discussion/why-no-sni-rewrite-in-passthrough.md:
+A, the client uses the name (`curl --resolve`, a DNS or hosts entry) and the relay
+passes TLS through; B, a certificate that covers what clients use (at the server, or at
+the relay that terminates); C, the relay terminates and re-originates with `sni=`.
 
 With `check --api URL`, what the relay saw of the probes is compared too
 (`diagnose.sightings`).
