@@ -14,6 +14,7 @@ command -v dig     >/dev/null 2>&1 || need+=(dnsutils)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)  # /usr/sbin: not on a user PATH
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # headless: the status page test
 command -v iperf3  >/dev/null 2>&1 || need+=(iperf3)  # UDP through the relay (and the bench)
+command -v gcc     >/dev/null 2>&1 || need+=(gcc)  # builds the pre-connect hook libraries the tests load
 if [ "${1:-}" = "--bench" ]; then
   command -v wrk    >/dev/null 2>&1 || need+=(wrk)
   command -v ab     >/dev/null 2>&1 || need+=(apache2-utils)

@@ -2,7 +2,8 @@
 
 `run(config, loader)` is the whole life of the relay:
 
-1. refuse what this build does not do yet (one line, exit 2), raise RLIMIT_NOFILE;
+1. refuse what this build does not do yet (one line, exit 2), load the pre-connect
+   hook library (`pre_conn_hook`, once: workers inherit it), raise RLIMIT_NOFILE;
 2. bind every listener (a failure is `StartupError` with exit code 3 naming the
    address and the OS error);
 3. with `workers = 1`, serve in this process; with `workers = N > 1`, hand the
@@ -41,10 +42,11 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snirelay import control, sdnotify
 from snirelay.config.model import Config, ConfigError, Endpoint
+from snirelay.config.notes import error_lines
 from snirelay.net.listener import Listener
 from snirelay.net.loop import Loop, new_loop
 from snirelay.net.runtime import Context, EndpointRT
@@ -56,6 +58,7 @@ from snirelay.startup import (
     StartupError,
     bind_all,
     bind_endpoints,
+    check_hook,
     check_tls,
     checked,
     files_signature,
@@ -65,6 +68,9 @@ from snirelay.startup import (
     with_bound_ports,
 )
 from snirelay.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from snirelay.net.hook import Hook
 
 __all__ = ["Server", "StartupError", "run", "unsupported"]
 
@@ -86,14 +92,16 @@ class Server:
         *,
         serve_api: bool = True,
         slot: int = 0,
+        hook: Hook | None = None,
     ) -> None:
         """`serve_api`: this process serves `[api]` (with workers: slot 0's); `slot`:
-        the worker's slot (its metrics carry it as the `worker` label)."""
+        the worker's slot (its metrics carry it as the `worker` label); `hook`: the
+        pre-connect hook loaded at start (a reload keeps it: it takes a restart)."""
         self.config = config
         self.serve_api = serve_api
         self.slot = slot
         self.loop = loop
-        self.ctx = Context(loop, config)
+        self.ctx = Context(loop, config, hook=hook)
         self.endpoints = [EndpointRT(ep) for ep in config.endpoints]
         self.services: list[Service] = []
         self.stopping: asyncio.Event | None = None  # set: stop and drain
@@ -333,8 +341,9 @@ class Server:
             try:
                 return self._apply(self.loader())
             except (ConfigError, StartupError) as exc:
-                LOG.error("reload refused: %s; the running config stays", exc)
-                return {"ok": False, "error": str(exc)}
+                why = "; ".join(error_lines(exc)) if isinstance(exc, ConfigError) else str(exc)
+                LOG.error("reload refused: %s; the running config stays", why)
+                return {"ok": False, "error": why}
             finally:
                 self._notify("READY=1")
 
@@ -355,11 +364,14 @@ class Server:
         problem = unsupported(new)
         if problem:
             raise StartupError(problem, 2)
-        for key in ("workers", "api", "dns"):
+        for key in ("workers", "api", "dns", "pre_conn_hook"):
             if getattr(new, key) != getattr(self.config, key):
                 LOG.warning("reload: %s changed: that takes a restart; kept as it was", key)
         if udp_endpoints(new) != udp_endpoints(self.config):
             LOG.warning("reload: UDP endpoints changed: they take a restart; kept as they run")
+        if not quiet:
+            for line in new.warnings:
+                LOG.warning("config: %s", line)
         rts = [EndpointRT(ep, warn=not quiet) for ep in new.endpoints]  # ConfigError: files
         running = {str(lst.ep.cfg.listen): lst for lst in self.listeners}
         wanted = {self._listen_key(rt.cfg): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}
@@ -387,7 +399,9 @@ class Server:
         if new.log != self.config.log:
             logsetup.setup(new.log)
         old = self.config  # what takes a restart stays as it runs
-        self.config = dataclasses.replace(new, workers=old.workers, api=old.api, dns=old.dns)
+        self.config = dataclasses.replace(
+            new, workers=old.workers, api=old.api, dns=old.dns, pre_conn_hook=old.pre_conn_hook
+        )
         self.ctx.config = self.config
         self.endpoints[:] = rts  # the list the API's observer reads
         self._files = files_signature(self.config)
@@ -507,12 +521,13 @@ def _serve(
     loader: Loader | None = None,
     api: bool = True,
     slot: int = 0,
+    hook: Hook | None = None,
 ) -> int:
     loop = new_loop()
     asyncio.set_event_loop(loop)
     loop.set_exception_handler(_loop_exception)
     try:
-        server = Server(config, loop, control_sock, loader, serve_api=api, slot=slot)
+        server = Server(config, loop, control_sock, loader, serve_api=api, slot=slot, hook=hook)
         server.bind(reuse_port)
         loop.run_until_complete(server.serve())
         return 0
@@ -521,7 +536,11 @@ def _serve(
 
 
 def _worker(
-    config: Config, control_sock: socket.socket, loader: Loader | None = None, index: int = 0
+    config: Config,
+    control_sock: socket.socket,
+    loader: Loader | None = None,
+    index: int = 0,
+    hook: Hook | None = None,
 ) -> int:
     """The body of one worker process (after the fork): serve with SO_REUSEPORT; the
     worker in slot 0 also serves the admin API, for the whole relay."""
@@ -533,6 +552,7 @@ def _worker(
             loader=loader,
             api=index == 0,
             slot=index,
+            hook=hook,
         )
     except StartupError as exc:
         print(f"snirelay: {exc}", file=sys.stderr)
@@ -555,9 +575,10 @@ def run(config: Config, loader: Loader | None = None) -> int:
     if problem:
         raise StartupError(problem, 2)
     check_tls(config)
+    hook = check_hook(config)
     raise_nofile(config.nofile)
     if config.workers <= 1:
-        return _serve(config, reuse_port=False, loader=loader)
+        return _serve(config, reuse_port=False, loader=loader, hook=hook)
     # Bind every address once, without listening, so an unusable address fails before
     # any fork; the supervisor keeps these sockets (they hold the ports, port 0 chosen
     # here) and workers bind the same ports with SO_REUSEPORT.
@@ -565,6 +586,6 @@ def run(config: Config, loader: Loader | None = None) -> int:
     return Supervisor(
         with_bound_ports(config, bound),
         [s for _, s in bound],
-        lambda cfg, channel, index: _worker(cfg, channel, loader, index),
+        lambda cfg, channel, index: _worker(cfg, channel, loader, index, hook),
         checked(loader) if loader is not None else None,
     ).run()

@@ -1,7 +1,8 @@
 """What is checked and bound before a relay serves (and again when it reloads): the
-features this build refuses, the TLS files, the open-file limit, the listening sockets,
-and the loader a reload reads the config with. `snirelay.server` runs the relay on
-them; `snirelay explain` refuses what `unsupported` refuses.
+features this build refuses, the TLS files, the pre-connect hook library (loaded once,
+here, at start), the open-file limit, the listening sockets, and the loader a reload
+reads the config with. `snirelay.server` runs the relay on them; `snirelay explain`
+refuses what `unsupported` refuses.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import os
 import resource
 import socket
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from snirelay.config.model import Addr, Config, ConfigError, Endpoint
 from snirelay.net.runtime import EndpointRT, sniffs
 from snirelay.net.sockopt import make_listener
 from snirelay.observe.log import LOG
+
+if TYPE_CHECKING:
+    from snirelay.net.hook import Hook
 
 DEFER_ACCEPT = 1  # seconds: TCP_DEFER_ACCEPT on listeners that sniff
 
@@ -74,6 +79,21 @@ def check_tls(config: Config) -> None:
             EndpointRT(ep, warn=True)
         except ConfigError as exc:
             raise StartupError(str(exc), 2) from None
+
+
+def check_hook(config: Config) -> Hook | None:
+    """Load the `pre_conn_hook` library (net.hook), once, before anything listens or
+    forks (workers inherit it); None when none is set. A missing file, one that is not
+    a shared library, a missing symbol or a first-packet length above the cap is exit
+    code 2 naming the key and the file."""
+    if config.pre_conn_hook is None:
+        return None
+    from snirelay.net.hook import load
+
+    try:
+        return load(config.pre_conn_hook)
+    except ConfigError as exc:
+        raise StartupError(str(exc), 2) from None
 
 
 def bind_all(

@@ -6,9 +6,14 @@ A `Connection` holds what a connection is (its id, its client and backend sides,
 route and upstream it was given, what was sniffed, counters) and runs the phases of
 net.phases in order, each handing over to the next through one method here::
 
-    start() -> [Sniff] -> decided() -> [client's WebSocket upgrade] -> Connect
-            -> connected() -> [handshakes] -> [Replay] -> replayed() -> pump (net.pump)
-            -> close() -> one record
+    start() -> [ProxyIn] -> [Sniff] -> decided() -> [PreConnHook] -> hooked()
+            -> [client's WebSocket upgrade] -> Connect -> connected() -> [handshakes]
+            -> [Replay] -> replayed() -> pump (net.pump) -> close() -> one record
+
+With a `pre_conn_hook` loaded (net.hook; the context's `hook`), the hook phase runs
+once the upstream is chosen (after routing, before any WebSocket handshake or
+connect): its answer fixes `pick`, the one remote Connect tries; without one, `pick`
+stays -1 and `_proceed` pays one attribute check.
 
 The handshakes are the sides' own: toward the backend TLS then the WebSocket upgrade
 (as configured), then toward the client TLS (after the backend's, so ALPN agrees end
@@ -44,6 +49,7 @@ from snirelay.net.phases import (
     Connect,
     Handshake,
     Phase,
+    PreConnHook,
     ProxyIn,
     Replay,
     Sniff,
@@ -92,6 +98,7 @@ class Connection:
         "failed_remotes",
         "tls_in",
         "proxy",
+        "pick",
     )
 
     def __init__(self, ctx: Context, ep: EndpointRT, client: Side, caddr: Any) -> None:
@@ -124,6 +131,7 @@ class Connection:
         # reached, as a received header said (None: this socket's own), the length of
         # the header sent to the backend (0: none yet)]
         self.proxy: list[Any] | None = None
+        self.pick = -1  # the remote the pre-connect hook chose (its index); -1: none
 
     @property
     def route(self) -> str:
@@ -207,8 +215,16 @@ class Connection:
         self._proceed()
 
     def _proceed(self) -> None:
-        """Decided: connect, or first accept the client's WebSocket upgrade (it does not
-        depend on the backend, and a wrong request then costs no backend connection)."""
+        """Decided: ask the pre-connect hook when one is loaded (once: `hooked` comes
+        back here), then connect, or first accept the client's WebSocket upgrade (it
+        does not depend on the backend, and a wrong request then costs no backend
+        connection)."""
+        hook = self.ctx.hook
+        if hook is not None and self.pick < 0:
+            phase = PreConnHook(self, hook)
+            self.phase = phase
+            phase.start(self.ep.cfg.upstream.network.sniff_timeout)
+            return
         up = self.upstream
         if up.server_ws is not None:
             stls = up.server_tls
@@ -216,6 +232,17 @@ class Connection:
             self._handshake("client", client)
             return
         self._connect()
+
+    def hooked(self, pick: int, data: bytes | bytearray) -> None:
+        """The hook phase is over: remote `pick` (0: `remote`, k: `extra_remotes[k-1]`)
+        and only it; `data` is every byte read from the client so far, all still to be
+        passed on (replayed to the backend, or the client's TLS / WebSocket side's)."""
+        self.pick = pick
+        if self.upstream.terminates:
+            self.tls_in = data
+        else:
+            self.prefix = data
+        self._proceed()
 
     def _client_side(self, ctx: Any) -> Side:
         """The client's side as this upstream terminates it: TLS with `ctx` (an

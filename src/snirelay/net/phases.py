@@ -5,8 +5,9 @@ How it works
 The path of a connection (net.conn drives it; docs/discussion/connection-phases.md
 draws it)::
 
-    accept -> [PROXY header in] -> [sniff] -> decide -> connect (failover)
-           -> [handshakes, per side] -> [replay sniffed bytes] -> pump -> closed (one record)
+    accept -> [PROXY header in] -> [sniff] -> decide -> [pre-connect hook]
+           -> connect (failover) -> [handshakes, per side] -> [replay sniffed bytes]
+           -> pump -> closed (one record)
 
 A phase object is the poller's watcher for the sockets it waits on and the target of
 the connection's deadline (`on_deadline`) while it runs; it ends by handing over to the
@@ -18,6 +19,8 @@ phase      deadline                      on expiry
 =========  ============================  =========================================
 proxy      network.accept_proxy_timeout  close "proxy-timeout"
 sniff      network.sniff_timeout         decide on what arrived (timeout rules)
+hook       network.sniff_timeout         close "hook-timeout"
+           (the endpoint's, again)
 connect    network.tcp_timeout, each     the next address / remote (failover)
            remote (resolution + connect)
 handshake  network.tls_handshake_timeout close "tls-handshake-timeout"
@@ -26,8 +29,9 @@ replay     network.replay_timeout        close "replay-timeout"
 pump       network.tcp_idle_timeout      close "idle-timeout"
 =========  ============================  =========================================
 
-Phases that a connection does not need cost nothing: no routes, no sniff phase; raw
-sides, no handshake phase; nothing sniffed, no replay phase.
+Phases that a connection does not need cost nothing: no routes, no sniff phase; no
+`pre_conn_hook`, no hook phase (one attribute check); raw sides, no handshake phase;
+nothing sniffed, no replay phase.
 
 Few wakes and few `epoll_ctl` calls, by design: the sniff phase first reads at accept
 (routed listeners set TCP_DEFER_ACCEPT, so the ClientHello is usually there already)
@@ -59,6 +63,7 @@ from snirelay.wire.sniff import Sniffer
 
 if TYPE_CHECKING:
     from snirelay.net.conn import Connection
+    from snirelay.net.hook import Hook
     from snirelay.net.sides import RawSide
 
 _FIRST = (0,)  # the balancer order of an upstream with one remote
@@ -226,6 +231,78 @@ class Sniff(_ClientRead):
         self.conn.decided(seen, self.sniffer.data)  # the sniffer is done with its buffer
 
 
+class PreConnHook(_ClientRead):
+    """`pre_conn_hook` (net.hook): hold the client's first `first_len` bytes, ask the
+    hook which remote (or none), and go on with that one remote only. It starts from
+    the bytes already read (the connection's `prefix`, or `tls_in` for an upstream
+    that terminates), reads until it has `first_len` within the endpoint's
+    `network.sniff_timeout`, and consumes nothing: every byte read goes on to the
+    backend (or the client's TLS / WebSocket side) as before."""
+
+    __slots__ = ("hook", "buf")
+    name = "hook"
+
+    def __init__(self, conn: Connection, hook: Hook) -> None:
+        super().__init__(conn)
+        self.hook = hook
+        self.buf = bytearray()
+
+    def start(self, timeout: float) -> None:
+        conn = self.conn
+        held = conn.tls_in if conn.upstream.terminates else conn.prefix
+        if len(held) >= self.hook.first_len:  # the usual case: sniffed, or a length of 0
+            self._decide(held)
+            return
+        self.buf += held
+        super().start(timeout)
+
+    def feed(self, data: bytes) -> bool:
+        self.buf += data
+        if len(self.buf) < self.hook.first_len:
+            return False
+        self.release()
+        self.conn.ctx.wheel.cancel(self.conn)
+        self._decide(self.buf)
+        return True
+
+    def _decide(self, data: bytes | bytearray) -> None:
+        """Call the hook with exactly `first_len` bytes and apply its answer."""
+        conn = self.conn
+        hook = self.hook
+        top = len(conn.upstream.cfg.remotes) - 1  # len(extra_remotes): realm's max_remote_idx
+        k = hook.decide(top, bytes(data[: hook.first_len]))
+        if 0 <= k <= top:
+            conn.hooked(k, data)
+            return
+        where = conn.upstream.where
+        if k < 0:
+            LOG.info("conn %d: the pre-connect hook refused it (answer %d, %s)", conn.id, k, where)
+            conn.close("hook-refused", f"the pre-connect hook answered {k}: refused")
+            return
+        LOG.warning(
+            "conn %d: the pre-connect hook answered %d, outside 0..%d (%s: remote and %d"
+            " extra_remotes): refused",
+            conn.id, k, top, where, top,
+        )  # fmt: skip
+        conn.close("hook-refused", f"the pre-connect hook answered {k}, outside 0..{top}")
+
+    def eof(self) -> None:
+        n = self.hook.first_len
+        self.conn.close(
+            "hook-eof",
+            f"the client closed after {len(self.buf)} of the {n} bytes the pre-connect hook reads",
+        )
+
+    def on_deadline(self) -> None:
+        n = self.hook.first_len
+        tmo = self.conn.ep.cfg.upstream.network.sniff_timeout
+        self.conn.close(
+            "hook-timeout",
+            f"the client sent {len(self.buf)} of the {n} bytes the pre-connect hook reads"
+            f" within {tmo:g}s (sniff_timeout)",
+        )
+
+
 class Connect(Phase):
     """Balancer order -> resolve -> connect each address in turn, failing over."""
 
@@ -249,8 +326,11 @@ class Connect(Phase):
         conn = self.conn
         up = conn.upstream
         if len(up.cfg.remotes) > 1:
-            ip = conn.caddr[0] if conn.caddr is not None else ""
-            self.order = up.balancer.order(ip, conn.ctx.loop.time())
+            if conn.pick >= 0:  # the pre-connect hook chose: that remote only
+                self.order = (conn.pick,)
+            else:
+                ip = conn.caddr[0] if conn.caddr is not None else ""
+                self.order = up.balancer.order(ip, conn.ctx.loop.time())
         self._next_remote()
 
     def _next_remote(self) -> None:

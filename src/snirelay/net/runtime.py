@@ -1,9 +1,9 @@
 """Runtime objects built from the frozen config, in one place.
 
 `Context` is what every connection shares (loop, poller, timing wheel, resolver, pipe
-pool, observers, live connection set). `EndpointRT` / `UpstreamRT` pair each config
-object with the state it needs at run time (balancer, compiled route table, `through`
-as socket.bind takes it).
+pool, observers, live connection set, the pre-connect hook loaded at start).
+`EndpointRT` / `UpstreamRT` pair each config object with the state it needs at run
+time (balancer, compiled route table, `through` as socket.bind takes it).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from snirelay.routing import RouteTable
 
 if TYPE_CHECKING:
     from snirelay.net.conn import Connection
+    from snirelay.net.hook import Hook
     from snirelay.net.tlsconf import ClientTLS, ServerTLS
 
 
@@ -131,9 +132,19 @@ class Context(Observers):
         "worker",
         "keep_addr",
         "udp",
+        "hook",
     )
 
-    def __init__(self, loop: Loop, config: Config, *, splice: bool = HAVE_SPLICE) -> None:
+    def __init__(
+        self,
+        loop: Loop,
+        config: Config,
+        *,
+        splice: bool = HAVE_SPLICE,
+        hook: Hook | None = None,
+    ) -> None:
+        """`hook`: the `pre_conn_hook` library loaded at start (snirelay.startup.check_hook,
+        before any fork), not loaded here: a reload or a restarted worker keeps it."""
         super().__init__()
         self.loop = loop
         self.poller = loop.poller  # the relay's event core (net.poller), run inside the loop
@@ -145,6 +156,7 @@ class Context(Observers):
         self.next_id = 0
         self.udp: list[Any] = []  # the UDP services (net.udp.UdpRelay), for the API
         self.splice = splice
+        self.hook = hook  # net.hook.Hook: every TCP connection asks it (net.phases.PreConnHook)
         # with several workers, records carry the worker's pid (ids restart per worker)
         self.worker = os.getpid() if config.workers > 1 else 0
         # client addresses are kept per connection only for the log record, iphash or
