@@ -347,15 +347,24 @@ class Server:
             finally:
                 self._notify("READY=1")
 
+    @staticmethod
+    def _running_key(lst: Listener) -> str:
+        """A running listener's key: its configured address, or for port 0 the address
+        it got (two port-0 listeners are two listeners)."""
+        listen = lst.ep.cfg.listen
+        return lst.address if listen.port == 0 else str(listen)
+
     def _listen_key(self, ep: Endpoint) -> str:
         """How a new endpoint is matched to a running listener: its listen address; an
         endpoint on port 0 at the same place and host as a running one is that one (it
-        keeps the port it got; with workers, the running config holds that port)."""
+        keeps the port it got; with workers, the running config holds that port); any
+        other endpoint on port 0 is new."""
         if ep.listen.port == 0:
             for lst in self.listeners:
                 cfg = lst.ep.cfg
                 if cfg.place == ep.place and cfg.listen.host == ep.listen.host:
-                    return str(cfg.listen)
+                    return self._running_key(lst)
+            return f"{ep.listen} ({ep.place})"
         return str(ep.listen)
 
     def _apply(self, new: Config, quiet: bool = False) -> dict[str, Any]:
@@ -373,7 +382,7 @@ class Server:
             for line in new.warnings:
                 LOG.warning("config: %s", line)
         rts = [EndpointRT(ep, warn=not quiet) for ep in new.endpoints]  # ConfigError: files
-        running = {str(lst.ep.cfg.listen): lst for lst in self.listeners}
+        running = {self._running_key(lst): lst for lst in self.listeners}
         wanted = {self._listen_key(rt.cfg): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}
         fresh = [rt for key, rt in wanted.items() if key not in running]
         bound = bind_endpoints([rt.cfg for rt in fresh], reuse_port=self.reuse_port)  # all or none

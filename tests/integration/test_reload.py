@@ -364,3 +364,24 @@ def test_a_config_the_workers_refuse_is_not_kept_for_restarts(tmp_path: Path) ->
                 s.sendall(b"plain tcp still")
                 s.shutdown(socket.SHUT_WR)
                 assert recv_all(s) == b"plain tcp still"
+
+
+def test_a_reload_adds_a_second_port_zero_endpoint(tmp_path: Path) -> None:
+    """Two endpoints on 127.0.0.1:0 are two listeners: a reload that adds the second
+    starts it (it was once taken for the running one, and switched it instead)."""
+    with EchoServer(banner=b"a") as a, EchoServer(banner=b"b") as b:
+        one = f'[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "127.0.0.1:{a.port}"\n'
+        two = one + f'[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "127.0.0.1:{b.port}"\n'
+        with RelayProcess(config=one, tmp_path=tmp_path) as relay:
+            relay.start()
+            first = relay.port("endpoints[0]")
+            assert relay.config_path is not None
+            relay.config_path.write_text(two)
+            os.kill(relay.pid, signal.SIGHUP)
+            relay.wait_log("1 endpoint(s) switched, 1 added")
+            wait_until(lambda: len(relay.listening()) == 2, timeout=10)
+            assert relay.port("endpoints[0]") == first
+            for place, want in (("endpoints[0]", b"a"), ("endpoints[1]", b"b")):
+                with connect(relay.port(place)) as s:
+                    s.shutdown(socket.SHUT_WR)
+                    assert recv_all(s)[:1] == want
