@@ -381,6 +381,8 @@ class Server:
         if not quiet:
             for line in new.warnings:
                 LOG.warning("config: %s", line)
+        if new.log.output != self.config.log.output:  # StartupError before anything changes
+            logsetup.open_output(new.log.output).close()
         rts = [EndpointRT(ep, warn=not quiet) for ep in new.endpoints]  # ConfigError: files
         running = {self._running_key(lst): lst for lst in self.listeners}
         wanted = {self._listen_key(rt.cfg): rt for rt in rts if not rt.cfg.upstream.network.no_tcp}

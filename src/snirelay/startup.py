@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from snirelay.config.model import Addr, Config, ConfigError, Endpoint
+from snirelay.config.network import NOFILE_MIN
 from snirelay.net.runtime import EndpointRT, sniffs
 from snirelay.net.sockopt import make_listener
 from snirelay.observe.log import LOG
@@ -58,16 +59,28 @@ def unsupported(config: Config) -> str | None:
 
 
 def raise_nofile(nofile: int | None) -> None:
+    """Set the open-file limit (RLIMIT_NOFILE) to `nofile` (-n/--nofile, which the
+    loader keeps between `config.network.NOFILE_MIN` and the kernel's nr_open), or raise
+    the soft limit to the hard one. A limit that cannot be set (-n above the hard limit
+    without the privilege to raise it) is a warning and the relay runs with the limit it
+    has; so is a limit left below NOFILE_MIN (a hard limit that low, and no -n)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if nofile is None else nofile
-    if want == soft:
-        return
-    try:
-        resource.setrlimit(
-            resource.RLIMIT_NOFILE, (want, hard if hard >= want or hard < 0 else want)
+    if want != soft:
+        try:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (want, hard if hard >= want or hard < 0 else want)
+            )
+        except (ValueError, OSError, OverflowError) as exc:
+            LOG.warning("cannot set the open-file limit to %d: %s", want, exc)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if 0 <= soft < NOFILE_MIN:
+        LOG.warning(
+            "the open-file limit is %d: below %d the relay fails connections with 'Too many"
+            " open files' (raise the hard limit, ulimit -Hn)",
+            soft,
+            NOFILE_MIN,
         )
-    except (ValueError, OSError) as exc:
-        LOG.warning("cannot set the open-file limit to %d: %s", want, exc)
 
 
 def check_tls(config: Config) -> None:

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from helpers.peers import connect, recv_all
 from helpers.ports import PortEchoes, bind_consecutive, free_consecutive
 from helpers.relay import REPO, RelayProcess
 from snirelay.config.load import load_config
 from snirelay.config.model import Config, Upstream
-from snirelay.config.tomlwrite import dumps
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def without_transport_routes(text: str) -> str:
             for r in ep.get("routes", [])
             if "listen_transport" not in r and "remote_transport" not in r
         ]
-    return dumps(data)
+    return tomli_w.dumps(data)
 
 
 def reply_port(port: int, payload: bytes) -> int:

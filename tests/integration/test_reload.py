@@ -385,3 +385,18 @@ def test_a_reload_adds_a_second_port_zero_endpoint(tmp_path: Path) -> None:
                 with connect(relay.port(place)) as s:
                     s.shutdown(socket.SHUT_WR)
                     assert recv_all(s)[:1] == want
+
+
+def test_a_reload_with_a_log_file_it_cannot_open_changes_nothing(tmp_path: Path) -> None:
+    with EchoServer(banner=b"a") as a:
+        one = f'[[endpoints]]\nlisten = "127.0.0.1:0"\nremote = "127.0.0.1:{a.port}"\n'
+        head = '[log]\nlevel = "info"\noutput = "stderr"\n'
+        with RelayProcess(config=head + one, tmp_path=tmp_path, log_flags=False) as relay:
+            relay.start()
+            assert relay.config_path is not None
+            bad = f'[log]\nlevel = "info"\noutput = "{tmp_path}/no/such/dir/x.log"\n'
+            bad += one + one.replace("127.0.0.1:0", f"127.0.0.1:{free_port()}")
+            relay.config_path.write_text(bad)
+            os.kill(relay.pid, signal.SIGHUP)
+            relay.wait_log("reload refused: log.output: cannot open")
+            assert len(relay.listening()) == 1  # the second endpoint was not started

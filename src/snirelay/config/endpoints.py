@@ -190,6 +190,26 @@ def _common(tbl: Table, net: NetworkConfig, cli_net: dict[str, Any]) -> dict[str
     return out
 
 
+def _udp_differs(place: str, net: NetworkConfig, balance: Balance) -> None:
+    """Where snirelay's UDP does more than realm's (which sends every datagram to
+    `remote`, plain), the start says so: the same config sends UDP elsewhere, or wants
+    PROXY headers, under snirelay."""
+    if not net.use_udp:
+        return
+    if len(balance.weights) > 1:
+        warn(
+            f"{place}.balance",
+            f"UDP is balanced over {len(balance.weights)} remotes, as TCP is (realm sends"
+            " UDP to 'remote' only)",
+        )
+    for key, what in (
+        ("accept_proxy", "every datagram must start with a PROXY v2 header"),
+        ("send_proxy", "every datagram to the backend starts with a PROXY v2 header"),
+    ):
+        if getattr(net, key):
+            warn(f"{place}.network.{key}", f"applies to UDP too: {what} (realm's UDP ignores it)")
+
+
 def _device_exists(tbl: Table, key: str) -> None:
     """A device that does not exist (yet: it may appear later, a VPN's tun) is a
     warning, not an error; each connection that fails for it names it."""
@@ -235,6 +255,7 @@ def parse_endpoint(
     if specs is None and not raw_routes:
         raise tbl.error("remote", "missing (an endpoint without routes needs a remote)")
     routes = _routes(raw_routes or [], tbl.place_of("routes"), ctx, specs, balance_raw, common)
+    _udp_differs(place, common["_final_network"], balance)
     listen_interface = tbl.text("listen_interface")
     out = []
     for k, port in enumerate(lports):

@@ -4,9 +4,15 @@ flags, merged into one frozen `Config`.
 How it works
 ------------
 1. `read_documents(path)` gives ``(label, dict)`` pairs: one for a file (label ""), one
-   per ``*.toml``/``*.json`` for a directory (sorted, dot-files skipped; the label is the
-   file name). The format is detected by content: JSON starts with ``{``, anything else
-   is TOML. A legacy v1 document is converted (`legacy.convert_legacy`).
+   per ``*.toml``/``*.json`` found in a directory and its subdirectories, as realm's
+   walk finds them (links followed, every name starting with '.' skipped at any depth,
+   a directory reached twice through links read once, so a link loop ends); the label is
+   the path relative to the directory (``node/n1.toml``) and the order is by that path.
+   `read_env(value, is_path)` reads realm's ``REALM_CONF``: the file or directory it
+   names (`names_path`), or else its value as a config's text (label ``REALM_CONF``).
+   The format is detected by content (`parse_text`): JSON starts with ``{``, anything
+   else is TOML. A legacy v1 document is converted (`legacy.convert_legacy`);
+   `parse_document` does both, for a file and for REALM_CONF's text alike.
 2. Each document's global sections ([log], [dns], [network], [api], ``workers``,
    ``drain_timeout``) are type-checked into "keys set" dicts and merged; in a directory,
    two files setting the same key is an error naming both files.
@@ -15,8 +21,9 @@ How it works
    files and the command-line network overrides, so precedence is
    command line > route > endpoint > global. ``-l``/``-r`` add one endpoint.
 
-Places: ``endpoints[i]`` for a file, ``NAME.toml:endpoints[i]`` in a directory,
-``command line`` for the ``-l``/``-r`` endpoint.
+Places: ``endpoints[i]`` for a file, ``node/NAME.toml:endpoints[i]`` in a directory,
+``REALM_CONF:endpoints[i]`` for REALM_CONF's text or the file it names, ``command line``
+for the ``-l``/``-r`` endpoint.
 
 Error handling: every problem raises `ConfigError` with a one-line message that names the
 place (file, key path, or flag). Nothing else escapes for bad input.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -45,10 +53,18 @@ from snirelay.config.model import (
     LogConfig,
     NetworkConfig,
 )
-from snirelay.config.network import NETWORK_KEYS, RETIRED, cli_network, parse_network
+from snirelay.config.network import (
+    NETWORK_KEYS,
+    RETIRED,
+    check_nofile,
+    check_pipe_pages,
+    cli_network,
+    parse_network,
+)
 from snirelay.config.notes import Errors, collecting, warn
 from snirelay.config.options import (
     CLI_ENDPOINT_FLAGS,
+    DNS_MAXIMA,
     LOG_FORMATS,
     CliOptions,
     cli_endpoint,
@@ -76,29 +92,107 @@ DEFAULT_API_LISTEN = "127.0.0.1:9090"
 
 
 def parse_text(text: str, name: str) -> dict[str, Any]:
-    """Parse one document, JSON or TOML by its content (not its file name): JSON when
-    it starts with '{', or with '[' and is valid JSON (a TOML document may start with
-    '[', a table header, which is not JSON); TOML otherwise."""
-    head = text.lstrip()[:1]
-    if head == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            pass  # TOML: a table header
+    """Parse one document, JSON or TOML by its content (not its file name).
+
+    A byte-order mark (U+FEFF) at the start is dropped: some editors write one, RFC 8259
+    (8.1) lets a JSON parser ignore it, and it cannot be part of a config. JSON is a
+    document that starts with '{', or with '[' then '{' or ']' (a TOML table header never
+    does), or that is valid JSON; anything else is TOML, and a document that is not TOML
+    but is valid JSON (a top-level array, string or number) is reported as JSON. Both
+    parsers recurse, so a document nested past Python's recursion limit is "nested too
+    deeply" rather than a RecursionError; a JSON object that gives a key twice, an
+    integer longer than Python converts (4300 digits) and a string holding a lone
+    surrogate (a JSON ``\\ud800`` escape; not a character, so no file name, device or
+    path; the error names its key) are errors too. Every error is a `ConfigError` whose
+    place starts with `name`."""
+    text = text.removeprefix("\ufeff")
+    body = text.lstrip()
+    head = body[:1]
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise ValueError(f"key {key!r} is given twice in one object")
+            out[key] = value
+        return out
+
+    def invalid(kind: str, exc: Exception) -> ConfigError:
+        if isinstance(exc, RecursionError):
+            why = "nested too deeply"
+        elif "integer string conversion" in str(exc):  # Python's int_max_str_digits
+            why = "an integer too long to read: " + str(exc).split(";")[0]
         else:
-            raise ConfigError(name, f"expected a JSON object at the top, not {type_name(data)}")
-    if head == "{":
+            why = str(exc)
+        return ConfigError(name, f"invalid {kind}: {why}")
+
+    def parse_json() -> Any:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(name, f"invalid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(name, "expected a JSON object at the top")
-        return data
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(name, f"invalid TOML: {exc}") from None
+            return json.loads(text, object_pairs_hook=pairs)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+            raise invalid("JSON", exc) from None
+
+    def parse_toml() -> dict[str, Any]:
+        try:
+            return tomllib.loads(text)
+        except (ValueError, RecursionError) as exc:  # TOMLDecodeError is a ValueError
+            error = invalid("TOML", exc)
+        if head != "[":  # not TOML; JSON that does not start with '{' ("null", "42")?
+            try:
+                data = json.loads(text)
+            except (ValueError, RecursionError):
+                pass
+            else:
+                raise ConfigError(name, f"expected a JSON object at the top, not {type_name(data)}")
+        raise error
+
+    data: Any
+    if head == "{" or (head == "[" and body[1:].lstrip()[:1] in ("{", "]")):
+        data, kind = parse_json(), "JSON"
+    elif head == "[":  # a JSON array, or TOML starting with a table header
+        try:
+            data, kind = parse_json(), "JSON"
+        except ConfigError as exc:
+            if exc.message == "invalid JSON: nested too deeply":  # "[[[[...": no TOML
+                raise
+            data, kind = parse_toml(), "TOML"
+    else:
+        data, kind = parse_toml(), "TOML"
+    if not isinstance(data, dict):
+        raise ConfigError(name, f"expected a JSON object at the top, not {type_name(data)}")
+    todo: list[tuple[str, Any]] = [("", data)]  # (place, value): every string, no recursion
+    while todo:
+        place, item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend((f"{place}.{k}" if place else k, k) for k in item)
+            todo.extend((f"{place}.{k}" if place else k, v) for k, v in item.items())
+        elif isinstance(item, list):
+            todo.extend((f"{place}[{i}]", v) for i, v in enumerate(item))
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                lone = f"\\u{ord(item[exc.start]):04x}"
+                raise ConfigError(
+                    f"{name}: {place}", f"invalid {kind}: {item!r} holds a lone surrogate ({lone})"
+                ) from None
+    return data
+
+
+ENV_CONFIG = "REALM_CONF"  # realm's environment variable: a config's text (or a path)
+CONFIG_SUFFIXES = (".toml", ".json")
+
+
+def parse_document(text: str, name: str) -> dict[str, Any]:
+    """One document's text -> its data: `parse_text`, then a legacy v1 document
+    converted. `name` is the place its errors give (a file's path, "REALM_CONF")."""
+    data = parse_text(text, name)
+    if is_legacy(data):
+        try:
+            data = convert_legacy(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: {exc.place}" if exc.place else name, exc.message) from None
+    return data
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -108,30 +202,97 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             str(path), f"cannot read: {getattr(exc, 'strerror', None) or exc}"
         ) from None
-    data = parse_text(text, str(path))
-    if is_legacy(data):
+    return parse_document(text, str(path))
+
+
+def _config_files(root: Path) -> list[Path]:
+    """The config files below the directory `root`, relative to it and sorted, found as
+    realm's ``WalkDir::new(root).follow_links(true)`` with its filters finds them: every
+    entry whose name starts with '.' skipped (a file or a whole directory, at any
+    depth), links followed, regular files named ``*.toml``/``*.json`` kept. A directory
+    reached a second time (a link loop, or two links to one directory) is read once.
+
+    A config-named link that leads nowhere, or a directory that cannot be listed, is an
+    error naming it (realm drops such entries without a word)."""
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    todo = [Path()]  # a stack, so the walk (and which of two links is read) is fixed
+    while todo:
+        rel = todo.pop()
+        where = root / rel
         try:
-            data = convert_legacy(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc.place}", exc.message) from None
-    return data
+            st = where.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(where) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise ConfigError(str(where), f"cannot read: {exc.strerror or exc}") from None
+        subdirs: list[Path] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            config_named = Path(entry.name).suffix in CONFIG_SUFFIXES
+            try:
+                is_dir = entry.is_dir()
+                is_file = not is_dir and entry.is_file()
+            except OSError as exc:  # a link loop of its own (ELOOP), no permission
+                if config_named:
+                    raise ConfigError(entry.path, f"cannot read: {exc.strerror or exc}") from None
+                continue
+            if is_dir:
+                subdirs.append(rel / entry.name)
+            elif is_file and config_named:
+                found.append(rel / entry.name)
+            elif config_named and entry.is_symlink() and not os.path.exists(entry.path):
+                raise ConfigError(entry.path, "cannot read: a symbolic link to nothing")
+        todo.extend(reversed(subdirs))
+    return sorted(found)
 
 
 def read_documents(path: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(label, data)`` for a file (label "") or each config file of a directory."""
+    """``(label, data)`` for a file (label "") or each config file of a directory and
+    its subdirectories (label: the path relative to the directory, ``node/n1.toml``)."""
+    if not path:
+        raise ConfigError("", "the config path is empty")  # Path("") would be "."
     p = Path(path)
     if p.is_dir():
-        files = sorted(
-            f
-            for f in p.iterdir()
-            if not f.name.startswith(".") and f.suffix in (".toml", ".json") and f.is_file()
-        )
+        files = _config_files(p)
         if not files:
-            raise ConfigError(path, "directory holds no *.toml or *.json file")
-        return [(f.name, _read_file(f)) for f in files]
+            raise ConfigError(path, "directory holds no *.toml or *.json file, in it or below")
+        return [(f.as_posix(), _read_file(p / f)) for f in files]
     if not p.exists():
         raise ConfigError(path, "no such file or directory")
     return [("", _read_file(p))]
+
+
+def names_path(value: str) -> bool:
+    """Whether REALM_CONF's `value` names an existing file or directory (then it is
+    read as `-c` would read it), rather than being a config's text."""
+    return bool(value) and os.path.exists(value)  # False for a NUL byte, a name too long
+
+
+def read_env(value: str, is_path: bool) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, data)`` for REALM_CONF's `value`: the documents of the file or directory
+    it names (`is_path`, from `names_path`; a file's label is "REALM_CONF"), or its text
+    as one document labelled "REALM_CONF". Every error of reading names REALM_CONF."""
+    if is_path:
+        try:
+            docs = read_documents(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{ENV_CONFIG}: {exc.place}", exc.message) from None
+        return [(label or ENV_CONFIG, data) for label, data in docs]
+    try:
+        return [(ENV_CONFIG, parse_document(value, ENV_CONFIG))]
+    except ConfigError:
+        line = value.strip()
+        if line and "\n" not in line and "=" not in line and line[0] not in "{[":
+            # neither TOML nor JSON could look like this: a path that is not there
+            raise ConfigError(
+                ENV_CONFIG, f"no such file or directory: {line!r} (nor is it TOML or JSON text)"
+            ) from None
+        raise
 
 
 # ---------------------------------------------------------------- global sections
@@ -166,9 +327,9 @@ def _section(top: Table, key: str) -> dict[str, Any]:
             out["nameservers"] = tuple(
                 parse_nameserver(s, f"{place}[{i}]") for i, s in enumerate(servers)
             )
-        for k in ("min_ttl", "max_ttl", "cache_size"):
+        for k, most in DNS_MAXIMA.items():
             if k in tbl:
-                out[k] = tbl.integer(k, 0)
+                out[k] = tbl.integer(k, 0, most)
         return out
     if key == "network":
         tbl = top.table("network", NETWORK_KEYS)
@@ -288,10 +449,10 @@ def _load(docs: list[tuple[str, dict[str, Any]]], cli: CliOptions, where: str) -
         check_range("-w/--workers", workers, 1, 1024)
     with errors.part():
         if cli.nofile is not None:
-            check_range("-n/--nofile", cli.nofile, 1)
+            check_nofile(cli.nofile)  # what the relay needs, what the kernel grants
     with errors.part():
         if cli.pipe_page is not None:
-            check_range("-p/--pipe-page", cli.pipe_page, 1, 65536)
+            check_pipe_pages(cli.pipe_page)  # at most /proc/sys/fs/pipe-max-size
     errors.raise_any()  # what follows looks at the endpoints as a whole
     if not endpoints:
         raise ConfigError(where, "no endpoints (give -l/-r, or [[endpoints]] in the config)")
@@ -319,8 +480,9 @@ def _check_something_runs(endpoints: list[Endpoint]) -> None:
         ep for ep in endpoints if ep.upstream.network.no_tcp and not ep.upstream.network.use_udp
     ]
     if len(idle) == len(endpoints):
+        first = idle[0].place
         raise ConfigError(
-            f"{idle[0].place}.network.no_tcp",
+            "-t/--ntcp" if first == "command line" else f"{first}.network.no_tcp",
             "nothing to run: TCP is off (no_tcp, -t/--ntcp) and UDP is not on (use_udp, -u/--udp)",
         )
     for ep in idle:

@@ -14,6 +14,10 @@ default and spec. From that list come:
   global) is applied by the caller, key by key, with `dataclasses.replace`.
 - `FLAGS`: each command-line flag with the options it sets (``-m`` sets two); cli.py
   turns them into argparse arguments.
+- `KERNEL_LIMITS`: the most Linux accepts for an option (tcp_keepalive,
+  tcp_keepalive_probe), checked by `parse_network` at every level with the reason in
+  the error. `check_nofile` and `check_pipe_pages` bound the command line's ``-n`` and
+  ``-p`` likewise, by what the relay needs and what the kernel grants (/proc/sys/fs).
 - `reference_table()`: the markdown table of docs/reference/config.md's network
   section. `update_reference(text)` rewrites the part between the BEGIN/END markers;
   ``python -m snirelay.config.network docs/reference/config.md`` does it in place, and
@@ -29,7 +33,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from snirelay.config.model import NetworkConfig
+from snirelay.config.model import ConfigError, NetworkConfig
 from snirelay.config.notes import warn
 from snirelay.config.option import SPEC, Flag, Spec
 from snirelay.config.table import Table
@@ -88,16 +92,108 @@ def _flags() -> tuple[tuple[Flag, tuple[NetOption, ...]], ...]:
 FLAGS = _flags()
 
 
+# ---------------------------------------------------------------- the kernel's limits
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KernelLimit:
+    """The most the kernel accepts for a value, and the reason an error gives."""
+
+    maximum: int
+    why: str
+
+
+# Linux answers EINVAL above these (include/net/tcp.h: MAX_TCP_KEEPIDLE and
+# MAX_TCP_KEEPINTVL are 32767 seconds, MAX_TCP_KEEPCNT is 127 probes; checked with
+# setsockopt on Linux 6.x). net/sockopt.set_keepalive sets TCP_KEEPIDLE and
+# TCP_KEEPINTVL from tcp_keepalive and TCP_KEEPCNT from tcp_keepalive_probe, on each
+# listener and each outbound socket: a larger value would stop the start ("cannot
+# listen ...: Invalid argument") or, set in a route's network, fail every connection of
+# that route. So `read_option` refuses it at load, at every level and on the command
+# line. (Kept apart from the declarations in config/model.py, whose ranges the
+# reference table shows.)
+KERNEL_LIMITS = {
+    "tcp_keepalive": KernelLimit(32767, "the kernel's most for TCP_KEEPIDLE and TCP_KEEPINTVL"),
+    "tcp_keepalive_probe": KernelLimit(127, "the kernel's most for TCP_KEEPCNT"),
+}
+
+# -n/--nofile: the fewest open files the relay works with. Before its first connection
+# it holds about ten (stdin, stdout, stderr, the event loop's epoll and self-pipe, one
+# socket per listener, the API's), and a spliced connection up to six more (two
+# sockets, a pipe each way). Below this, -n 1 stops the event loop from starting and
+# -n 8 starts a relay that fails every connection ("Too many open files").
+NOFILE_MIN = 64
+# the most the kernel grants anyone: /proc/sys/fs/nr_open (setrlimit answers EPERM
+# above it, even to root); its default when /proc cannot be read
+NR_OPEN = "/proc/sys/fs/nr_open"
+NR_OPEN_DEFAULT = 1 << 20
+# -p/--pipe-page counts pages of 4 KiB, as realm's does. F_SETPIPE_SZ above
+# /proc/sys/fs/pipe-max-size (1 MiB unless raised: 256 pages) is refused with EPERM to
+# a process without CAP_SYS_RESOURCE (net/pump.PipePool then keeps the 64 KiB default
+# without a word), and past it every pooled pipe would pin that much memory. So the
+# bound is the machine's pipe-max-size: raise the sysctl to allow more.
+PIPE_PAGE = 4096
+PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
+PIPE_MAX_SIZE_DEFAULT = 1 << 20
+
+
+def _proc_int(path: str, default: int) -> int:
+    """The integer a /proc/sys file holds, or `default` when it cannot be read."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def check_nofile(value: int) -> None:
+    """-n/--nofile: `ConfigError` unless the relay can work with `value` open files and
+    the kernel can grant them (`NOFILE_MIN`, /proc/sys/fs/nr_open)."""
+    if value < NOFILE_MIN:
+        raise ConfigError(
+            "-n/--nofile",
+            f"must be >= {NOFILE_MIN}, got {value} (the relay holds about 10 files before"
+            " its first connection and up to 6 for each connection)",
+        )
+    most = _proc_int(NR_OPEN, NR_OPEN_DEFAULT)
+    if value > most:
+        raise ConfigError(
+            "-n/--nofile", f"must be <= {most} (the kernel's most, {NR_OPEN}), got {value}"
+        )
+
+
+def check_pipe_pages(value: int) -> None:
+    """-p/--pipe-page: `ConfigError` unless 1 <= `value` pages of 4 KiB fit in the
+    machine's /proc/sys/fs/pipe-max-size (see `PIPE_PAGE`)."""
+    if value < 1:
+        raise ConfigError("-p/--pipe-page", f"must be >= 1, got {value}")
+    size = _proc_int(PIPE_MAX_SIZE, PIPE_MAX_SIZE_DEFAULT)
+    most = max(1, size // PIPE_PAGE)
+    if value > most:
+        raise ConfigError(
+            "-p/--pipe-page",
+            f"must be <= {most} pages of 4 KiB ({PIPE_MAX_SIZE} is {size} bytes), got {value}",
+        )
+
+
 # ---------------------------------------------------------------- reading
 
 
 def read_option(tbl: Table, opt: NetOption) -> bool | int | float | None:
-    """The value `tbl` gives `opt`, type- and range-checked, or None when absent."""
+    """The value `tbl` gives `opt`, type- and range-checked (the declared range, then
+    the kernel's limit, `KERNEL_LIMITS`), or None when absent."""
     if opt.kind == "bool":
         return tbl.flag(opt.name)
+    value: int | float | None
     if opt.kind == "int":
-        return tbl.integer(opt.name, opt.spec.minimum, opt.spec.maximum)
-    return tbl.seconds(opt.name, positive=opt.spec.positive)
+        value = tbl.integer(opt.name, opt.spec.minimum, opt.spec.maximum)
+    else:
+        value = tbl.seconds(opt.name, positive=opt.spec.positive)
+    limit = KERNEL_LIMITS.get(opt.name)
+    if value is not None and limit is not None and value > limit.maximum:
+        got = value if isinstance(value, int) or not value.is_integer() else int(value)
+        raise tbl.error(opt.name, f"must be <= {limit.maximum} ({limit.why}), got {got}")
+    return value
 
 
 def parse_network(tbl: Table) -> dict[str, Any]:
@@ -142,8 +238,12 @@ def metavar(flag: Flag, kind: str) -> str | None:
 def _type(o: NetOption) -> str:
     if o.kind == "bool":
         return "bool"
+    limit = KERNEL_LIMITS.get(o.name)
     if o.kind == "float":
-        return "seconds > 0" if o.spec.positive else "seconds"
+        base = "seconds > 0" if o.spec.positive else "seconds"
+        return f"{base}, at most {limit.maximum}" if limit is not None else base
+    if limit is not None:
+        return f"integer {o.spec.minimum}-{limit.maximum}"
     if o.spec.maximum is not None:
         return f"integer {o.spec.minimum}-{o.spec.maximum}"
     return f"integer >= {o.spec.minimum}" if o.spec.minimum else "integer"

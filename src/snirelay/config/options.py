@@ -9,11 +9,17 @@ checks are made from `NetworkConfig`'s declarations). `cli_log_dns` and `cli_end
 turn the other flags into "keys set" dicts. The loader applies them all on top of every
 level (command line > route > endpoint > global), checking ranges the same way the file
 loader does, with the flag as the place: "--log-level: unknown value ...".
+
+The endpoint flags (``-l -r -x -i -e -a -b``) make one endpoint of their own. realm
+ignores them when the config comes from a file (``-c``); the CLI does the same by
+calling `without_endpoint`, which clears them and says which were given (grouped as
+`ENDPOINT_FLAG_GROUPS`) so that each can be warned about. `load_config` itself still
+adds the flags' endpoint to a file's: a caller of the library asks for what it gets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from snirelay.config.addr import parse_nameserver
@@ -21,6 +27,8 @@ from snirelay.config.model import DNS_MODES, DNS_PROTOCOLS, LOG_LEVELS, ConfigEr
 from snirelay.config.table import check_choice, check_range
 
 LOG_FORMATS = ("text", "json")
+# a TTL is at most 2^31 - 1 seconds (RFC 2181 8); a cache past ten million names is a typo
+DNS_MAXIMA = {"min_ttl": 2**31 - 1, "max_ttl": 2**31 - 1, "cache_size": 10_000_000}
 
 
 @dataclass
@@ -75,10 +83,10 @@ def cli_log_dns(cli: CliOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     if cli.dns_servers is not None:
         items = [s.strip() for s in cli.dns_servers.split(",") if s.strip()]
         dns["nameservers"] = tuple(parse_nameserver(s, "--dns-servers") for s in items)
-    for key in ("min_ttl", "max_ttl", "cache_size"):
+    for key, top in DNS_MAXIMA.items():
         value = getattr(cli, f"dns_{key}")
         if value is not None:
-            check_range(_flag(f"dns_{key}"), value, 0)
+            check_range(_flag(f"dns_{key}"), value, 0, top)
             dns[key] = value
     return log, dns
 
@@ -112,3 +120,24 @@ def cli_endpoint(cli: CliOptions) -> dict[str, Any] | None:
                 f"missing ({CLI_ENDPOINT_FLAGS[other]} needs {CLI_ENDPOINT_FLAGS[key]} too)",
             )
     return given
+
+
+# how the ignored endpoint flags are named in a warning: -l and -r together (they make
+# the endpoint), each option of that endpoint on its own
+ENDPOINT_FLAG_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("-l/-r", ("listen", "remote")),
+    *((CLI_ENDPOINT_FLAGS[k], (k,)) for k in CLI_ENDPOINT_FLAGS if k not in ("listen", "remote")),
+)
+
+
+def without_endpoint(cli: CliOptions) -> tuple[CliOptions, list[str]]:
+    """`cli` with the endpoint flags cleared, and the groups of them that were given
+    (``["-l/-r", "-x/--through"]``), in `ENDPOINT_FLAG_GROUPS` order: for a config read
+    from a file, where realm ignores them."""
+    given = [
+        name
+        for name, keys in ENDPOINT_FLAG_GROUPS
+        if any(getattr(cli, k) is not None for k in keys)
+    ]
+    cleared: dict[str, Any] = dict.fromkeys(CLI_ENDPOINT_FLAGS)
+    return replace(cli, **cleared), given

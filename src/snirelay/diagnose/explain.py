@@ -116,8 +116,10 @@ def _balance(up: Upstream) -> str | None:
     if len(up.remotes) < 2:
         return None
     used = len(up.balance.weights)
-    text = "off" if up.balance.strategy == "off" else f"{up.balance.strategy}: " + ", ".join(
-        str(w) for w in up.balance.weights
+    text = (
+        "off"
+        if up.balance.strategy == "off"
+        else f"{up.balance.strategy}: " + ", ".join(str(w) for w in up.balance.weights)
     )
     if used < len(up.remotes):
         text += f"; {len(up.remotes) - used} of {len(up.remotes)} remotes unused"

@@ -1,5 +1,9 @@
 """Logging set-up from realm's `[log]` table, and the one record per connection.
 
+`setup(cfg)` opens the output (`open_output`: stdout, stderr or a file; a file that
+cannot be opened is one line naming ``log.output``, exit code 2) and then replaces the
+handlers of the "snirelay" logger.
+
 Levels are realm's (off, error, warn, info, debug, trace). The connection record is
 written by `conn_record()` at info level on the "snirelay.conn" logger, as
 `conn key=value ...` text or as one JSON object per line (`log.format = "json"`).
@@ -91,20 +95,41 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
+def open_output(output: str) -> logging.Handler:
+    """A handler writing to `output`: "stdout", "stderr", or a file path (appended to,
+    created when missing).
+
+    Error handling: a file that cannot be opened (its directory missing, a directory, no
+    permission, a NUL byte or a lone surrogate in the name) raises
+    `snirelay.startup.StartupError` (exit code 2) with one line naming ``log.output``,
+    the key ``--log-output`` sets too: ``log.output: cannot open '/x/relay.log': No
+    such file or directory``. `server.run` sets up logging before it checks or binds
+    anything, so that is the start's one line and exit 2; a reload catches it and keeps
+    the log it has."""
+    if output == "stdout":
+        return logging.StreamHandler(sys.stdout)
+    if output == "stderr":
+        return logging.StreamHandler(sys.stderr)
+    try:
+        if not output.strip():  # FileHandler would open the working directory
+            raise ValueError("the path is empty")
+        return logging.FileHandler(output)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte, a lone surrogate
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        from snirelay.startup import StartupError  # not at the top: startup imports us
+
+        raise StartupError(f"log.output: cannot open {output!r}: {why}", 2) from None
+
+
 def setup(cfg: LogConfig) -> None:
-    """Configure the "snirelay" logger tree. Idempotent."""
+    """Configure the "snirelay" logger tree. Idempotent. The output is opened before the
+    handlers in place are closed, so when it cannot be (`open_output`) they stay."""
     logging.addLevelName(TRACE, "TRACE")
     level = LEVELS.get(cfg.level, logging.CRITICAL + 10)
+    handler = open_output(cfg.output)
     for h in list(LOG.handlers):
         LOG.removeHandler(h)
         h.close()
-    handler: logging.Handler
-    if cfg.output == "stdout":
-        handler = logging.StreamHandler(sys.stdout)
-    elif cfg.output == "stderr":
-        handler = logging.StreamHandler(sys.stderr)
-    else:
-        handler = logging.FileHandler(cfg.output)
     if cfg.format == "json":
         handler.setFormatter(_JsonFormatter())
     else:

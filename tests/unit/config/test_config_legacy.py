@@ -1,20 +1,20 @@
-"""Legacy v1 conversion, the TOML writer, and the round trip legacy -> convert -> load."""
+"""Legacy v1 conversion and the round trip legacy -> convert -> load.
+
+realm's pairing rule, row by row, is in test_legacy_pairing.py; these are the loader's
+side of it (ranges, errors naming the entry and the file)."""
 
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+import tomli_w
 
 from snirelay.config.legacy import convert_legacy, is_legacy
 from snirelay.config.load import load_config
 from snirelay.config.model import Addr, ConfigError
-from snirelay.config.tomlwrite import dumps
 
 LEGACY = {
     "listening_addresses": ["127.0.0.1", "::1"],
@@ -25,6 +25,7 @@ LEGACY = {
 
 
 def test_convert_pairs_nth_or_first() -> None:
+    # the flattened lists line up here: [5000, 5001, 6000-6002] with [443, 444, 7000-7002]
     assert convert_legacy(LEGACY) == {
         "endpoints": [
             {"listen": "127.0.0.1:5000", "remote": "example.com:443"},
@@ -54,8 +55,14 @@ def test_round_trip(tmp_path: Path, kind: str) -> None:
     old.write_text(json.dumps(LEGACY))
     modern = convert_legacy(LEGACY)
     new = tmp_path / f"new.{kind}"
-    new.write_text(dumps(modern) if kind == "toml" else json.dumps(modern))
+    new.write_text(tomli_w.dumps(modern) if kind == "toml" else json.dumps(modern))
     assert load_config(str(new)) == load_config(str(old))
+
+
+def test_convert_without_ranges_is_one_endpoint_per_port() -> None:
+    assert convert_legacy(LEGACY, ranges=False)["endpoints"][2:] == [
+        {"listen": f"127.0.0.1:{6000 + i}", "remote": f"example.com:{7000 + i}"} for i in range(3)
+    ]
 
 
 def test_is_legacy() -> None:
@@ -85,11 +92,19 @@ def test_legacy_errors(change: dict[str, Any], needle: str) -> None:
     assert str(info.value).startswith(needle)
 
 
-def test_legacy_mismatched_range_fails_at_load(tmp_path: Path) -> None:
+def test_legacy_short_remote_range_falls_back_to_the_first_port(tmp_path: Path) -> None:
+    # realm flattens [1, 2, 7000, 7001]: the fifth listen port gets remote_ports[0]
+    # (snirelay used to pair entry with entry and refuse the shorter range)
     path = tmp_path / "old.json"
     path.write_text(json.dumps({**LEGACY, "remote_ports": ["1", "2", "7000-7001"]}))
-    with pytest.raises(ConfigError, match=r"endpoints\[2\]\.remote: port range"):
-        load_config(str(path))
+    eps = load_config(str(path)).endpoints
+    assert [(ep.listen.port, ep.upstream.remotes[0].port) for ep in eps] == [
+        (5000, 1),
+        (5001, 2),
+        (6000, 7000),
+        (6001, 7001),
+        (6002, 1),
+    ]
 
 
 def test_legacy_error_names_the_file(tmp_path: Path) -> None:
@@ -97,56 +112,3 @@ def test_legacy_error_names_the_file(tmp_path: Path) -> None:
     path.write_text(json.dumps({**LEGACY, "listening_ports": ["x"]}))
     with pytest.raises(ConfigError, match=r"old\.json: listening_ports\[0\]"):
         load_config(str(path))
-
-
-# ---------------------------------------------------------------- the TOML writer
-
-
-def test_dumps_config_shape() -> None:
-    data = {
-        "workers": 2,
-        "log": {"level": "info"},
-        "network": {"tcp_timeout": 1.5, "use_udp": True},
-        "endpoints": [
-            {
-                "listen": "0.0.0.0:443",
-                "extra_remotes": ["a:1", "b:2"],
-                "network": {"tcp_keepalive": 0},
-                "routes": [{"server_names": ["a.b"], "remote": "x:1"}, {"when": "no_sni"}],
-            },
-            {"listen": "0.0.0.0:444", "remote": 'we"ird\\name\n:1'},
-        ],
-        "weird key": {"ü": "é", "empty": [], "inline": [[1, 2], [3]]},
-    }
-    text = dumps(data)
-    assert "[[endpoints.routes]]" in text and "[endpoints.network]" in text
-    assert tomllib.loads(text) == data
-
-
-def test_dumps_rejects_what_toml_cannot_say() -> None:
-    with pytest.raises(ValueError):
-        dumps({"a": None})
-    with pytest.raises(ValueError):
-        dumps({"a": [{"x": 1}, 2]})
-
-
-_keys = st.text(min_size=1, max_size=8)
-_scalars = st.one_of(
-    st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False),
-    st.text(max_size=20),
-)
-_values = st.recursive(
-    _scalars | st.lists(_scalars, max_size=3),
-    lambda inner: (
-        st.dictionaries(_keys, inner, max_size=3)
-        | st.lists(st.dictionaries(_keys, inner, min_size=1, max_size=3), min_size=1, max_size=2)
-    ),
-    max_leaves=12,
-)
-
-
-@given(st.dictionaries(_keys, _values, max_size=4))
-def test_dumps_round_trips(data: dict[str, Any]) -> None:
-    assert tomllib.loads(dumps(data)) == data

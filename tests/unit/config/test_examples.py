@@ -43,10 +43,13 @@ def test_sni_rewrite_example_transports() -> None:
 
 
 def test_legacy_example_expands_ranges() -> None:
+    # realm's rule: the flattened listen ports [5000, 7000..7004] pair one to one with
+    # the flattened remote ports [6000, 8000..8004]
     eps = load_config(str(ROOT / "examples" / "legacy-v1.json")).endpoints
-    assert len(eps) == 6
-    assert eps[-1].listen == Addr("127.0.0.1", 7004)
-    assert eps[-1].upstream.remotes == (Addr("127.0.0.1", 8004),)
+    assert [(ep.listen, ep.upstream.remotes) for ep in eps] == [
+        (Addr("127.0.0.1", lport), (Addr("127.0.0.1", rport),))
+        for lport, rport in [(5000, 6000), *((7000 + i, 8000 + i) for i in range(5))]
+    ]
 
 
 # ---------------------------------------------------------------- realm's own examples
