@@ -151,9 +151,14 @@ def check_range(place: str, value: int, minimum: int, maximum: int | None = None
         raise ConfigError(place, f"must be <= {maximum}, got {value}")
 
 
+MAX_SECONDS = 10**9  # about 31 years: more is a typo, and no timer needs it
+
+
 def check_seconds(place: str, value: float, *, positive: bool = False) -> None:
     if value != value or value in (float("inf"), float("-inf")):
         raise ConfigError(place, f"expected a finite number of seconds, got {value}")
+    if value > MAX_SECONDS:
+        raise ConfigError(place, f"must be <= {MAX_SECONDS} seconds, got {value:g}")
     if value < 0 or (positive and value == 0):
         raise ConfigError(place, f"must be {'> 0' if positive else '>= 0'}, got {value}")
 
