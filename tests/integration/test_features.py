@@ -463,10 +463,11 @@ remote = "{srv.addr}"
             res = run_relay(["-c", str(config), "-d"], timeout=15)
             assert res.returncode == 0, res.stderr
             assert time.monotonic() - t0 < 10
-            assert res.stdout == "" and res.stderr == "", (res.stdout, res.stderr)
+            assert res.stderr == "", res.stderr
             pids = wait_until(lambda: pids_with(str(config)), 10, "the daemon runs")
             assert len(pids) == 1, pids
             (pid,) = pids
+            assert res.stdout == f"snirelay: running in the background, pid {pid}\n", res.stdout
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
             assert int(fields[3]) != os.getsid(0), stat  # detached into its own session
