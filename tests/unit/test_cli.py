@@ -386,3 +386,14 @@ def test_realms_mtcp_spelling_is_mptcp() -> None:
     for spelling in ("-m", "--mptcp", "--mtcp"):
         o = parse(["-l", "127.0.0.1:1", "-r", "h:1", spelling])
         assert o.network == {"send_mptcp": True, "accept_mptcp": True}, spelling
+
+
+@pytest.mark.parametrize("flag", ["-t", "--ntcp"])
+def test_tcp_off_without_udp_is_nothing_to_run(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """realm exits quietly when -t leaves nothing to run; snirelay says why, exit 2."""
+    assert cli.main(["-l", "127.0.0.1:0", "-r", "127.0.0.1:9", flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("snirelay: -t/--ntcp: nothing to run: TCP is off"), err
+    assert err.count("\n") == 1
