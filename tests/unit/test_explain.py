@@ -232,3 +232,21 @@ def test_a_listener_key_on_a_route_is_said_to_do_nothing(tmp_path: Path) -> None
     assert ("route-network-ignored", "endpoints[0].routes[0].network.accept_proxy") in (
         warnings(tmp_path, text)
     )
+
+
+def test_the_loaders_warnings_are_explains_too(tmp_path: Path) -> None:
+    text = EP + 'extra_remotes = ["127.0.0.1:9444"]\n[network]\nzero_copy = true\n'
+    assert warnings(tmp_path, text) == [
+        ("config", "network.zero_copy"),
+        ("config", "endpoints[0].extra_remotes"),
+    ]
+
+
+def test_every_config_error_is_one_line_each(tmp_path: Path) -> None:
+    text = EP.replace("9443", "x") + EP.replace("8443", "8444").replace("9443", "y")
+    code, _, err = run(tmp_path, text)
+    assert code == 2
+    assert [line.split(":")[1] for line in err.splitlines()] == [
+        " endpoints[0].remote",
+        " endpoints[1].remote",
+    ], err

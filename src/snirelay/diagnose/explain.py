@@ -42,6 +42,7 @@ from typing import Any
 
 from snirelay.config.describe import mode_of
 from snirelay.config.model import Addr, Config, ConfigError, Endpoint, Upstream
+from snirelay.config.notes import error_lines
 from snirelay.diagnose.check import wrap
 from snirelay.diagnose.review import Note, probe_notes, review, sample, served_names
 from snirelay.diagnose.usage import Parser, Usage
@@ -396,7 +397,11 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         config, rts = load(args.config)
-    except (ConfigError, ValueError) as e:
+    except ConfigError as e:
+        for line in error_lines(e):
+            print(f"{PROG}: {line}", file=sys.stderr)
+        return 2
+    except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     from snirelay.server import unsupported

@@ -99,8 +99,13 @@ def sample(pattern: str) -> str | None:
 
 
 def review(config: Config, rts: list[Any], now: datetime.datetime) -> list[Note]:
-    """Every warning for the config, in config order."""
+    """Every warning for the config, in config order: first the loader's own (the lines
+    the relay prints at start), then the review's."""
     notes: list[Note] = []
+    for line in config.warnings:
+        place, _, message = line.partition(": ")
+        fix = "the relay prints this at start too; change the key it names if that is not meant"
+        notes.append(Note("config", place, message, fix))
     for ep, ert in zip(config.endpoints, rts, strict=True):
         ups = [(ep.place, ep.upstream, ert.default)] + [
             (r.place, r.upstream, ert.routes[r.place]) for r in ep.routes
