@@ -111,3 +111,38 @@ def test_listen_address_not_local_exits_3() -> None:
     assert "Traceback" not in proc.stderr
     err = lines(proc.stderr)
     assert len(err) == 1 and addr in err[0], proc.stderr
+
+
+def test_a_log_that_cannot_be_written_is_one_line_and_the_relay_serves_on(
+    tmp_path: Path,
+) -> None:
+    """/dev/full takes the open and refuses every write: one line on stderr, no
+    logging traceback per record, and traffic goes on."""
+    from helpers.peers import EchoServer, connect, recv_all
+    from helpers.relay import RelayProcess
+    from helpers.wait import wait_until
+
+    with EchoServer(banner=b"hi") as backend:
+        config = '[log]\nlevel = "info"\noutput = "/dev/full"\n' + endpoint(
+            free_port(), f"127.0.0.1:{backend.port}"
+        )
+        with RelayProcess(config=config, tmp_path=tmp_path, log_flags=False) as relay:
+            relay.spawn()
+            wait_until(lambda: "the log cannot be written" in relay.log, 10, "the one line")
+            port = int(config.split("127.0.0.1:")[1].split('"')[0])
+            wait_until(lambda: _accepts(port), 10, "the relay listens")
+            for _ in range(3):
+                with connect(port) as s:
+                    s.shutdown(socket.SHUT_WR)
+                    assert recv_all(s) == b"hi"
+            assert relay.running
+        assert "Traceback" not in relay.log
+        assert relay.log.count("the log cannot be written") == 1, relay.log
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

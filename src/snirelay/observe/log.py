@@ -136,9 +136,29 @@ def setup(cfg: LogConfig) -> None:
         handler.setFormatter(
             _TextFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
         )
+    handler.handleError = _write_failed  # type: ignore[method-assign]
     LOG.addHandler(handler)
     LOG.setLevel(level)
     LOG.propagate = False
+
+
+_WRITE_FAILED = [False]
+
+
+def _write_failed(record: logging.LogRecord) -> None:
+    """A log line that cannot be written (a full disk, /dev/full, a closed pipe): one
+    line on stderr the first time, instead of logging's traceback per record; the relay
+    goes on (its traffic does not depend on its log)."""
+    if _WRITE_FAILED[0]:
+        return
+    _WRITE_FAILED[0] = True
+    exc = sys.exc_info()[1]
+    why = getattr(exc, "strerror", None) or exc
+    try:
+        sys.stderr.write(f"snirelay: the log cannot be written ({why}); going on without it\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def text_value(v: Any) -> str:
