@@ -27,7 +27,8 @@ Signals and deaths:
   worker then cuts what is left and exits at once) and shortens the wait to
   `STOP_GRACE`: the supervisor does not wait the drain out.
 - SIGHUP: passed on to every worker, which reloads its config (snirelay.server); the
-  supervisor reads it too, for the workers it starts later.
+  supervisor reads it too, for the workers it starts later, and applies its `[log]` to
+  its own lines (a log file it cannot open refuses the reload, as the workers do).
 - Fan-outs for the admin API (served by the worker in slot 0): that worker asks every
   worker something (its figures, a reload) through the supervisor, which passes the
   question on and routes each answer back (`snirelay.control` has the messages). Frames
@@ -61,7 +62,10 @@ from typing import Any
 
 from snirelay import control, sdnotify
 from snirelay.config.model import Addr, Config, ConfigError
+from snirelay.config.notes import error_lines
+from snirelay.observe import log as logsetup
 from snirelay.observe.log import LOG
+from snirelay.startup import StartupError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 QUICK_DEATH = 10.0  # seconds: a worker dying sooner after its start died quickly
@@ -430,8 +434,11 @@ class Supervisor:
         sdnotify.notify("RELOADING=1")
         try:
             new = self.loader()
-        except ConfigError as exc:
-            LOG.error("reload: %s (each worker refuses it too; the running config stays)", exc)
+            if new.log != self.config.log:  # the supervisor's own lines follow [log] too
+                logsetup.setup(new.log)
+        except (ConfigError, StartupError) as exc:
+            why = "; ".join(error_lines(exc)) if isinstance(exc, ConfigError) else str(exc)
+            LOG.error("reload: %s (each worker refuses it too; the running config stays)", why)
             return
         finally:
             sdnotify.notify("READY=1")

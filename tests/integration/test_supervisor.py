@@ -151,3 +151,33 @@ def test_worker_dying_at_start_makes_the_supervisor_give_up(tmp_path: Path) -> N
             assert len(killed) == MAX_QUICK_DEATHS, (killed, log)
             assert log.count("restarting it in") == len(killed) - 1, log
             assert not alive(keep)
+
+
+def test_a_reload_moves_the_supervisors_own_log_too(tmp_path: Path) -> None:
+    """[log] output changed by a reload: the workers and the supervisor write there
+    (a worker's death, which only the supervisor logs, lands in the new file)."""
+    with EchoServer() as srv:
+        port = free_port()
+        moved = tmp_path / "moved.log"
+        endpoint = f'[[endpoints]]\nlisten = "127.0.0.1:{port}"\nremote = "{srv.addr}"\n'
+        head = 'workers = 2\n[log]\nlevel = "info"\noutput = "stderr"\n'
+        with RelayProcess(config=head + endpoint, tmp_path=tmp_path, log_flags=False) as relay:
+            relay.start(wait_listen=2)
+            assert relay.config_path is not None
+            relay.config_path.write_text(
+                f'workers = 2\n[log]\nlevel = "info"\noutput = "{moved}"\n' + endpoint
+            )
+            os.kill(relay.pid, signal.SIGHUP)
+            wait_until(
+                lambda: moved.exists() and moved.read_text().count("reloaded:") == 2,
+                10,
+                "both workers log the reload in the new file",
+            )
+            victim = children_of(relay.pid)[0]
+            os.kill(victim, signal.SIGKILL)
+            wait_until(
+                lambda: f"worker {victim} " in moved.read_text(),
+                10,
+                lambda: f"the supervisor logs the death in the new file:\n{moved.read_text()}",
+            )
+            echo_once(port, b"still serving")

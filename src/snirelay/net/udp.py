@@ -26,7 +26,9 @@ remotes: routes are by name, and a datagram has none.
   `REFUSED_LOG_EVERY` seconds and a count (`refused`).
 - The PROXY protocol (v2 only: a datagram carries a whole header or none): with
   `send_proxy` every datagram toward the backend starts with a header (DGRAM; the
-  client as source, the listen address as destination); with `accept_proxy` every
+  client as source; as destination the address the client sent to: what a received
+  header named, or for a wildcard listener (0.0.0.0, ::) the datagram's own destination
+  as IP_PKTINFO tells it, else the listen address); with `accept_proxy` every
   datagram from the proxy in front must start with one, which is taken off and whose
   source is the association's client (the answers still go to the proxy); a datagram
   without a valid header is dropped, with a log line now and then.
@@ -39,6 +41,7 @@ datagram flow has no transfer to finish); `drain()` then has nothing to wait for
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -85,13 +88,16 @@ class Association:
         "closed",
     )
 
-    def __init__(self, relay: UdpRelay, client: Any, origin: Any, order: list[int]) -> None:
+    def __init__(
+        self, relay: UdpRelay, client: Any, origin: Any, order: list[int], here: Any = None
+    ) -> None:
         """`client`: where its answers go (the sender); `origin`: who it is (the sender,
-        or the source a received PROXY header named)."""
+        or the source a received PROXY header named); `here`: the address it sent to,
+        when known better than the listen address (see `UdpRelay.on_readable`)."""
         self.relay = relay
         self.client = client
         self.origin = origin
-        self.header = relay.header_for(origin)  # a PROXY v2 header per datagram, or b""
+        self.header = relay.header_for(origin, here)  # a PROXY v2 header per datagram, or b""
         self.sock: socket.socket | None = None
         self.fd = -1
         self.order = order
@@ -268,6 +274,7 @@ class UdpRelay:
         self.place = ep.cfg.place
         name = sock.getsockname()
         self.address = fmt_addr(name)
+        self.port = name[1]
         self.assocs: dict[Any, Association] = {}
         self.refused = 0  # new clients refused past udp_max_sessions
         self.refused_logged = -REFUSED_LOG_EVERY
@@ -276,6 +283,11 @@ class UdpRelay:
         self.check_every = max(0.05, net.udp_timeout / IDLE_CHECKS)
         self.accept_proxy = net.accept_proxy  # every datagram starts with a v2 header
         self.send_proxy = net.send_proxy  # every datagram out gets one (v2, DGRAM)
+        # the destination of a datagram to a wildcard listener is not the listen address:
+        # with send_proxy, the kernel says which it was (IP_PKTINFO), for the header
+        self.pktinfo = self.send_proxy and not self.accept_proxy and _wildcard(name[0])
+        if self.pktinfo:
+            _want_pktinfo(sock)
         self.bad_logged = -REFUSED_LOG_EVERY
         ctx.udp.append(self)
 
@@ -305,9 +317,16 @@ class UdpRelay:
 
     def on_readable(self) -> None:
         sock = self.sock
+        pktinfo = self.pktinfo
+        here: Any = None
         for _ in range(BATCH):
             try:
-                data, client = sock.recvfrom(MAX_DATAGRAM)
+                if pktinfo:
+                    data, anc, _flags, client = sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE)
+                    dst = _destination(anc, client)
+                    here = (dst, self.port) if dst is not None else None
+                else:
+                    data, client = sock.recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -318,18 +337,18 @@ class UdpRelay:
                 got = self._strip_header(data, client)
                 if got is None:
                     continue
-                data, origin = got
+                data, origin, here = got
             assoc = self.assocs.get((client, origin))
             if assoc is None:
-                assoc = self._new(client, origin)
+                assoc = self._new(client, origin, here)
                 if assoc is None:
                     continue
             assoc.to_backend(data)
 
-    def _strip_header(self, data: bytes, sender: Any) -> tuple[bytes, Any] | None:
+    def _strip_header(self, data: bytes, sender: Any) -> tuple[bytes, Any, Any] | None:
         """`accept_proxy`: the datagram's PROXY v2 header off; (payload, the client it
-        names, or the sender when it names none). A datagram without a valid one is
-        dropped, with a log line now and then."""
+        names, or the sender when it names none; the destination it names, or None). A
+        datagram without a valid one is dropped, with a log line now and then."""
         from snirelay.wire.errors import ProtocolError
         from snirelay.wire.proxy import ProxyHeader, parse_proxy_header
 
@@ -348,17 +367,22 @@ class UdpRelay:
                 self.bad_logged = now
                 LOG.warning("%s: udp from %s dropped: %s", self.address, fmt_addr(sender), why)
             return None
-        return data[header.size :], header.src if header.src is not None else sender
+        origin = header.src if header.src is not None else sender
+        return data[header.size :], origin, header.dst
 
-    def header_for(self, origin: Any) -> bytes:
+    def header_for(self, origin: Any, here: Any = None) -> bytes:
+        """The PROXY v2 header of an association's datagrams (b"" without send_proxy):
+        the client as source; as destination `here` (what a received header named, or
+        what IP_PKTINFO said for a wildcard listener), else the listen address."""
         if not self.send_proxy:
             return b""
         from snirelay.wire.proxy import encode_v2
 
-        here = self.sock.getsockname()
+        if here is None:
+            here = self.sock.getsockname()
         return encode_v2((origin[0], origin[1]), (here[0], here[1]), stream=False)
 
-    def _new(self, client: Any, origin: Any) -> Association | None:
+    def _new(self, client: Any, origin: Any, here: Any = None) -> Association | None:
         if len(self.assocs) >= self.max_sessions:
             self.refused += 1
             now = self.ctx.loop.time()
@@ -375,11 +399,44 @@ class UdpRelay:
         order = (
             up.balancer.order(origin[0], self.ctx.loop.time()) if len(up.cfg.remotes) > 1 else [0]
         )
-        assoc = Association(self, client, origin, list(order))
+        assoc = Association(self, client, origin, list(order), here)
         self.assocs[(client, origin)] = assoc
         self.arm(assoc)
         assoc.next_remote("")
         return assoc if not assoc.closed else None
+
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python's socket lacks it
+_ANC_SPACE = socket.CMSG_SPACE(20) * 2  # one in_pktinfo (12) or in6_pktinfo (20), twice
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")
+
+
+def _want_pktinfo(sock: socket.socket) -> None:
+    """Ask for each datagram's destination address (and for IPv4 datagrams on a
+    dual-stack IPv6 socket too)."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        with contextlib.suppress(OSError):  # an IPv6-only socket
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+
+def _destination(anc: list[tuple[int, int, bytes]], client: Any) -> str | None:
+    """The address a datagram was sent to, from its IP_PKTINFO / IPV6_PKTINFO control
+    message (None without one: the listen address is used)."""
+    for level, kind, payload in anc:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(payload) >= 12:
+            addr = socket.inet_ntop(socket.AF_INET, payload[8:12])  # in_pktinfo.ipi_addr
+            if len(client) == 4:  # a dual-stack socket: the client is ::ffff:a.b.c.d
+                addr = "::ffff:" + addr
+            return addr
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(payload) >= 16:
+            return socket.inet_ntop(socket.AF_INET6, payload[:16])  # in6_pktinfo.ipi6_addr
+    return None
 
 
 def bind_udp(ep: Any, reuse_port: bool) -> socket.socket:
