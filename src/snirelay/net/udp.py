@@ -8,7 +8,10 @@ to the remote the balancer picks for it (per association, not per datagram: `iph
 keeps a client on one backend), bound to `through` and `interface` as TCP is. A
 datagram from the client goes out on that socket; one from the backend goes back to
 the client from the listening socket, so the client sees one peer (full cone toward
-that client). Datagrams are read and written whole, up to 65,507 bytes over IPv4 (the
+that client). On a wildcard listener (0.0.0.0, ::) each datagram's destination is read
+with it (IP_PKTINFO / IPV6_PKTINFO) and the association's answers leave from that
+address (the routing would pick the host's primary one, which a client that sent to
+another drops); an association keeps the address of its first datagram. Datagrams are read and written whole, up to 65,507 bytes over IPv4 (the
 protocol's limit): nothing is cut at 1,500 (realm does). A datagram too big for the way
 out (EMSGSIZE) is dropped, not taken for a dead backend. UDP uses the endpoint's own
 remotes: routes are by name, and a datagram has none.
@@ -45,6 +48,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 from snirelay.net.phases import fmt_addr
@@ -70,6 +74,7 @@ class Association:
         "client",
         "origin",
         "header",
+        "reply_from",
         "sock",
         "fd",
         "order",
@@ -89,15 +94,25 @@ class Association:
     )
 
     def __init__(
-        self, relay: UdpRelay, client: Any, origin: Any, order: list[int], here: Any = None
+        self,
+        relay: UdpRelay,
+        client: Any,
+        origin: Any,
+        order: list[int],
+        here: Any = None,
+        local: str | None = None,
     ) -> None:
         """`client`: where its answers go (the sender); `origin`: who it is (the sender,
-        or the source a received PROXY header named); `here`: the address it sent to,
-        when known better than the listen address (see `UdpRelay.on_readable`)."""
+        or the source a received PROXY header named); `here`: the destination for the
+        PROXY header, when known better than the listen address; `local`: the address
+        of this host the client sent to, on a wildcard listener (answers leave from it;
+        see `UdpRelay.on_readable`)."""
         self.relay = relay
         self.client = client
         self.origin = origin
         self.header = relay.header_for(origin, here)  # a PROXY v2 header per datagram, or b""
+        # sendmsg's control message that makes answers leave from `local` (None: sendto)
+        self.reply_from = _source_cmsg(local) if local is not None else None
         self.sock: socket.socket | None = None
         self.fd = -1
         self.order = order
@@ -212,7 +227,10 @@ class Association:
             if not self.n_down and len(self.order) > 1:
                 self.relay.ep.default.balancer.succeeded(self.order[self.oi - 1])
             try:
-                out.sendto(data, self.client)
+                if self.reply_from is None:
+                    out.sendto(data, self.client)
+                else:
+                    out.sendmsg([data], self.reply_from, 0, self.client)
             except OSError:
                 continue  # the client's side full or gone: the datagram is lost
             self.n_down += 1
@@ -283,9 +301,11 @@ class UdpRelay:
         self.check_every = max(0.05, net.udp_timeout / IDLE_CHECKS)
         self.accept_proxy = net.accept_proxy  # every datagram starts with a v2 header
         self.send_proxy = net.send_proxy  # every datagram out gets one (v2, DGRAM)
-        # the destination of a datagram to a wildcard listener is not the listen address:
-        # with send_proxy, the kernel says which it was (IP_PKTINFO), for the header
-        self.pktinfo = self.send_proxy and not self.accept_proxy and _wildcard(name[0])
+        # a datagram to a wildcard listener reached one of this host's addresses: the
+        # kernel says which (IP_PKTINFO); answers leave from it (else from the address
+        # the routing picks, which a client that sent elsewhere drops), and a PROXY
+        # header names it
+        self.pktinfo = _wildcard(name[0])
         if self.pktinfo:
             _want_pktinfo(sock)
         self.bad_logged = -REFUSED_LOG_EVERY
@@ -319,12 +339,13 @@ class UdpRelay:
         sock = self.sock
         pktinfo = self.pktinfo
         here: Any = None
+        local: str | None = None
         for _ in range(BATCH):
             try:
                 if pktinfo:
                     data, anc, _flags, client = sock.recvmsg(MAX_DATAGRAM, _ANC_SPACE)
-                    dst = _destination(anc, client)
-                    here = (dst, self.port) if dst is not None else None
+                    local = _destination(anc, client)
+                    here = (local, self.port) if local is not None else None
                 else:
                     data, client = sock.recvfrom(MAX_DATAGRAM)
             except BlockingIOError:
@@ -340,7 +361,7 @@ class UdpRelay:
                 data, origin, here = got
             assoc = self.assocs.get((client, origin))
             if assoc is None:
-                assoc = self._new(client, origin, here)
+                assoc = self._new(client, origin, here, local)
                 if assoc is None:
                     continue
             assoc.to_backend(data)
@@ -382,7 +403,9 @@ class UdpRelay:
             here = self.sock.getsockname()
         return encode_v2((origin[0], origin[1]), (here[0], here[1]), stream=False)
 
-    def _new(self, client: Any, origin: Any, here: Any = None) -> Association | None:
+    def _new(
+        self, client: Any, origin: Any, here: Any = None, local: str | None = None
+    ) -> Association | None:
         if len(self.assocs) >= self.max_sessions:
             self.refused += 1
             now = self.ctx.loop.time()
@@ -399,7 +422,7 @@ class UdpRelay:
         order = (
             up.balancer.order(origin[0], self.ctx.loop.time()) if len(up.cfg.remotes) > 1 else [0]
         )
-        assoc = Association(self, client, origin, list(order), here)
+        assoc = Association(self, client, origin, list(order), here, local)
         self.assocs[(client, origin)] = assoc
         self.arm(assoc)
         assoc.next_remote("")
@@ -437,6 +460,19 @@ def _destination(anc: list[tuple[int, int, bytes]], client: Any) -> str | None:
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(payload) >= 16:
             return socket.inet_ntop(socket.AF_INET6, payload[:16])  # in6_pktinfo.ipi6_addr
     return None
+
+
+def _source_cmsg(local: str) -> list[tuple[int, int, bytes]]:
+    """sendmsg's ancillary data that sends from `local`: IP_PKTINFO's `ipi_spec_dst`
+    (IPv4, and IPv4 on a dual-stack socket, "::ffff:a.b.c.d"), or IPV6_PKTINFO's
+    `ipi6_addr`; the interface is left to the routing (index 0)."""
+    if local.startswith("::ffff:") and "." in local:
+        local = local[len("::ffff:") :]
+    if ":" not in local:
+        info = struct.pack("@i4s4s", 0, socket.inet_pton(socket.AF_INET, local), bytes(4))
+        return [(socket.IPPROTO_IP, IP_PKTINFO, info)]
+    info6 = struct.pack("@16sI", socket.inet_pton(socket.AF_INET6, local), 0)
+    return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info6)]
 
 
 def bind_udp(ep: Any, reuse_port: bool) -> socket.socket:
