@@ -53,7 +53,7 @@ from snirelay.config.network import NETWORK_KEYS, parse_network
 from snirelay.config.notes import Errors, warn
 from snirelay.config.table import Table
 from snirelay.config.transport import parse_transport
-from snirelay.routing import compile_regex
+from snirelay.patterns import compile_regex
 from snirelay.wire.names import host_name, is_ip
 
 _UPSTREAM_KEYS = (

@@ -33,7 +33,7 @@ from helpers.relay import run_relay
 from snirelay.config import network
 from snirelay.config.load import CliOptions, load_documents, parse_text
 from snirelay.config.model import ConfigError, NetworkConfig
-from snirelay.routing import compile_regex
+from snirelay.patterns import compile_regex
 
 CORPUS = Path(__file__).resolve().parent / "bad_configs"
 SIDECAR = CORPUS / "cases.toml"
