@@ -121,6 +121,7 @@ def test_a_log_that_cannot_be_written_is_one_line_and_the_relay_serves_on(
     from helpers.peers import EchoServer, connect, recv_all
     from helpers.relay import RelayProcess
     from helpers.wait import wait_until
+    from integration.test_features import wait_accepting
 
     with EchoServer(banner=b"hi") as backend:
         config = '[log]\nlevel = "info"\noutput = "/dev/full"\n' + endpoint(
@@ -130,7 +131,7 @@ def test_a_log_that_cannot_be_written_is_one_line_and_the_relay_serves_on(
             relay.spawn()
             wait_until(lambda: "the log cannot be written" in relay.log, 10, "the one line")
             port = int(config.split("127.0.0.1:")[1].split('"')[0])
-            wait_until(lambda: _accepts(port), 10, "the relay listens")
+            wait_accepting(port)
             for _ in range(3):
                 with connect(port) as s:
                     s.shutdown(socket.SHUT_WR)
@@ -138,11 +139,3 @@ def test_a_log_that_cannot_be_written_is_one_line_and_the_relay_serves_on(
             assert relay.running
         assert "Traceback" not in relay.log
         assert relay.log.count("the log cannot be written") == 1, relay.log
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
