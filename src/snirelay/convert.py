@@ -40,6 +40,7 @@ import tomli_w
 from snirelay.config.legacy import convert_legacy, is_legacy
 from snirelay.config.load import load_config, parse_text
 from snirelay.config.model import ConfigError
+from snirelay.config.notes import error_lines, within
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +75,7 @@ def convert_text(path: str, kind: str) -> str:
     try:
         modern = convert_legacy(data, ranges=False)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.place}", exc.message) from None
+        raise within(exc, path) from None
     out = tomli_w.dumps(modern) if kind == "toml" else json.dumps(modern, indent=2) + "\n"
     _check_loads(out, kind)
     return out
@@ -93,7 +94,8 @@ def main(argv: list[str]) -> int:
     try:
         out = convert_text(ns.path, ns.type)
     except ConfigError as exc:
-        print(f"snirelay: {exc}", file=sys.stderr)
+        for line in error_lines(exc):
+            print(f"snirelay: {line}", file=sys.stderr)
         return 2
     if ns.output:
         try:

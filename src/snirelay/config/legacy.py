@@ -40,7 +40,8 @@ Where realm panics (bad port text, an empty list, a port past 65535, ``addrs[0]`
 empty list) or does something silently wrong (``"9-5"`` gives no ports, ``"1-2-3"``
 reads as 1-2, port 0 listens anywhere, the same address and port listened on twice),
 `ConfigError` is raised with one line naming the list entry, e.g.
-``listening_ports[2]: port 70000 out of range (1-65535) in '1-70000'``. Addresses must
+``listening_ports[2]: port 70000 out of range (1-65535) in '1-70000'``; every list and
+every entry is checked, and several problems come as one `notes.ConfigErrors`. Addresses must
 be IP literals or host names; realm's other checks (all four lists are required) hold
 too, and keys realm does not know stay errors with a did-you-mean hint (`Table`). One
 difference is on purpose: an entry ending at port 65535 means what it says here, where
@@ -55,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from snirelay.config.model import ConfigError
+from snirelay.config.notes import Errors
 from snirelay.config.table import Table, type_name
 from snirelay.wire.names import ip_version, is_host_name
 
@@ -131,13 +133,17 @@ def _spans(entries: list[Any], key: str, cap: int | None = None) -> list[range]:
     `cap` ports in all is an error naming the entry that goes past it."""
     spans: list[range] = []
     total = 0
+    errors = Errors()  # every bad entry is named, not only the first
     for i, item in enumerate(entries):
-        spans.append(port_entry(item, f"{key}[{i}]"))
-        total += len(spans[-1])
+        with errors.part():
+            spans.append(port_entry(item, f"{key}[{i}]"))
+            total += len(spans[-1])
         if cap is not None and total > cap:
+            errors.raise_any()
             raise ConfigError(
                 f"{key}[{i}]", f"more than {cap} listen ports in all (all there are on one address)"
             )
+    errors.raise_any()
     return spans
 
 
@@ -180,18 +186,36 @@ def join_addr_port(addrs: list[str], ports: list[int], n: int) -> list[tuple[str
 # ---------------------------------------------------------------- pairs and conversion
 
 
+_KINDS = (
+    ("listening_ports", "ports"),
+    ("listening_addresses", "addresses"),
+    ("remote_addresses", "addresses"),
+    ("remote_ports", "ports"),
+)
+
+
 def legacy_pairs(data: dict[str, Any]) -> list[Pair]:
     """The endpoints a v1 document means, in realm's order (see the module docstring)."""
     tbl = Table(data, "", LEGACY_KEYS)
-    lentries = _list(tbl, "listening_ports", "ports")
-    laddrs_raw = _list(tbl, "listening_addresses", "addresses")
-    raddrs_raw = _list(tbl, "remote_addresses", "addresses")
-    rentries = _list(tbl, "remote_ports", "ports")
-    lspans = _spans(lentries, "listening_ports", cap=MAX_LISTEN_PORTS)
+    errors = Errors()  # each list, and each entry of one, is checked on its own
+    lists: dict[str, list[Any]] = {}
+    for key, kind in _KINDS:
+        with errors.part():
+            lists[key] = _list(tbl, key, kind)
+    lspans: list[range] = []
+    rports: list[int] = []
+    with errors.part():
+        lspans = _spans(lists.get("listening_ports", []), "listening_ports", MAX_LISTEN_PORTS)
     lports = _flatten(lspans)
-    rports = flatten_ports(rentries, "remote_ports", limit=len(lports))
-    laddrs = [_address(a, f"listening_addresses[{i}]") for i, a in enumerate(laddrs_raw)]
-    raddrs = [_address(a, f"remote_addresses[{i}]") for i, a in enumerate(raddrs_raw)]
+    with errors.part():
+        rports = flatten_ports(lists.get("remote_ports", []), "remote_ports", len(lports))
+    addrs: dict[str, list[str]] = {"listening_addresses": [], "remote_addresses": []}
+    for key, out in addrs.items():
+        for i, a in enumerate(lists.get(key, [])):
+            with errors.part():
+                out.append(_address(a, f"{key}[{i}]"))
+    errors.raise_any()
+    laddrs, raddrs = addrs["listening_addresses"], addrs["remote_addresses"]
     n = len(lports)
     pairs = [
         Pair(lh, lp, rh, rp)

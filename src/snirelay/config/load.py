@@ -61,7 +61,7 @@ from snirelay.config.network import (
     cli_network,
     parse_network,
 )
-from snirelay.config.notes import Errors, collecting, warn
+from snirelay.config.notes import Errors, collecting, warn, within
 from snirelay.config.options import (
     CLI_ENDPOINT_FLAGS,
     DNS_MAXIMA,
@@ -191,7 +191,7 @@ def parse_document(text: str, name: str) -> dict[str, Any]:
         try:
             data = convert_legacy(data)
         except ConfigError as exc:
-            raise ConfigError(f"{name}: {exc.place}" if exc.place else name, exc.message) from None
+            raise within(exc, name) from None
     return data
 
 

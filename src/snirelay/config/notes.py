@@ -90,3 +90,15 @@ class Errors:
 def error_lines(exc: ConfigError) -> list[str]:
     """The one-line messages of a `ConfigError` (one, or each of a `ConfigErrors`)."""
     return exc.lines() if isinstance(exc, ConfigErrors) else [str(exc)]
+
+
+def within(exc: ConfigError, name: str) -> ConfigError:
+    """`exc` (or each error of a `ConfigErrors`) with its place put inside `name`: a
+    file's path or "REALM_CONF" ("old.json: listening_ports[2]")."""
+
+    def one(e: ConfigError) -> ConfigError:
+        return ConfigError(f"{name}: {e.place}" if e.place else name, e.message)
+
+    if isinstance(exc, ConfigErrors):
+        return ConfigErrors([one(e) for e in exc.errors])
+    return one(exc)

@@ -385,3 +385,26 @@ def test_convert_to_a_closed_pipe_has_no_traceback(tmp_path: Path) -> None:
         os.close(write_end)
     assert proc.returncode == 1
     assert b"Traceback" not in proc.stderr and b"Exception ignored" not in proc.stderr, proc.stderr
+
+
+def test_every_bad_entry_is_reported_at_once(tmp_path: Path) -> None:
+    """As for a modern file: each list, and each entry of one, on its own line."""
+    from snirelay.config.notes import error_lines
+
+    bad = {
+        "listening_addresses": ["127.0.0.1", "not an address!"],
+        "listening_ports": ["5000", "9-5", "x"],
+        "remote_addresses": ["127.0.0.1"],
+        "remote_ports": ["0"],
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    places = [line.split(": ")[1] for line in error_lines(info.value)]
+    assert places == [
+        "listening_ports[1]",
+        "listening_ports[2]",
+        "remote_ports[0]",
+        "listening_addresses[1]",
+    ]
