@@ -184,6 +184,35 @@ def test_a_remote_that_refuses_is_left_for_the_next(tmp_path: Path, echo: UdpEch
             wait_until(answered, 10, lambda: relay.log[-2000:])
 
 
+def test_a_client_of_dead_backends_is_held_not_retried_per_datagram(tmp_path: Path) -> None:
+    """No remote answers: the association ends `connect-failed`, and that client's next
+    datagrams (within FAILED_HOLD) are dropped instead of each making an association
+    (and a record) that fails again. Another client's datagram, sent after them, is the
+    marker: once its record is written, the relay has read everything sent before."""
+    port, dead = free_port(), free_port()
+    with RelayProcess(config=udp_config(port, f"127.0.0.1:{dead}"), tmp_path=tmp_path) as relay:
+        relay.start()
+        with client() as c1, client() as c2:
+            c1.sendto(b"first", ("127.0.0.1", port))
+            wait_until(lambda: len(udp_records(relay)) == 1, 10, lambda: relay.log[-2000:])
+            for i in range(20):
+                c1.sendto(b"again %d" % i, ("127.0.0.1", port))
+            c2.sendto(b"marker", ("127.0.0.1", port))
+            mark = fmt(c2.getsockname())
+            wait_until(
+                lambda: any(r["client"] == mark for r in udp_records(relay)),
+                10,
+                lambda: relay.log[-2000:],
+            )
+            mine = [r for r in udp_records(relay) if r["client"] == fmt(c1.getsockname())]
+            assert len(mine) == 1, mine
+            assert mine[0]["close"].startswith("connect-failed"), mine
+
+
+def fmt(addr: Any) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
 # ---------------------------------------------------------------- dig and dnsmasq
 
 BIG = [f"t{i:02d}" + "x" * 240 for i in range(8)]  # 8 strings, about 2 KB of TXT

@@ -23,7 +23,10 @@ remotes: routes are by name, and a datagram has none.
   check does), so the cost is per association that is due, not per datagram.
 - Failover: when sending to the backend fails, or the backend's side reports an error
   (ICMP port unreachable comes back as ECONNREFUSED on a connected socket), the
-  association moves to the next remote of the balancer's order.
+  association moves to the next remote of the balancer's order. When none is left it
+  ends (``connect-failed``) and that client's datagrams are dropped for `FAILED_HOLD`
+  seconds: a client sending to dead backends costs one association (and one record)
+  per second, not one per datagram.
 - Bounded: at most `udp_max_sessions` associations per endpoint; a new client past that
   is refused (its datagrams dropped, existing ones unaffected), with one log line per
   `REFUSED_LOG_EVERY` seconds and a count (`refused`).
@@ -64,6 +67,7 @@ PENDING_MAX = 16  # client datagrams kept while the remote's name resolves
 IDLE_CHECKS = 4  # idle checks per udp_timeout
 REFUSED_LOG_EVERY = 10.0  # seconds between log lines about refused new clients
 BATCH = 64  # datagrams read per readiness callback before yielding to the loop
+FAILED_HOLD = 1.0  # seconds a client's datagrams are dropped after no remote took them
 
 
 class Association:
@@ -262,6 +266,8 @@ class Association:
         relay.ctx.wheel.cancel(self)
         self._drop_socket()
         relay.assocs.pop((self.client, self.origin), None)
+        if reason.startswith("connect-failed"):
+            relay.hold((self.client, self.origin))
         if CONN_LOG.isEnabledFor(logging.INFO):
             conn_record(
                 {
@@ -309,6 +315,9 @@ class UdpRelay:
         if self.pktinfo:
             _want_pktinfo(sock)
         self.bad_logged = -REFUSED_LOG_EVERY
+        # clients whose association found no remote: until when their datagrams are
+        # dropped, instead of each one making an association that fails again
+        self.held: dict[Any, float] = {}
         ctx.udp.append(self)
 
     def start(self) -> None:
@@ -361,6 +370,8 @@ class UdpRelay:
                 data, origin, here = got
             assoc = self.assocs.get((client, origin))
             if assoc is None:
+                if self.held and self._held((client, origin)):
+                    continue
                 assoc = self._new(client, origin, here, local)
                 if assoc is None:
                     continue
@@ -390,6 +401,26 @@ class UdpRelay:
             return None
         origin = header.src if header.src is not None else sender
         return data[header.size :], origin, header.dst
+
+    def hold(self, key: Any) -> None:
+        """An association of `key` found no remote: drop its datagrams for `FAILED_HOLD`
+        seconds (bounded like the associations: past `udp_max_sessions` held clients,
+        the expired ones go, and if none has, this one is not held)."""
+        now = self.ctx.loop.time()
+        if len(self.held) >= self.max_sessions:
+            self.held = {k: until for k, until in self.held.items() if until > now}
+            if len(self.held) >= self.max_sessions:
+                return
+        self.held[key] = now + FAILED_HOLD
+
+    def _held(self, key: Any) -> bool:
+        until = self.held.get(key)
+        if until is None:
+            return False
+        if self.ctx.loop.time() < until:
+            return True
+        del self.held[key]
+        return False
 
     def header_for(self, origin: Any, here: Any = None) -> bytes:
         """The PROXY v2 header of an association's datagrams (b"" without send_proxy):
