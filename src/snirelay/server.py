@@ -15,7 +15,7 @@ Serving (`Server.serve`, in the single process or in each worker) runs the event
 (`snirelay.services`: one TCP listener per endpoint, and the admin API where `[api]` is
 set: in the single process, or in the worker of slot 0, which gathers every worker's
 figures through the supervisor) is started; in a worker, the supervisor is told "ready"
-over the control channel (`snirelay.control`); systemd is told READY=1 when it started
+over the control channel (`snirelay.worker_link`, frames of `snirelay.control`); systemd is told READY=1 when it started
 the relay (`snirelay.sdnotify`). Then:
 
 - SIGHUP, or the API's POST /reload: `reload()` reads the config again through
@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import signal
 import socket
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from snirelay import control, sdnotify
+from snirelay import sdnotify
 from snirelay.config.model import Config, ConfigError, Endpoint
 from snirelay.config.notes import error_lines
 from snirelay.net.listener import Listener
@@ -68,6 +67,7 @@ from snirelay.startup import (
     with_bound_ports,
 )
 from snirelay.supervisor import Supervisor
+from snirelay.worker_link import SupervisorLink
 
 if TYPE_CHECKING:
     from snirelay.net.hook import Hook
@@ -76,8 +76,6 @@ __all__ = ["Server", "StartupError", "run", "unsupported"]
 
 API_GRACE = 1.0  # seconds the admin API's last requests get once relaying has stopped
 CERT_POLL = 2.0  # seconds between looks at the certificate files (see Server._watch_files)
-FANOUT_TIMEOUT = 5.0  # seconds every worker gets to send its figures to the API
-RELOAD_TIMEOUT = 30.0  # and to reload, for POST /reload
 
 
 class Server:
@@ -106,8 +104,16 @@ class Server:
         self.services: list[Service] = []
         self.stopping: asyncio.Event | None = None  # set: stop and drain
         self.hurry: asyncio.Event | None = None  # set: cut what is left now
-        self.control = control_sock  # a worker's end of its supervisor's channel
-        self._framer = control.Framer("supervisor")
+        # a worker's end of its supervisor's channel (None: the single process)
+        self.link: SupervisorLink | None = None
+        if control_sock is not None:
+            self.link = SupervisorLink(
+                loop,
+                control_sock,
+                snapshot=self._worker_snapshot,
+                reload=self.reload,
+                on_gone=self._supervisor_gone,
+            )
         self.loader = loader  # reads the config again (reload); None: cannot
         self.reuse_port = False
         self.retiring: set[asyncio.Task[int]] = set()  # drains of listeners a reload removed
@@ -116,9 +122,6 @@ class Server:
         self._files: dict[str, tuple[int, int, int] | None] = {}  # see _watch_files
         self._poll: asyncio.TimerHandle | None = None
         self.stats: Any = None  # observe.stats.Stats when the API is configured
-        self._send_lock = asyncio.Lock()  # frames to the supervisor, one at a time
-        self._fanouts: dict[int, tuple[asyncio.Future[None], dict[int, Any], list[int]]] = {}
-        self._next_fanout = 0
         if config.api is not None:
             from snirelay.observe.stats import Stats
 
@@ -163,8 +166,8 @@ class Server:
             self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         for svc in self.services:
             svc.start()
-        if self.control is not None:
-            self._tell_ready(self.control)
+        if self.link is not None:
+            self.link.ready(self.services)
         self._notify("READY=1")
         self._files = files_signature(self.config)
         self._poll = self.loop.call_later(CERT_POLL, self._watch_files)
@@ -176,7 +179,7 @@ class Server:
     def _notify(self, state: str) -> None:
         """systemd's readiness protocol, from the single process only: with workers the
         supervisor speaks for the relay (the unit's NotifyAccess=main)."""
-        if self.control is None:
+        if self.link is None:
             sdnotify.notify(state)
 
     async def _open_api(self) -> None:
@@ -185,10 +188,11 @@ class Server:
 
         assert self.config.api is not None
         listen = self.config.api.listen
-        if self.control is None:
+        link = self.link
+        if link is None:
             api = AdminApi(self.config, self._snapshot, self.reload, self._is_stopping, render)
         else:  # the whole relay's figures, gathered from every worker
-            api = AdminApi(self.config, self._gathered, self._reload_all, self._is_stopping, render)
+            api = AdminApi(self.config, link.gathered, link.reload_all, self._is_stopping, render)
         try:
             await api.open()
         except OSError as exc:
@@ -226,85 +230,18 @@ class Server:
         return snap
 
     def _worker_snapshot(self) -> dict[str, Any] | None:
+        """This worker's figures for a fan-out (None: no API configured)."""
         if self.stats is None:
             return None
         snap: dict[str, Any] = self.stats.snapshot()
         snap["slot"] = self.slot
         return snap
 
-    async def _gathered(self) -> dict[str, Any]:
-        from snirelay.observe.stats import merge_snapshots
-
-        answers, _missing = await self._fan_out("snapshot", FANOUT_TIMEOUT)
-        return merge_snapshots(sorted(answers.items()))
-
-    async def _reload_all(self) -> dict[str, Any]:
-        """POST /reload with workers: every worker reloads; the answer once all have
-        (or at the deadline), with each worker's result and the ones that did not say."""
-        answers, missing = await self._fan_out("reload", RELOAD_TIMEOUT)
-        results = {str(pid): r for pid, r in sorted(answers.items())}
-        ok = bool(results) and not missing and all(r.get("ok") for r in results.values())
-        out: dict[str, Any] = {"ok": ok, "workers": results, "missing": missing}
-        errors = sorted({r["error"] for r in results.values() if r.get("error")})
-        if errors:
-            out["error"] = "; ".join(errors)
-        return out
-
-    async def _fan_out(self, ask: str, timeout: float) -> tuple[dict[int, Any], list[int]]:
-        """Ask every worker (this one too) through the supervisor; (pid -> answer, pids
-        that did not answer: died, or past `timeout`)."""
-        assert self.control is not None
-        self._next_fanout += 1
-        fid = self._next_fanout
-        done: asyncio.Future[None] = self.loop.create_future()
-        answers: dict[int, Any] = {}
-        missing: list[int] = []
-        self._fanouts[fid] = (done, answers, missing)
-        try:
-            await self._to_supervisor({"type": "fanout", "id": fid, "ask": ask})
-            try:
-                await asyncio.wait_for(done, timeout)
-            except TimeoutError:
-                missing.append(-1)  # some worker did not answer in time
-                LOG.warning("api: not every worker answered %r within %gs", ask, timeout)
-        finally:
-            del self._fanouts[fid]
-        return answers, missing
-
-    async def _to_supervisor(self, msg: dict[str, Any]) -> None:
-        assert self.control is not None
-        async with self._send_lock:
-            await self.loop.sock_sendall(self.control, control.encode(msg))
-
-    async def _answer(self, fid: int, ask: str) -> None:
-        """The supervisor passed on a fan-out: answer it."""
-        if ask == "snapshot":
-            data: Any = self._worker_snapshot()
-        else:
-            data = await self.reload()
-        try:
-            await self._to_supervisor({"type": "answer", "id": fid, "data": data})
-        except OSError as exc:
-            LOG.warning("control: cannot answer the supervisor: %s", exc)
-
-    def _on_message(self, msg: dict[str, Any]) -> None:
-        kind = msg["type"]
-        if kind == "ask" and isinstance(msg.get("id"), int):
-            task = self.loop.create_task(self._answer(msg["id"], str(msg.get("ask"))))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return
-        entry = self._fanouts.get(msg.get("id"))  # type: ignore[arg-type]
-        if entry is None:
-            LOG.debug("control: ignoring %r from the supervisor", kind)
-            return
-        done, answers, missing = entry
-        if kind == "answer" and isinstance(msg.get("pid"), int):
-            answers[msg["pid"]] = msg.get("data")
-        elif kind == "answers-done":
-            missing.extend(p for p in msg.get("missing") or () if isinstance(p, int))
-            if not done.done():
-                done.set_result(None)
+    def _supervisor_gone(self) -> None:
+        assert self.stopping is not None
+        if not self.stopping.is_set():
+            LOG.warning("the supervisor is gone (control channel closed): stopping")
+            self.stopping.set()
 
     def _is_stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
@@ -424,38 +361,6 @@ class Server:
         )  # fmt: skip
         return {"ok": True, "added": added, "removed": removed, "switched": switched}
 
-    def _tell_ready(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        msg = {
-            "type": "ready",
-            "pid": os.getpid(),
-            "services": [
-                {"address": s.address, "place": s.place, "kind": s.kind} for s in self.services
-            ],
-        }
-        try:
-            sock.send(control.encode(msg))  # one small frame into an empty buffer
-        except OSError as exc:
-            LOG.warning("control: cannot tell the supervisor ready: %s", exc)
-        self.loop.add_reader(sock.fileno(), self._on_control)
-
-    def _on_control(self) -> None:
-        assert self.control is not None and self.stopping is not None
-        try:
-            data = self.control.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            for msg in self._framer.feed(data):
-                self._on_message(msg)
-            return
-        self.loop.remove_reader(self.control.fileno())
-        if not self.stopping.is_set():
-            LOG.warning("the supervisor is gone (control channel closed): stopping")
-            self.stopping.set()
-
     async def drain(self) -> None:
         """Stop every service, drain them all to one deadline, then release the
         shared resources. A set `hurry` (second signal) cancels the drains."""
@@ -517,10 +422,8 @@ class Server:
         if counted is not None:
             LOG.info("stopping: %d connection(s) drained, %d cut", *counted)
         self.ctx.close()  # lookups still running end now, not with the loop
-        if self.control is not None:
-            if self.control.fileno() >= 0:
-                self.loop.remove_reader(self.control.fileno())
-            self.control.close()
+        if self.link is not None:
+            self.link.close()
         await asyncio.sleep(0)
         LOG.info("stopped")
 
