@@ -54,9 +54,10 @@ from snirelay.net.phases import (
     Replay,
     Sniff,
     close_reason,
-    fmt_addr,
 )
+from snirelay.net.proxy_out import proxy_header
 from snirelay.net.pump import CopyDir, SpliceDir, ViewCopyDir
+from snirelay.net.record import connection_record
 from snirelay.net.sides import RawSide
 from snirelay.routing import Decision, SniffTimeout, decide
 from snirelay.wire.errors import ProtocolError
@@ -315,29 +316,8 @@ class Connection:
 
     # ---- the PROXY protocol toward the backend ---------------------------------------
     def _proxy_header(self, tls_version: str | None) -> bytes:
-        """The header for this connection (`send_proxy_version`): the client's address
-        and the relay's the client reached; v2 adds the SNI (authority) and, when the
-        relay ended the client's TLS, the SSL TLV (with the version once known)."""
-        from snirelay.wire import proxy as pp
-
-        net = self.upstream.cfg.network
-        src = self.caddr if self.caddr is not None else _socket_of(self.client).getpeername()
-        if self.proxy is None:
-            self.proxy = [None, 0]
-        dst = self.proxy[0] or _socket_of(self.client).getsockname()
-        src, dst = (str(src[0]), int(src[1])), (str(dst[0]), int(dst[1]))
-        if net.send_proxy_version == 1:
-            header = pp.encode_v1(src, dst)
-        else:
-            tlvs = []
-            seen = self.seen
-            if seen is not None and seen.name and not seen.name_is_ip:
-                tlvs.append(pp.authority(seen.name))
-            if self.upstream.server_tls is not None:
-                tlvs.append(pp.ssl_tlv(tls_version or ""))
-            header = pp.encode_v2(src, dst, tlvs=tuple(tlvs))
-        self.proxy[1] = len(header)
-        return header
+        """The PROXY header for this connection (net.proxy_out)."""
+        return proxy_header(self, tls_version)
 
     def _send_proxy_raw(self, sock: RawSide) -> bool:
         """Before the backend's own handshake (TLS, WebSocket): the header, on the
@@ -521,44 +501,8 @@ class Connection:
             ctls.finished(self.baddr, b.obj, b.info[0], self.ctx.poller.time())
 
     def record(self, reason: str, phase: str) -> dict[str, Any]:
-        """The connection's one record (observers get it at close); `phase`: the one it
-        ended in."""
-        up, down = self.up, self.down
-        seen = self.seen
-        hello = seen.hello if seen is not None else None
-        alpn = hello.alpn if hello is not None else None
-        fields: dict[str, Any] = {
-            "event": "conn",
-            "id": self.id,
-            "listener": self.ep.cfg.place,
-            "client": fmt_addr(self.caddr) if self.caddr is not None else None,
-            "backend": fmt_addr(self.baddr) if self.baddr is not None else None,
-            "sni": seen.name if seen is not None else None,
-            "alpn": list(alpn) if alpn is not None else None,
-            "ech": hello.ech if hello is not None else False,
-            "kind": self.kind,
-            "route": self.route,
-            "bytes_up": (up.nbytes if up else 0) + self.sent - (self.proxy[1] if self.proxy else 0),
-            "bytes_down": down.nbytes if down else 0,
-            "duration": round(self.ctx.loop.time() - self.t0, 6),
-            "path": ("splice" if isinstance(up, SpliceDir) else "copy") if up else None,
-            "phase": phase,
-            "close": reason,
-        }
-        if not self.client.raw or (self.backend is not None and not self.backend.raw):
-            from snirelay.net.tls import describe_sides
-
-            fields.update(describe_sides(self.client, self.backend))
-            for which, side in (("client", self.client), ("backend", self.backend)):
-                if side is not None and side.kind == "ws":
-                    fields[f"{which}_ws"] = side.path  # type: ignore[attr-defined]
-        if self.ctx.worker:
-            fields["worker"] = self.ctx.worker
-        if self.failed_remotes:
-            fields["failed_remotes"] = self.failed_remotes
-        if self.hint:
-            fields["hint"] = self.hint
-        return fields
+        """The connection's one record (net.record); `phase`: the one it ended in."""
+        return connection_record(self, reason, phase)
 
 
 class _Marker(Phase):
@@ -588,11 +532,3 @@ def _copy_dir(poller: Poller, conn: Connection, src: Side, dst: Side) -> CopyDir
 
         return CopyDir(poller, conn, src, dst, FRAME_VIEW)
     return CopyDir(poller, conn, src, dst)
-
-
-def _socket_of(side: Side) -> Any:
-    """The socket under a side (a TLS side's `sock`, a WebSocket side's `inner`)."""
-    raw: Any = side
-    while not raw.raw:
-        raw = raw.inner if raw.kind == "ws" else raw.sock
-    return raw
