@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HELLO = (REPO / "tests" / "vectors" / "clienthello" / "curl_sni_http2.bin").read_bytes()
 ANSWER = b"x" * 1500
-ROUND_TRIPS = {"plain": 1, "routed": 1, "routed-5rt": 5}  # answers per connection
+ROUND_TRIPS = {"plain": 1, "routed": 1, "routed-5rt": 5, "terminate": 1, "reoriginate": 1}
+TLS_MODES = ("terminate", "reoriginate")  # the client's side is TLS, ended at the relay
 
 CONFIGS: dict[str, str] = {
     "plain": """
@@ -62,14 +64,55 @@ remote = "127.0.0.1:{backend}"
 
 
 CONFIGS["routed-5rt"] = CONFIGS["routed"]  # the same relay; the client makes 5 round trips
+# TLS ended at the relay (an ECDSA P-256 certificate, tickets off: every connection a
+# full handshake), as bench/relays.py runs it; "reoriginate" also opens TLS to a backend
+# that speaks TLS itself (with resumption, as a real backend would offer it)
+CONFIGS["terminate"] = """
+[log]
+level = "off"
+[[endpoints]]
+listen = "127.0.0.1:{port}"
+remote = "127.0.0.1:{backend}"
+listen_transport = "tls;cert={cert};key={key}"
+network = {{ tls_session_tickets = false }}
+"""
+CONFIGS["reoriginate"] = CONFIGS["terminate"].replace(
+    "network =", 'remote_transport = "tls;sni=backend.example.com;ca={ca}"\nnetwork ='
+)
 
 
-def backend(rounds: int) -> tuple[socket.socket, int]:
+class Certs:
+    """A test CA (trustme) and ECDSA P-256 certificates for the relay and the backend."""
+
+    def __init__(self, work: Path) -> None:
+        import trustme
+
+        ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+        relay = ca.issue_cert("relay.example.com", key_type=trustme.KeyType.ECDSA)
+        back = ca.issue_cert("backend.example.com", key_type=trustme.KeyType.ECDSA)
+        self.ca, self.cert, self.key = work / "ca.pem", work / "relay.pem", work / "relay.key"
+        ca.cert_pem.write_to_path(str(self.ca))
+        relay.cert_chain_pems[0].write_to_path(str(self.cert))
+        relay.private_key_pem.write_to_path(str(self.key))
+        self.backend = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        back.configure_cert(self.backend)
+        self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ca.configure_trust(self.client)
+
+
+def backend(rounds: int, tls: ssl.SSLContext | None = None) -> tuple[socket.socket, int]:
     """Reads the hello, answers 1,500 bytes and reads 100, `rounds` times, then waits
-    for the client's close."""
+    for the client's close (over TLS with `tls`)."""
     lsock = socket.create_server(("127.0.0.1", 0), backlog=1024)
 
     def serve(c: socket.socket) -> None:
+        if tls is not None:
+            try:
+                c.settimeout(30)
+                c = tls.wrap_socket(c, server_side=True)
+            except OSError:
+                c.close()
+                return
         with c:
             c.settimeout(30)
             try:
@@ -99,20 +142,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Is something listening on 127.0.0.1:`port`? Read from the kernel's table, not
+    by connecting: a probe connection would be the relay's to handle, and how many
+    probes a start takes varies with valgrind's start-up (it moved the figures by
+    up to 170k instructions per connection)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == want and fields[3] == "0A":  # TCP_LISTEN
+                return True
+    return False
+
+
 def wait_port(port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        if listening(port):
             return
-        except OSError:
-            time.sleep(0.1)  # valgrind starts slowly; a bounded poll
+        time.sleep(0.1)  # valgrind starts slowly; a bounded poll
     raise SystemExit(f"relay did not listen on {port} within {timeout}s")
 
 
-def load(port: int, n: int, rounds: int) -> None:
+def load(port: int, n: int, rounds: int, tls: ssl.SSLContext | None = None) -> None:
     for _ in range(n):
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            c = raw if tls is None else tls.wrap_socket(raw, server_hostname="relay.example.com")
             c.sendall(HELLO)
             for _ in range(rounds):
                 got = 0
@@ -124,12 +181,15 @@ def load(port: int, n: int, rounds: int) -> None:
                 c.sendall(b"y" * 100)
 
 
-def count(src: Path, mode: str, n: int, work: Path) -> int:
-    """Instructions of one relay run with `n` connections (plus the readiness probe)."""
-    lsock, bport = backend(ROUND_TRIPS[mode])
+def count(src: Path, mode: str, n: int, work: Path, certs: Certs | None) -> dict[str, int]:
+    """Instructions of one relay run with `n` connections, in all ("total") and per shared object (`by_object`)."""
+    tls = mode in TLS_MODES
+    assert certs is not None or not tls
+    lsock, bport = backend(ROUND_TRIPS[mode], certs.backend if mode == "reoriginate" else None)
     port = free_port()
     cfg = work / f"{mode}.toml"
-    cfg.write_text(CONFIGS[mode].format(port=port, backend=bport))
+    files = {"cert": certs.cert, "key": certs.key, "ca": certs.ca} if certs else {}
+    cfg.write_text(CONFIGS[mode].format(port=port, backend=bport, **files))
     out = work / f"cg.{mode}.{n}.out"
     env = dict(os.environ, PYTHONPATH=str(src))
     proc = subprocess.Popen(
@@ -141,7 +201,7 @@ def count(src: Path, mode: str, n: int, work: Path) -> int:
     )
     try:
         wait_port(port, 120)
-        load(port, n, ROUND_TRIPS[mode])
+        load(port, n, ROUND_TRIPS[mode], certs.client if tls and certs else None)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -149,10 +209,48 @@ def count(src: Path, mode: str, n: int, work: Path) -> int:
             proc.kill()
             proc.wait()
         lsock.close()
-    for line in out.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise SystemExit(f"no instruction count in {out}")
+    return by_object(out)
+
+
+# The shared objects a figure is split into (the rest is "other": libc, the kernel's
+# vdso, valgrind's preload, Python's extension modules)
+OBJECTS = {"libpython": "libpython", "libcrypto": "libcrypto", "libssl": "libssl"}
+
+
+def by_object(path: Path) -> dict[str, int]:
+    """Self instructions per shared object of a callgrind output, and "total".
+
+    The format: `ob=` names the object of the cost lines that follow (`(id) name` the
+    first time it or a `cob=` line names it, `(id)` after); a line after `calls=` is the inclusive cost of a call,
+    not the caller's own, and is skipped."""
+    names: dict[str, str] = {}
+    totals: dict[str, int] = {}
+    current = "other"
+    skip = False
+    total = None
+    for line in path.read_text(errors="replace").splitlines():
+        if skip:
+            skip = False
+            continue
+        if line.startswith(("ob=", "cob=")):  # a name is given once, in either
+            ref, _, name = line.partition("=")[2].partition(" ")
+            if name:
+                names[ref] = name
+            if line[0] == "o":
+                name = names.get(ref, ref)
+                current = next((k for k, v in OBJECTS.items() if v in name), "other")
+        elif line.startswith("calls="):
+            skip = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            parts = line.split()
+            if len(parts) > 1:
+                totals[current] = totals.get(current, 0) + int(parts[1])
+        elif line.startswith(("summary:", "totals:")):
+            total = int(line.split()[1])
+    if total is None:
+        raise SystemExit(f"no instruction count in {path}")
+    totals["total"] = total
+    return totals
 
 
 def unpack(ref: str, work: Path) -> Path:
@@ -169,7 +267,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", metavar="REF", help="also count snirelay as of git REF")
     ap.add_argument("--connections", type=int, default=1000, metavar="N")
+    ap.add_argument(
+        "--modes", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}"
+    )
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := [m for m in modes if m not in CONFIGS]:
+        ap.error(f"unknown mode(s): {', '.join(unknown)}")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -178,20 +282,26 @@ def main() -> int:
         builds = [("this tree", REPO / "src")]
         if args.baseline:
             builds.insert(0, (f"snirelay@{args.baseline}", unpack(args.baseline, work)))
+        certs = Certs(work) if any(m in TLS_MODES for m in modes) else None
         results: dict[tuple[str, str], float] = {}
-        for mode in CONFIGS:
+        for mode in modes:
             for name, src in builds:
-                idle = count(src, mode, 0, work)
-                busy = count(src, mode, args.connections, work)
-                per = (busy - idle) / args.connections
+                idle = count(src, mode, 0, work, certs)
+                busy = count(src, mode, args.connections, work, certs)
+                per = (busy["total"] - idle["total"]) / args.connections
                 results[(name, mode)] = per
-                print(f"{name:24} {mode:10} {per:10,.0f} instructions per connection")
+                split = ", ".join(
+                    f"{k} {(busy.get(k, 0) - idle.get(k, 0)) / args.connections:,.0f}"
+                    for k in (*OBJECTS, "other")
+                )
+                print(f"{name:24} {mode:11} {per:10,.0f} instructions per connection ({split})")
         for name, _ in builds:
-            trip = (results[(name, "routed-5rt")] - results[(name, "routed")]) / 4
-            print(f"{name:24} one round trip through the pump: {trip:,.0f} instructions")
+            if (name, "routed-5rt") in results and (name, "routed") in results:
+                trip = (results[(name, "routed-5rt")] - results[(name, "routed")]) / 4
+                print(f"{name:24} one round trip through the pump: {trip:,.0f} instructions")
         if args.baseline:
             base = builds[0][0]
-            for mode in CONFIGS:
+            for mode in modes:
                 ratio = results[("this tree", mode)] / results[(base, mode)]
                 print(f"{mode}: this tree / {base} = {ratio:.3f}")
     return 0

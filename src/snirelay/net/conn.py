@@ -167,8 +167,10 @@ class Connection:
 
     def _begin(self, initial: bytes) -> None:
         """After accept (and the PROXY header): sniff, or straight on to the backend
-        (`initial`, bytes already read from the client, is replayed to it)."""
-        if self.ep.table is not None:
+        (`initial`, bytes already read from the client, is replayed to it). A listener
+        that only terminates TLS sniffs only for its observers (runtime.must_sniff)."""
+        ep = self.ep
+        if ep.table is not None and (ep.must_sniff or self.ctx.observed):
             net = self.ep.cfg.upstream.network
             sniff = Sniff(self, net.sniff_max_bytes)
             self.phase = sniff
@@ -227,7 +229,11 @@ class Connection:
             phase.start(self.ep.cfg.upstream.network.sniff_timeout)
             return
         up = self.upstream
-        if up.server_ws is not None:
+        if up.server_ws is not None or (up.server_tls is not None and up.client_tls is None):
+            # The client's own handshake first: a WebSocket upgrade does not depend on
+            # the backend; nor does TLS ended here and not re-originated (whose ALPN
+            # must agree with the backend's, `handshaken`). A client whose handshake
+            # fails then costs no backend connection.
             stls = up.server_tls
             client = self._client_side(stls.base if stls is not None else None)
             self._handshake("client", client)
@@ -351,9 +357,6 @@ class Connection:
             ctx = stls.for_backend(b.info[2]) if b is not None else stls.base
             self._handshake("client", self._client_side(ctx))
             return
-        if which == "client" and self.backend is None:
-            self._connect()  # the client's WebSocket upgrade came first (_proceed)
-            return
         if which == "client" and stls is not None and not stls.tickets:
             # Nothing follows the client's Finished from our side (no ticket to send), so
             # acknowledge it now: a client whose request waits behind Nagle for that ACK
@@ -361,6 +364,9 @@ class Connection:
             from snirelay.net.tls import quickack
 
             quickack(self.client)
+        if which == "client" and self.backend is None:
+            self._connect()  # the client's handshake came first (_proceed)
+            return
         up = self.upstream
         if (
             up.cfg.network.send_proxy

@@ -100,14 +100,26 @@ class UpstreamRT:
 
 
 def sniffs(ep: Endpoint) -> bool:
-    """The endpoint reads the client's first bytes before connecting: to route, or to
-    know the ClientHello a terminating listener answers."""
+    """The endpoint can read the client's first bytes before connecting: to route, or
+    to know the ClientHello a terminating listener answers (`must_sniff` says when
+    that is needed whether or not anyone observes the connection)."""
     lt = ep.upstream.listen_transport
     return bool(ep.routes) or (lt is not None and lt.tls)
 
 
+def must_sniff(ep: Endpoint) -> bool:
+    """The decision needs the ClientHello: routes; or a terminating listener that
+    re-originates (the client's ALPN offer and SNI go on to the backend) or sends a
+    PROXY header (it carries the SNI). A listener that only terminates lets OpenSSL
+    read the hello, and parses a copy only when an observer will read what it says
+    (`Context.observed`): the parse was two fifths of the relay's Python
+    instructions per terminated handshake."""
+    up = ep.upstream
+    return bool(ep.routes) or up.remote_transport is not None or up.network.send_proxy
+
+
 class EndpointRT:
-    __slots__ = ("cfg", "default", "routes", "table")
+    __slots__ = ("cfg", "default", "routes", "table", "must_sniff")
 
     def __init__(self, cfg: Endpoint, *, warn: bool = False) -> None:
         self.cfg = cfg
@@ -116,6 +128,7 @@ class EndpointRT:
             r.place: UpstreamRT(r.upstream, r.place, where=r.place, warn=warn) for r in cfg.routes
         }
         self.table = RouteTable(cfg.routes) if sniffs(cfg) else None
+        self.must_sniff = self.table is not None and must_sniff(cfg)
 
 
 class Context(Observers):

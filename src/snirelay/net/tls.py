@@ -31,6 +31,12 @@ no thread per connection) and has the `Side` interface (net.sides):
   (`expect`, `check_name`): a mismatch fails the handshake as OpenSSL's check would,
   and the error names the names the certificate does carry.
 
+The SSL object is the `ssl` module's own (`SSLContext._wrap_bio`), not the
+`ssl.SSLObject` wrapper around it: that wrapper adds a Python call to every read,
+write, pending and handshake step (about twenty per terminated handshake), and the
+object underneath has the same methods (`shutdown` for `unwrap`). Where the private
+constructor is missing (another Python), `wrap_bio` and its wrapper are used.
+
 Error handling: `ssl.SSLError` is an `OSError`, so a failed record or a reset ends the
 connection through the pump's error path like any socket error; the handshake phase
 names the TLS reason in the record.
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from typing import Any
 
 from snirelay.net.sides import DONE, WANT_READ, WANT_WRITE, DecodingSide, RawSide
 from snirelay.wire.names import is_ip
@@ -51,11 +58,45 @@ SEND_CHUNK = 64 * 1024  # plaintext encrypted per send (bounds the backlog)
 # bytes are copied into the side's incoming BIO at once.
 _SCRATCH = memoryview(bytearray(RECV_CHUNK))
 
+_DIRECT = hasattr(ssl.SSLContext, "_wrap_bio") and hasattr(ssl.SSLContext, "_encode_hostname")
+
+
+def wrap(
+    ctx: ssl.SSLContext,
+    inc: ssl.MemoryBIO,
+    out: ssl.MemoryBIO,
+    server_side: bool,
+    server_hostname: str | None,
+    session: ssl.SSLSession | None,
+) -> Any:
+    """The SSL object between two memory BIOs (see the module docstring)."""
+    if _DIRECT:
+        name = ctx._encode_hostname(server_hostname)  # type: ignore[attr-defined]
+        return ctx._wrap_bio(  # type: ignore[attr-defined]
+            inc, out, server_side=server_side, server_hostname=name, owner=None, session=session
+        )
+    obj = ctx.wrap_bio(inc, out, server_side=server_side, server_hostname=server_hostname)
+    if session is not None:
+        obj.session = session
+    return obj
+
 
 class TlsSide(DecodingSide):
     """A TLS end over `sock`, with its own SSL object and BIOs made from `ctx`."""
 
-    __slots__ = ("sock", "fd", "obj", "inc", "out", "backlog", "fin", "notify", "expect", "info")
+    __slots__ = (
+        "sock",
+        "fd",
+        "obj",
+        "inc",
+        "out",
+        "backlog",
+        "fin",
+        "notify",
+        "expect",
+        "info",
+        "hungry",
+    )
 
     raw = False
     kind = "tls"  # names the handshake in close reasons
@@ -75,21 +116,22 @@ class TlsSide(DecodingSide):
         `server_hostname` (None: no SNI), resuming `session` if given. `initial`: bytes
         already read from the socket (the sniffed hello)."""
         inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = ctx.wrap_bio(inc, out, server_side=server_side, server_hostname=server_hostname)
-        if session is not None:
-            obj.session = session
+        obj = wrap(ctx, inc, out, server_side, server_hostname, session)
         self.sock = sock
         self.expect = expect  # a backend side: the name its certificate must cover
         # (version, cipher, ALPN) once the handshake is done: OpenSSL forgets them at
         # shutdown, the record is written after it
         self.info: tuple[str | None, str | None, str | None] = (None, None, None)
         self.fd = sock.fileno()
-        self.obj = obj
+        self.obj: Any = obj  # _ssl._SSLSocket (or ssl.SSLObject: `wrap`)
         self.inc = inc
         self.out = out
         self.backlog: memoryview | None = None  # ciphertext the socket did not take yet
         self.fin = False  # shut the TCP write side once the backlog is out
         self.notify = False  # close_notify wanted, waiting for the incoming side to drain
+        # a terminating side with nothing read yet reads the socket before its first
+        # handshake step (OpenSSL could only ask for the ClientHello: an exception)
+        self.hungry = server_side and not initial
         if initial:
             inc.write(initial)
 
@@ -107,7 +149,7 @@ class TlsSide(DecodingSide):
             self._feed()
         while True:
             try:
-                n: int = obj.read(len(buf), buf)  # type: ignore[assignment]  # int with a buffer
+                n: int = obj.read(len(buf), buf)  # into a buffer: the count
             except ssl.SSLWantReadError:
                 if inc.eof:
                     return 0  # cannot happen (EOF makes OpenSSL raise SSLEOFError): no spin
@@ -137,7 +179,8 @@ class TlsSide(DecodingSide):
         start of a record whose rest is on its way is not counted: OpenSSL has taken
         it out of the BIO into its own record buffer (the pump would spin otherwise;
         a test holds this)."""
-        return self.obj.pending() + self.inc.pending
+        held: int = self.obj.pending() + self.inc.pending
+        return held
 
     # ---- writing -------------------------------------------------------------------
     def send(self, data: memoryview | bytes, /) -> int:
@@ -145,7 +188,7 @@ class TlsSide(DecodingSide):
             raise BlockingIOError("TLS backlog not written yet")
         if not data:
             return 0
-        n = self.obj.write(data[:SEND_CHUNK])
+        n: int = self.obj.write(data[:SEND_CHUNK])
         self._flush()
         return n
 
@@ -186,7 +229,7 @@ class TlsSide(DecodingSide):
     def _close_notify(self) -> None:
         self.notify = False
         try:
-            self.obj.unwrap()
+            self.obj.shutdown() if _DIRECT else self.obj.unwrap()
         except ssl.SSLWantReadError:
             pass  # sent; the peer's own close_notify is read as the end of its stream
         except (ssl.SSLError, ValueError):
@@ -209,6 +252,13 @@ class TlsSide(DecodingSide):
         handshake failed: any alert is already written to the socket, best effort) or
         OSError (the socket failed, or the peer closed: ConnectionAbortedError)."""
         obj = self.obj
+        if self.hungry:
+            try:
+                if not self._feed():
+                    raise ConnectionAbortedError("the peer closed during the TLS handshake")
+            except BlockingIOError:
+                return WANT_READ
+            self.hungry = False
         while True:
             try:
                 obj.do_handshake()

@@ -60,6 +60,19 @@ class Observers:
         self.on_handshaken: list[HandshakeEvent] = []
         self.on_closed: list[CloseEvent] = []
 
+    @property
+    def observed(self) -> bool:
+        """Does any observer get a connection's events (and so read what was sniffed)?"""
+        return bool(
+            self.on_accepted
+            or self.on_sniffed
+            or self.on_routed
+            or self.on_remote_tried
+            or self.on_connected
+            or self.on_handshaken
+            or self.on_closed
+        )
+
     def add(self, obs: object) -> None:
         """File each event method `obs` has into that event's list."""
         for event in EVENTS:
