@@ -504,7 +504,7 @@ class Connection:
         ctls = self.upstream.client_tls
         b = self.backend.tls if self.backend is not None else None
         if ctls is not None and b is not None and b.info[0] is not None:
-            ctls.finished(self.baddr, b.obj, b.info[0], self.ctx.poller.time())
+            ctls.finished(self.baddr, b.obj, b.info[0], self.ctx.poller.time(), offered=b.offered)
 
     def record(self, reason: str, phase: str) -> dict[str, Any]:
         """The connection's one record (net.record); `phase`: the one it ended in."""

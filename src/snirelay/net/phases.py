@@ -533,14 +533,20 @@ class Handshake(Phase):
     backend, the WebSocket upgrade either way, over TLS or not), driven by
     `side.step()`: DONE, or what to wait for."""
 
-    __slots__ = ("which", "side", "watching", "t")
+    __slots__ = ("which", "side", "watching", "parked", "t")
     name = "handshake"
 
     def __init__(self, conn: Connection, which: str, side: Any) -> None:
         super().__init__(conn)
         self.which = which  # "client" | "backend": names the side in the record
         self.side = side
-        self.watching = False
+        self.watching = 0  # what the descriptor is watched for: 0, WANT_READ or WANT_WRITE
+        # Done, and still the descriptor's reader: the client's handshake is the last
+        # before the pump (or the connect, which is mostly at once on a near backend),
+        # which then takes the descriptor over with no epoll_ctl, where un-watching it
+        # here and watching it again there were two. An event that comes first (a
+        # backend slow to connect) un-watches it then.
+        self.parked = False
         self.t = 0.0  # when it began (kept when observed)
 
     def start(self) -> None:
@@ -561,6 +567,11 @@ class Handshake(Phase):
 
     def on_readable(self) -> None:
         conn = self.conn
+        if self.parked:  # see __init__
+            self.parked = False
+            self.watching = 0
+            conn.ctx.poller.remove_reader(self.side.fd)
+            return
         try:
             want = self.side.step()
         except OSError as exc:  # ssl.SSLError included: the TLS reason
@@ -568,21 +579,25 @@ class Handshake(Phase):
             conn.handshake_failed(self.which, exc)
             return
         if want == DONE:
-            self._unwatch()
+            if self.watching == WANT_READ and self.which == "client":
+                self.parked = True
+            else:
+                self._unwatch()
             conn.ctx.wheel.cancel(conn)
             self.tell(None)
             conn.handshaken(self.which)
             return
-        read = want == WANT_READ
-        conn.ctx.poller.set(self.side.fd, self if read else None, None if read else self)
-        self.watching = True
+        if want != self.watching:
+            read = want == WANT_READ
+            conn.ctx.poller.set(self.side.fd, self if read else None, None if read else self)
+            self.watching = want
 
     on_writable = on_readable
 
     def _unwatch(self) -> None:
         if self.watching:
             self.conn.ctx.poller.set(self.side.fd, None, None)
-            self.watching = False
+            self.watching = 0
 
     def on_deadline(self) -> None:
         self._unwatch()
@@ -597,4 +612,5 @@ class Handshake(Phase):
         )
 
     def release(self) -> None:
-        self.watching = False  # the connection forgets both descriptors as it closes
+        self.watching = 0  # the connection forgets both descriptors as it closes
+        self.parked = False

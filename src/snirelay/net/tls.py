@@ -96,6 +96,7 @@ class TlsSide(DecodingSide):
         "expect",
         "info",
         "hungry",
+        "offered",
     )
 
     raw = False
@@ -117,6 +118,7 @@ class TlsSide(DecodingSide):
         already read from the socket (the sniffed hello)."""
         inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = wrap(ctx, inc, out, server_side, server_hostname, session)
+        self.offered = session is not None  # a kept session, for resumption
         self.sock = sock
         self.expect = expect  # a backend side: the name its certificate must cover
         # (version, cipher, ALPN) once the handshake is done: OpenSSL forgets them at
@@ -317,23 +319,44 @@ class NameMismatch(OSError):
     """The backend's certificate, verified otherwise, does not cover the name sent."""
 
 
+# (certificate DER, name) -> None when the certificate covers the name, else the
+# names it lists. A backend shows the same certificate connection after connection,
+# and decoding it (getpeercert()) was ~40 us of each re-originated handshake here;
+# the DER is a cheap copy. Bounded: emptied when full.
+_COVERS: dict[tuple[bytes, str], str | None] = {}
+MAX_COVERS = 256
+
+
 def check_name(side: TlsSide, name: str | None) -> None:
     """After a verified handshake toward a backend: does the certificate cover the name
     the relay asked for? Raises NameMismatch naming both (OpenSSL would only say
     "Hostname mismatch"; the names on the certificate are what an operator needs)."""
     if name is None:
         return
-    from snirelay.wire.names import certificate_covers
-
-    cert = side.obj.getpeercert() or {}  # verified (the caller passes no name otherwise)
-
-    sans = [(str(e[0]), str(e[1])) for e in cert.get("subjectAltName", ())]
-    if not certificate_covers(sans, name):
-        listed = ", ".join(v for _, v in sans) or "no subjectAltName"
+    der = side.obj.getpeercert(True)  # verified (the caller passes no name otherwise)
+    key = (der or b"", name)
+    listed = _COVERS.get(key, False)
+    if listed is False:
+        listed = _names_missing(side.obj.getpeercert() or {}, name)
+        if der:
+            if len(_COVERS) >= MAX_COVERS:
+                _COVERS.clear()
+            _COVERS[key] = listed
+    if listed is not None:
         raise NameMismatch(
             f"the backend's certificate does not cover {name!r} (sent SNI:"
             f" {name if not is_ip(name) else 'none'}; the certificate names: {listed})"
         )
+
+
+def _names_missing(cert: dict[str, Any], name: str) -> str | None:
+    """None when the decoded certificate `cert` covers `name`, else the names it lists."""
+    from snirelay.wire.names import certificate_covers
+
+    sans = [(str(e[0]), str(e[1])) for e in cert.get("subjectAltName", ())]
+    if certificate_covers(sans, name):
+        return None
+    return ", ".join(v for _, v in sans) or "no subjectAltName"
 
 
 def describe_sides(client: object, backend: object) -> dict[str, object]:

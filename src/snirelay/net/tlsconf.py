@@ -46,8 +46,10 @@ from snirelay.wire.names import is_ip
 EXPIRY_WARNING_DAYS = 14
 DEFAULT_OFFER = ("h2", "http/1.1")
 MAX_SESSIONS = 1024
-# A backend that gave no resumable session is asked again this many seconds later.
+# A backend that gave no resumable session, or refused the one it gave
+# MAX_REFUSALS times in a row, is asked again this many seconds later.
 NO_SESSION_RETRY = 60.0
+MAX_REFUSALS = 2
 
 # servername -> (certificate PEM, key PEM): made once, shared by forked workers
 _SELF_SIGNED: dict[str, tuple[bytes, bytes]] = {}
@@ -222,7 +224,7 @@ def _load_pem(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
 
 
 class ClientTLS:
-    __slots__ = ("place", "t", "allowed", "_by_offer", "sessions")
+    __slots__ = ("place", "t", "allowed", "_by_offer", "sessions", "refusals")
 
     def __init__(
         self, t: Transport, place: str, remotes: tuple[Addr, ...], *, warn: bool = True
@@ -236,6 +238,8 @@ class ClientTLS:
         self.sessions: OrderedDict[tuple[Any, ssl.SSLContext], ssl.SSLSession | float] = (
             OrderedDict()
         )
+        # the keys whose kept session the backend refused, and how many times in a row
+        self.refusals: dict[tuple[Any, ssl.SSLContext], int] = {}
         if t.client_cert is not None and t.client_key is not None:
             _check_pem(t.client_cert, t.client_key, place, "client_cert")
         self.context(())  # build one now: a bad ca= or client certificate fails the start
@@ -298,22 +302,38 @@ class ClientTLS:
         kept = self.sessions.get((sa, ctx))
         return None if isinstance(kept, float) else kept
 
-    def finished(self, sa: Any, obj: ssl.SSLObject, version: str, now: float) -> None:
-        """A connection to backend `sa` ends: keep its session for the next one, when
-        that is worth it. Reading `SSLObject.session` copies the session (Python's ssl
-        writes it out and parses it back, certificate included: ~160 us per read on
-        OpenSSL 3.0 here, as much as offering it costs), so a session is read only when
-        none is kept, or the kept one was not accepted; a resumed connection leaves the
-        kept one in place (TLS 1.3 tickets and TLS 1.2 sessions serve many
-        connections). A backend that gave nothing to resume (TLS 1.3 with no ticket)
-        is asked again after NO_SESSION_RETRY seconds, not on every connection."""
+    def finished(self, sa: Any, obj: Any, version: str, now: float, *, offered: bool) -> None:
+        """A connection to backend `sa` ends (`obj`: its SSL object; `offered`: it
+        offered a kept session): keep its session for the next one, when that is
+        worth it. Reading `session` copies the session
+        (Python's ssl writes it out and parses it back, certificate included: ~160 us
+        per read on OpenSSL 3.0 here), so a session is read only when none is kept, or
+        the kept one was not accepted; a resumed connection leaves the kept one in
+        place (TLS 1.3 tickets and TLS 1.2 sessions serve many connections), and so
+        does one that began before it was kept (it offered none). A backend
+        that gave nothing to resume (TLS 1.3 with no ticket), or that refused what it
+        gave MAX_REFUSALS times in a row (tickets it cannot take back: no session
+        cache, keys of another process), is asked again after NO_SESSION_RETRY
+        seconds, not on every connection."""
         key = (sa, obj.context)
         kept = self.sessions.get(key)
         if isinstance(kept, float):
             if now < kept:
                 return
-        elif kept is not None and obj.session_reused:
-            return
+        elif kept is not None:
+            if not offered:
+                return
+            if obj.session_reused:
+                if self.refusals:
+                    self.refusals.pop(key, None)
+                return
+            refused = self.refusals.get(key, 0) + 1
+            if refused >= MAX_REFUSALS:
+                self.refusals.pop(key, None)
+                self.sessions[key] = now + NO_SESSION_RETRY
+                self.sessions.move_to_end(key)
+                return
+            self.refusals[key] = refused
         session = obj.session
         if session is not None and (session.has_ticket or version == "TLSv1.2"):
             self.sessions[key] = session
@@ -321,4 +341,5 @@ class ClientTLS:
             self.sessions[key] = now + NO_SESSION_RETRY
         self.sessions.move_to_end(key)
         while len(self.sessions) > MAX_SESSIONS:
-            self.sessions.popitem(last=False)
+            gone, _ = self.sessions.popitem(last=False)
+            self.refusals.pop(gone, None)
