@@ -268,15 +268,10 @@ listen_transport = "tls;cert={cert};key={key}"
 """
     with backend, RelayProcess(config=config, tmp_path=tmp_path) as relay:
         relay.start()
-        cctx = ssl.create_default_context(cafile=str(ca))
-        with socket.create_connection(("127.0.0.1", relay.port()), timeout=60) as raw:
-            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-            c = cctx.wrap_bio(inc, out, server_hostname="relay.example.com")
-            down = hashlib.sha256()
-            _drive(raw, c, inc, out, up_data, size, down)
+        down = drive_client(relay.port(), ca, up_data, size)
         t.join(60)
         assert seen["up"] == _expected(up_data, size)
-        assert down.hexdigest() == _expected(down_data, size)
+        assert down == _expected(down_data, size)
         [rec] = relay.wait_records(1, timeout=30)
         assert rec["bytes_up"] == size and rec["bytes_down"] == size
 
@@ -286,6 +281,19 @@ def _expected(block: bytes, size: int) -> str:
     for _ in range(size // len(block)):
         h.update(block)
     return h.hexdigest()
+
+
+def drive_client(port: int, ca: Path, block: bytes, size: int) -> str:
+    """A TLS client of the relay on `port` (verified against `ca`, SNI
+    relay.example.com) that sends `size` bytes of `block` repeated, half-closes and
+    reads to the end (`_drive`): the sha256 of what it read."""
+    cctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        c = cctx.wrap_bio(inc, out, server_hostname="relay.example.com")
+        down = hashlib.sha256()
+        _drive(raw, c, inc, out, block, size, down)
+    return down.hexdigest()
 
 
 def _drive(

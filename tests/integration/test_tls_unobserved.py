@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 from helpers.relay import RelayProcess
 from integration.servers import pick_port
 from integration.test_features import wait_accepting
-from integration.test_tls import _drive, _expected, client_hello, relay_cert
+from integration.test_tls import _expected, client_hello, drive_client, relay_cert
 
 pytestmark = pytest.mark.integration
 
@@ -81,15 +80,10 @@ def test_every_byte_both_ways_with_half_close_unobserved(tmp_path: Path) -> None
     with backend, relay:
         relay.spawn()
         wait_accepting(port)
-        cctx = ssl.create_default_context(cafile=str(ca))
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
-            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-            c = cctx.wrap_bio(inc, out, server_hostname="relay.example.com")
-            down = hashlib.sha256()
-            _drive(raw, c, inc, out, up_data, size, down)
+        down = drive_client(port, ca, up_data, size)
         t.join(60)
         assert seen["up"] == _expected(up_data, size)
-        assert down.hexdigest() == _expected(down_data, size)
+        assert down == _expected(down_data, size)
 
 
 def test_a_stalled_handshake_is_closed_at_its_deadline_unobserved(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ class Connection:
         that only terminates TLS sniffs only for its observers (runtime.must_sniff)."""
         ep = self.ep
         if ep.table is not None and (ep.must_sniff or self.ctx.observed):
-            net = self.ep.cfg.upstream.network
+            net = ep.cfg.upstream.network
             sniff = Sniff(self, net.sniff_max_bytes)
             self.phase = sniff
             sniff.start(net.sniff_timeout, initial)

@@ -110,9 +110,9 @@ def sniffs(ep: Endpoint) -> bool:
 def must_sniff(ep: Endpoint) -> bool:
     """The decision needs the ClientHello: routes; or a terminating listener that
     re-originates (the client's ALPN offer and SNI go on to the backend) or sends a
-    PROXY header (it carries the SNI). A listener that only terminates lets OpenSSL
-    read the hello, and parses a copy only when an observer will read what it says
-    (`Context.observed`): the parse was two fifths of the relay's Python
+    PROXY header (it carries the SNI). A listener that only terminates sniffs only
+    while an observer will read what the hello says (`Context.observed`); otherwise
+    OpenSSL alone reads it: the parse was two fifths of the relay's Python
     instructions per terminated handshake."""
     up = ep.upstream
     return bool(ep.routes) or up.remote_transport is not None or up.network.send_proxy
