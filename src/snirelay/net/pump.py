@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 from snirelay.net.poller import Poller
@@ -262,7 +263,7 @@ class CopyDir(_Dir):
     destination's half-close is on the wire too (`closing`), so the connection never
     closes a side with its last records still queued."""
 
-    __slots__ = ("held", "closing", "view")
+    __slots__ = ("held", "closing", "view", "unsent")
 
     def __init__(
         self,
@@ -278,9 +279,12 @@ class CopyDir(_Dir):
         self.held: memoryview | None = None  # what the destination did not take yet
         self.closing = False  # EOF passed on; waiting for the destination to flush
         self.view = view
+        # a raw destination never keeps bytes back: no call per chunk to ask it
+        self.unsent: Callable[[], int] | None = None if dst.raw else dst.unsent
 
     def on_readable(self) -> None:
-        recv_into, send, view = self.src.recv_into, self.dst.send, self.view
+        src, view = self.src, self.view
+        recv_into, send, unsent = src.recv_into, self.dst.send, self.unsent
         try:
             for _ in range(MAX_ROUNDS):
                 n = recv_into(view)
@@ -292,12 +296,15 @@ class CopyDir(_Dir):
                 except BlockingIOError:
                     m = 0
                 self.nbytes += m
-                if m < n or self.dst.unsent():
+                if m < n or (unsent is not None and unsent()):
                     # the shared buffer is the next read's: keep only what is left
                     self._hold(memoryview(bytes(view[m:n])) if m < n else None, n - m)
                     return
-                if n < len(view) and not self.src.buffered():
-                    break  # drained; level-triggered polling reports anything new
+                if n < len(view) and not src.buffered():
+                    # drained; level-triggered polling reports anything new
+                    if not self.reading:
+                        self._wait_read()
+                    return
         except BlockingIOError:
             pass
         except OSError as exc:
@@ -397,7 +404,7 @@ class ViewCopyDir(CopyDir):
                 except BlockingIOError:
                     m = 0
                 self.nbytes += m
-                if m < n or self.dst.unsent():
+                if m < n or (self.unsent is not None and self.unsent()):
                     self._hold(data[m:] if m < n else None, n - m)  # the part is ours to keep
                     return
         except BlockingIOError:

@@ -134,7 +134,7 @@ class TlsSide(DecodingSide):
         self.obj: Any = obj  # _ssl._SSLSocket (or ssl.SSLObject: `wrap`)
         self.inc = inc
         self.out = out
-        self.backlog: memoryview | None = None  # ciphertext the socket did not take yet
+        self.backlog: bytes | memoryview | None = None  # ciphertext the socket did not take yet
         self.fin = False  # shut the TCP write side once the backlog is out
         self.notify = False  # close_notify wanted, waiting for the incoming side to drain
         # a terminating side with nothing read yet reads the socket before its first
@@ -156,8 +156,12 @@ class TlsSide(DecodingSide):
         if not inc.pending and not obj.pending():
             # Nothing held: read the socket first. Asking OpenSSL first would raise
             # SSLWantReadError, and an exception costs more than the read (one per
-            # readiness event: a third of a small request's CPU).
-            self._feed()
+            # readiness event: a third of a small request's CPU). `_feed`, inlined.
+            k = self.sock.recv_into(_SCRATCH)
+            if k:
+                inc.write(_SCRATCH[:k])
+            else:
+                inc.write_eof()
         while True:
             try:
                 n: int = obj.read(len(buf), buf)  # into a buffer: the count
@@ -175,7 +179,7 @@ class TlsSide(DecodingSide):
             size = len(buf)
             while n < size and (inc.pending or obj.pending()):
                 try:
-                    k: int = obj.read(size - n, buf[n:])
+                    k = obj.read(size - n, buf[n:])
                 except ssl.SSLWantReadError:
                     break  # the rest of a record is on its way
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -193,7 +197,7 @@ class TlsSide(DecodingSide):
     def _feed(self) -> int:
         """One socket read into the incoming BIO (0 = the peer's EOF, written as the
         BIO's EOF). BlockingIOError: nothing to read, wait for readable."""
-        k = self.sock.recv_into(_SCRATCH)
+        k: int = self.sock.recv_into(_SCRATCH)
         if k:
             self.inc.write(_SCRATCH[:k])
         else:
@@ -225,19 +229,19 @@ class TlsSide(DecodingSide):
 
     def _flush(self) -> bool:
         """Write the pending ciphertext; True when all of it went out."""
+        backlog = self.backlog
         if self.out.pending:
             data = self.out.read()
-            if self.backlog is not None:
-                data = bytes(self.backlog) + data  # rare: a record queued behind a backlog
-            self.backlog = memoryview(data)
-        backlog = self.backlog
+            # rare: a record queued behind a backlog
+            backlog = data if backlog is None else bytes(backlog) + data
         while backlog is not None:
             try:
                 k = self.sock.send(backlog)
             except BlockingIOError:
                 self.backlog = backlog
                 return False
-            backlog = backlog[k:] if k < len(backlog) else None
+            # a view only when the socket took part of it (most sends take it all)
+            backlog = memoryview(backlog)[k:] if k < len(backlog) else None
         self.backlog = None
         if self.fin:
             self.fin = False
