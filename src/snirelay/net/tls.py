@@ -294,8 +294,14 @@ class TlsSide(DecodingSide):
             try:
                 obj.do_handshake()
             except ssl.SSLWantReadError:
+                wrote = self.out.pending
                 if not self._flush():
                     return WANT_WRITE
+                if wrote:
+                    # A flight went out: what comes next is the peer's answer to it, so
+                    # the socket is not read now (a recv that fails, ~2 us with its
+                    # exception); if bytes are there already, the watch reports them.
+                    return WANT_READ
                 try:
                     if not self._feed():
                         raise ConnectionAbortedError("the peer closed during the TLS handshake")
