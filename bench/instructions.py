@@ -39,8 +39,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 HELLO = (REPO / "tests" / "vectors" / "clienthello" / "curl_sni_http2.bin").read_bytes()
 ANSWER = b"x" * 1500
-ROUND_TRIPS = {"plain": 1, "routed": 1, "routed-5rt": 5, "terminate": 1, "reoriginate": 1}
-TLS_MODES = ("terminate", "reoriginate")  # the client's side is TLS, ended at the relay
+ROUND_TRIPS = {
+    "plain": 1,
+    "routed": 1,
+    "routed-5rt": 5,
+    "terminate": 1,
+    "terminate-20rt": 20,
+    "reoriginate": 1,
+}
+# the client's side is TLS, ended at the relay
+TLS_MODES = ("terminate", "terminate-20rt", "reoriginate")
 
 CONFIGS: dict[str, str] = {
     "plain": """
@@ -76,6 +84,7 @@ remote = "127.0.0.1:{backend}"
 listen_transport = "tls;cert={cert};key={key}"
 network = {{ tls_session_tickets = false }}
 """
+CONFIGS["terminate-20rt"] = CONFIGS["terminate"]  # 20 round trips through the TLS pump
 CONFIGS["reoriginate"] = CONFIGS["terminate"].replace(
     "network =", 'remote_transport = "tls;sni=backend.example.com;ca={ca}"\nnetwork ='
 )
@@ -284,21 +293,31 @@ def main() -> int:
             builds.insert(0, (f"snirelay@{args.baseline}", unpack(args.baseline, work)))
         certs = Certs(work) if any(m in TLS_MODES for m in modes) else None
         results: dict[tuple[str, str], float] = {}
+        parts: dict[tuple[str, str], dict[str, float]] = {}
         for mode in modes:
             for name, src in builds:
                 idle = count(src, mode, 0, work, certs)
                 busy = count(src, mode, args.connections, work, certs)
                 per = (busy["total"] - idle["total"]) / args.connections
                 results[(name, mode)] = per
-                split = ", ".join(
-                    f"{k} {(busy.get(k, 0) - idle.get(k, 0)) / args.connections:,.0f}"
+                parts[(name, mode)] = {
+                    k: (busy.get(k, 0) - idle.get(k, 0)) / args.connections
                     for k in (*OBJECTS, "other")
-                )
+                }
+                split = ", ".join(f"{k} {v:,.0f}" for k, v in parts[(name, mode)].items())
                 print(f"{name:24} {mode:11} {per:10,.0f} instructions per connection ({split})")
         for name, _ in builds:
             if (name, "routed-5rt") in results and (name, "routed") in results:
                 trip = (results[(name, "routed-5rt")] - results[(name, "routed")]) / 4
                 print(f"{name:24} one round trip through the pump: {trip:,.0f} instructions")
+            if (name, "terminate-20rt") in results and (name, "terminate") in results:
+                trip = (results[(name, "terminate-20rt")] - results[(name, "terminate")]) / 19
+                many, one = parts[(name, "terminate-20rt")], parts[(name, "terminate")]
+                split = ", ".join(f"{k} {(many[k] - one[k]) / 19:,.0f}" for k in many)
+                print(
+                    f"{name:24} one round trip through the TLS pump: {trip:,.0f} instructions"
+                    f" ({split})"
+                )
         if args.baseline:
             base = builds[0][0]
             for mode in modes:
