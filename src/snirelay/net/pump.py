@@ -263,7 +263,7 @@ class CopyDir(_Dir):
     destination's half-close is on the wire too (`closing`), so the connection never
     closes a side with its last records still queued."""
 
-    __slots__ = ("held", "closing", "view", "unsent")
+    __slots__ = ("held", "closing", "view", "unsent", "buffered")
 
     def __init__(
         self,
@@ -279,12 +279,13 @@ class CopyDir(_Dir):
         self.held: memoryview | None = None  # what the destination did not take yet
         self.closing = False  # EOF passed on; waiting for the destination to flush
         self.view = view
-        # a raw destination never keeps bytes back: no call per chunk to ask it
+        # a raw side never holds bytes of its own: no call per chunk to ask it
         self.unsent: Callable[[], int] | None = None if dst.raw else dst.unsent
+        self.buffered: Callable[[], int] | None = None if src.raw else src.buffered
 
     def on_readable(self) -> None:
-        src, view = self.src, self.view
-        recv_into, send, unsent = src.recv_into, self.dst.send, self.unsent
+        view, held_by_src = self.view, self.buffered
+        recv_into, send, unsent = self.src.recv_into, self.dst.send, self.unsent
         try:
             for _ in range(MAX_ROUNDS):
                 n = recv_into(view)
@@ -300,7 +301,7 @@ class CopyDir(_Dir):
                     # the shared buffer is the next read's: keep only what is left
                     self._hold(memoryview(bytes(view[m:n])) if m < n else None, n - m)
                     return
-                if n < len(view) and not src.buffered():
+                if n < len(view) and (held_by_src is None or not held_by_src()):
                     # drained; level-triggered polling reports anything new
                     if not self.reading:
                         self._wait_read()
