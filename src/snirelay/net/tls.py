@@ -2,9 +2,10 @@
 
 How it works
 ------------
-A `TlsSide` owns a non-blocking socket (a `RawSide`) and the `SSLObject` it makes from
-a context between two memory BIOs of its own; it is driven by the same readiness callbacks as a raw side (no coroutine,
-no thread per connection) and has the `Side` interface (net.sides):
+A `TlsSide` owns a non-blocking socket (a `RawSide`) and the SSL object it makes from
+a context between two memory BIOs of its own; it is driven by the same readiness
+callbacks as a raw side (no coroutine, no thread per connection) and has the `Side`
+interface (net.sides):
 
 - `recv_into(buf)` decrypts straight into the caller's buffer (the pump's); when the
   SSL object wants more ciphertext, one `recv_into` of up to `RECV_CHUNK` bytes into a
@@ -12,9 +13,9 @@ no thread per connection) and has the `Side` interface (net.sides):
   many records. A read decrypts one record (16 KiB at most), so the call reads on
   while whole records are held and the buffer has room: the pump then moves a buffer
   per send, not a record (re-originating, a single stream's user CPU per GB fell from
-  ~1.1 s to ~0.7 s, `bench/run.py --only tls_reorig_tput1`). `buffered()` is what the side holds (records not yet decrypted, bytes
-  OpenSSL decrypted already): no readiness event announces it, so the pump comes back
-  for it.
+  1.43 s to 0.82 s, `make bench`). `buffered()` is what the side holds (records not
+  yet decrypted, bytes OpenSSL decrypted already): no readiness event announces it,
+  so the pump comes back for it.
 - `send(data)` encrypts at most `SEND_CHUNK` bytes of plaintext and writes the
   ciphertext to the socket; what the socket does not take stays in one backlog, and
   `unsent()` says so: the pump then waits for writability and calls `send(b"")`, which
@@ -134,7 +135,8 @@ class TlsSide(DecodingSide):
         self.obj: Any = obj  # _ssl._SSLSocket (or ssl.SSLObject: `wrap`)
         self.inc = inc
         self.out = out
-        self.backlog: bytes | memoryview | None = None  # ciphertext the socket did not take yet
+        # ciphertext the socket did not take yet
+        self.backlog: bytes | memoryview | None = None
         self.fin = False  # shut the TCP write side once the backlog is out
         self.notify = False  # close_notify wanted, waiting for the incoming side to drain
         # a terminating side with nothing read yet reads the socket before its first
