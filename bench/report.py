@@ -594,6 +594,14 @@ def _udp_section(res: dict[str, Any]) -> list[str]:
     ]
 
 
+def _commit(git: str) -> str:
+    """The run's commit as the report names it: the short hash (and whether src/ had
+    uncommitted changes), not the subject, which the JSON keeps (a subject is prose
+    the report's readers and checks would take for the page's own)."""
+    dirty = " + uncommitted changes in src/"
+    return git.split(" ", 1)[0] + (dirty if git.endswith(dirty) else "")
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     base = res.get("baseline")
@@ -622,7 +630,7 @@ def render(res: dict[str, Any]) -> str:
         "",
         "## This run",
         "",
-        f"- command: `{res['command']}` at commit `{res.get('git', '?')}`",
+        f"- command: `{res['command']}` at commit `{_commit(res.get('git', '?'))}`",
         f"- started {res['started']}, took {res['elapsed_s']} s; {res['rounds']} round(s)"
         f" interleaved (relay order rotates each round), {res['duration_s']} s per load",
         f"- machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, {m['os']},"
