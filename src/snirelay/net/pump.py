@@ -303,7 +303,7 @@ class CopyDir(_Dir):
                     return
                 if n < len(view) and (held_by_src is None or not held_by_src()):
                     # drained; level-triggered polling reports anything new
-                    if not self.reading:
+                    if not self.reading:  # `_wait_read`'s guard, inlined: mostly watched
                         self._wait_read()
                     return
         except BlockingIOError:
@@ -324,8 +324,7 @@ class CopyDir(_Dir):
         bytes (MAX_ROUNDS reached), no readiness event will announce them, so come back
         from the loop."""
         self._wait_read()
-        if self.src.buffered():
-            self.poller.call_soon(self._again)
+        self.kick()
 
     def start(self) -> None:
         self._wait_read()
@@ -335,7 +334,8 @@ class CopyDir(_Dir):
         """Come back from the loop if the source already holds bytes no readiness event
         will announce (a TLS side that read the first request with the handshake's
         last flight)."""
-        if self.src.buffered():
+        held_by_src = self.buffered
+        if held_by_src is not None and held_by_src():
             self.poller.call_soon(self._again)
 
     def _again(self) -> None:

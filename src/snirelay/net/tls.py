@@ -159,42 +159,41 @@ class TlsSide(DecodingSide):
             # Nothing held: read the socket first. Asking OpenSSL first would raise
             # SSLWantReadError, and an exception costs more than the read (one per
             # readiness event: a third of a small request's CPU). `_feed`, inlined.
-            k = self.sock.recv_into(_SCRATCH)
-            if k:
-                inc.write(_SCRATCH[:k])
+            got = self.sock.recv_into(_SCRATCH)
+            if got:
+                inc.write(_SCRATCH[:got])
             else:
                 inc.write_eof()
+        # Read until the buffer is full or no whole record is held (a read decrypts
+        # one record, 16 KiB at most; one recv feeds many): the pump then moves a whole
+        # buffer per send instead of one record, a system call and a pass through the
+        # pump fewer per record.
+        size, n = len(buf), 0
         while True:
             try:
-                n: int = obj.read(len(buf), buf)  # into a buffer: the count
+                k: int = obj.read(size - n, buf[n:] if n else buf)  # into a buffer: the count
             except ssl.SSLWantReadError:
+                if n:
+                    break  # the rest of a record is on its way
                 if inc.eof:
                     return 0  # cannot happen (EOF makes OpenSSL raise SSLEOFError): no spin
                 self._feed()
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return 0
-            # Fill the buffer from the records already held (a read decrypts one
-            # record, 16 KiB at most; one recv feeds many): the pump then moves a whole
-            # buffer per send instead of one record, a system call and a pass through
-            # the pump fewer per record.
-            size = len(buf)
-            while n < size and (inc.pending or obj.pending()):
-                try:
-                    k = obj.read(size - n, buf[n:])
-                except ssl.SSLWantReadError:
-                    break  # the rest of a record is on its way
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    k = 0
-                if not k:  # the peer's close_notify (read answers 0), behind the data:
-                    self.ended = True  # the next call's end of stream
-                    break
-                n += k
-            if self.out.pending:  # reading can produce records (a key update's answer)
-                self._flush()
-            if self.notify and not inc.pending and not obj.pending():
-                self._close_notify()
-            return n
+                k = 0
+            if not k:  # the peer's close_notify (a read answers 0), or its EOF
+                if not n:
+                    return 0
+                self.ended = True  # behind the data: the next call's end of stream
+                break
+            n += k
+            if n == size or not (inc.pending or obj.pending()):
+                break
+        if self.out.pending:  # reading can produce records (a key update's answer)
+            self._flush()
+        if self.notify and not inc.pending and not obj.pending():
+            self._close_notify()
+        return n
 
     def _feed(self) -> int:
         """One socket read into the incoming BIO (0 = the peer's EOF, written as the
