@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -51,30 +49,10 @@ main()
 
 def count(mode: str, n: int, work: Path, certs: ins.Certs | None) -> Counter[str]:
     """Bytecodes per function of one traced relay run with `n` connections."""
-    tls = mode in ins.TLS_MODES
-    lsock, bport = ins.backend(
-        ins.ROUND_TRIPS[mode], certs.backend if certs and mode == "reoriginate" else None
-    )
-    port = ins.free_port()
-    cfg = work / f"{mode}.toml"
-    files = {"cert": certs.cert, "key": certs.key, "ca": certs.ca} if certs else {}
-    cfg.write_text(ins.CONFIGS[mode].format(port=port, backend=bport, **files))
     out = work / f"bc.{mode}.{n}.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", TRACER, str(out), str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    ins.run_loaded(
+        lambda cfg: [sys.executable, "-c", TRACER, str(out), str(cfg)], mode, n, work, certs
     )
-    try:
-        ins.wait_port(port, 120)
-        ins.load(port, n, ins.ROUND_TRIPS[mode], certs.client if tls and certs else None)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        lsock.close()
     return Counter(json.loads(out.read_text()))
 
 

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,8 @@ ROUND_TRIPS = {
 }
 # the client's side is TLS, ended at the relay
 TLS_MODES = ("terminate", "terminate-20rt", "reoriginate")
+# a mode of many round trips -> (the same relay with one, what the difference crosses)
+TRIP_MODES = {"routed-5rt": ("routed", "the pump"), "terminate-20rt": ("terminate", "the TLS pump")}
 
 CONFIGS: dict[str, str] = {
     "plain": """
@@ -190,23 +193,28 @@ def load(port: int, n: int, rounds: int, tls: ssl.SSLContext | None = None) -> N
                 c.sendall(b"y" * 100)
 
 
-def count(src: Path, mode: str, n: int, work: Path, certs: Certs | None) -> dict[str, int]:
-    """Instructions of one relay run with `n` connections, in all ("total") and per shared object (`by_object`)."""
+def run_loaded(
+    argv: Callable[[Path], list[str]],
+    mode: str,
+    n: int,
+    work: Path,
+    certs: Certs | None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """One relay run under `mode`'s load: its backend and config (in `work`), the relay
+    started as `argv(config)`, `n` connections one after the other, then SIGINT (the
+    relay writes its counts as it exits)."""
     tls = mode in TLS_MODES
     assert certs is not None or not tls
-    lsock, bport = backend(ROUND_TRIPS[mode], certs.backend if mode == "reoriginate" else None)
+    lsock, bport = backend(
+        ROUND_TRIPS[mode], certs.backend if certs and mode == "reoriginate" else None
+    )
     port = free_port()
     cfg = work / f"{mode}.toml"
     files = {"cert": certs.cert, "key": certs.key, "ca": certs.ca} if certs else {}
     cfg.write_text(CONFIGS[mode].format(port=port, backend=bport, **files))
-    out = work / f"cg.{mode}.{n}.out"
-    env = dict(os.environ, PYTHONPATH=str(src))
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-        + ["-m", "snirelay", "-c", str(cfg)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        argv(cfg), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_port(port, 120)
@@ -218,6 +226,23 @@ def count(src: Path, mode: str, n: int, work: Path, certs: Certs | None) -> dict
             proc.kill()
             proc.wait()
         lsock.close()
+
+
+def count(src: Path, mode: str, n: int, work: Path, certs: Certs | None) -> dict[str, int]:
+    """Instructions of one relay run with `n` connections, in all ("total") and per
+    shared object (`by_object`)."""
+    out = work / f"cg.{mode}.{n}.out"
+    run_loaded(
+        lambda cfg: (
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+            + [sys.executable, "-m", "snirelay", "-c", str(cfg)]
+        ),
+        mode,
+        n,
+        work,
+        certs,
+        env=dict(os.environ, PYTHONPATH=str(src)),
+    )
     return by_object(out)
 
 
@@ -307,16 +332,15 @@ def main() -> int:
                 split = ", ".join(f"{k} {v:,.0f}" for k, v in parts[(name, mode)].items())
                 print(f"{name:24} {mode:11} {per:10,.0f} instructions per connection ({split})")
         for name, _ in builds:
-            if (name, "routed-5rt") in results and (name, "routed") in results:
-                trip = (results[(name, "routed-5rt")] - results[(name, "routed")]) / 4
-                print(f"{name:24} one round trip through the pump: {trip:,.0f} instructions")
-            if (name, "terminate-20rt") in results and (name, "terminate") in results:
-                trip = (results[(name, "terminate-20rt")] - results[(name, "terminate")]) / 19
-                many, one = parts[(name, "terminate-20rt")], parts[(name, "terminate")]
-                split = ", ".join(f"{k} {(many[k] - one[k]) / 19:,.0f}" for k in many)
+            for many_rt, (one_rt, what) in TRIP_MODES.items():
+                if (name, many_rt) not in results or (name, one_rt) not in results:
+                    continue
+                extra = ROUND_TRIPS[many_rt] - ROUND_TRIPS[one_rt]
+                trip = (results[(name, many_rt)] - results[(name, one_rt)]) / extra
+                many, one = parts[(name, many_rt)], parts[(name, one_rt)]
+                split = ", ".join(f"{k} {(many[k] - one[k]) / extra:,.0f}" for k in many)
                 print(
-                    f"{name:24} one round trip through the TLS pump: {trip:,.0f} instructions"
-                    f" ({split})"
+                    f"{name:24} one round trip through {what}: {trip:,.0f} instructions ({split})"
                 )
         if args.baseline:
             base = builds[0][0]
