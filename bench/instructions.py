@@ -18,6 +18,12 @@ machine give the same count (a few hundred instructions apart), whatever else ru
 Kernel work (system time) is not counted: it is the same for both builds when the
 system calls are.
 
+With `--peer haproxy` HAProxy is counted too, under the same load, with the config
+`make bench` gives it (bench/relays.py): one thread, `no-tls-tickets`, the same ECDSA
+certificate. The split then says where each relay's instructions go: OpenSSL's work
+(libcrypto, libssl) against the relay's own (libpython for snirelay, the haproxy
+binary for HAProxy) and libc's.
+
 Needs valgrind (Debian package). Takes about a minute per build and mode.
 """
 
@@ -106,6 +112,8 @@ class Certs:
         ca.cert_pem.write_to_path(str(self.ca))
         relay.cert_chain_pems[0].write_to_path(str(self.cert))
         relay.private_key_pem.write_to_path(str(self.key))
+        self.combined = work / "relay-combined.pem"  # HAProxy's crt: chain, then key
+        self.combined.write_bytes(self.cert.read_bytes() + self.key.read_bytes())
         self.backend = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         back.configure_cert(self.backend)
         self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -179,8 +187,10 @@ def wait_port(port: int, timeout: float) -> None:
 
 
 def load(port: int, n: int, rounds: int, tls: ssl.SSLContext | None = None) -> None:
-    for _ in range(n):
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+    for i in range(n):
+        # the first connection may wait for the end of a start-up under valgrind (the
+        # socket listens before HAProxy serves it)
+        with socket.create_connection(("127.0.0.1", port), timeout=120 if i == 0 else 30) as raw:
             c = raw if tls is None else tls.wrap_socket(raw, server_hostname="relay.example.com")
             c.sendall(HELLO)
             for _ in range(rounds):
@@ -193,6 +203,41 @@ def load(port: int, n: int, rounds: int, tls: ssl.SSLContext | None = None) -> N
                 c.sendall(b"y" * 100)
 
 
+def snirelay_config(mode: str, port: int, bport: int, work: Path, certs: Certs | None) -> Path:
+    cfg = work / f"{mode}.toml"
+    files = {"cert": certs.cert, "key": certs.key, "ca": certs.ca} if certs else {}
+    cfg.write_text(CONFIGS[mode].format(port=port, backend=bport, **files))
+    return cfg
+
+
+# snirelay's modes as bench/relays.py names HAProxy's
+HAPROXY_MODES = {
+    "plain": "forward",
+    "routed": "sni",
+    "routed-5rt": "sni",
+    "terminate": "terminate",
+    "terminate-20rt": "terminate",
+    "reoriginate": "reoriginate",
+}
+
+
+def haproxy_config(mode: str, port: int, bport: int, work: Path, certs: Certs | None) -> Path:
+    """HAProxy's config for `mode`, as `make bench` writes it (bench/relays.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from backends import RelayTLS
+    from relays import _haproxy_conf
+
+    tls = None
+    if certs is not None:
+        tls = RelayTLS(str(certs.cert), str(certs.key), str(certs.combined), str(certs.ca))
+    # the routed modes' ClientHello names emby.example.com; re-originating, the
+    # backend's certificate is for backend.example.com
+    name = "backend.example.com" if mode == "reoriginate" else "emby.example.com"
+    cfg = work / f"haproxy-{mode}.cfg"
+    cfg.write_text(_haproxy_conf(HAPROXY_MODES[mode], port, {name: bport}, bport, tls))
+    return cfg
+
+
 def run_loaded(
     argv: Callable[[Path], list[str]],
     mode: str,
@@ -200,25 +245,25 @@ def run_loaded(
     work: Path,
     certs: Certs | None,
     env: dict[str, str] | None = None,
+    config: Callable[[str, int, int, Path, Certs | None], Path] = snirelay_config,
+    warmup: int = 0,
 ) -> None:
-    """One relay run under `mode`'s load: its backend and config (in `work`), the relay
-    started as `argv(config)`, `n` connections one after the other, then SIGINT (the
-    relay writes its counts as it exits)."""
+    """One relay run under `mode`'s load: its backend and config (in `work`, written by
+    `config`), the relay started as `argv(config file)`, `warmup` + `n` connections one
+    after the other, then SIGINT (the relay writes its counts as it exits)."""
     tls = mode in TLS_MODES
     assert certs is not None or not tls
     lsock, bport = backend(
         ROUND_TRIPS[mode], certs.backend if certs and mode == "reoriginate" else None
     )
     port = free_port()
-    cfg = work / f"{mode}.toml"
-    files = {"cert": certs.cert, "key": certs.key, "ca": certs.ca} if certs else {}
-    cfg.write_text(CONFIGS[mode].format(port=port, backend=bport, **files))
+    cfg = config(mode, port, bport, work, certs)
     proc = subprocess.Popen(
         argv(cfg), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_port(port, 120)
-        load(port, n, ROUND_TRIPS[mode], certs.client if tls and certs else None)
+        load(port, warmup + n, ROUND_TRIPS[mode], certs.client if tls and certs else None)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -228,27 +273,46 @@ def run_loaded(
         lsock.close()
 
 
-def count(src: Path, mode: str, n: int, work: Path, certs: Certs | None) -> dict[str, int]:
-    """Instructions of one relay run with `n` connections, in all ("total") and per
-    shared object (`by_object`)."""
-    out = work / f"cg.{mode}.{n}.out"
-    run_loaded(
-        lambda cfg: (
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-            + [sys.executable, "-m", "snirelay", "-c", str(cfg)]
-        ),
-        mode,
-        n,
-        work,
-        certs,
-        env=dict(os.environ, PYTHONPATH=str(src)),
-    )
+def count(
+    src: Path | None, mode: str, n: int, work: Path, certs: Certs | None, warmup: int = 0
+) -> dict[str, int]:
+    """Instructions of one relay run with `warmup` + `n` connections, in all ("total")
+    and per shared object (`by_object`): snirelay from `src`, or HAProxy when `src` is
+    None."""
+    out = work / f"cg.{mode}.{n}.{'haproxy' if src is None else src.parent.name}.out"
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    if src is None:
+        run_loaded(
+            lambda cfg: [*valgrind, shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)],
+            mode,
+            n,
+            work,
+            certs,
+            config=haproxy_config,
+            warmup=warmup,
+        )
+    else:
+        run_loaded(
+            lambda cfg: [*valgrind, sys.executable, "-m", "snirelay", "-c", str(cfg)],
+            mode,
+            n,
+            work,
+            certs,
+            env=dict(os.environ, PYTHONPATH=str(src)),
+            warmup=warmup,
+        )
     return by_object(out)
 
 
-# The shared objects a figure is split into (the rest is "other": libc, the kernel's
-# vdso, valgrind's preload, Python's extension modules)
-OBJECTS = {"libpython": "libpython", "libcrypto": "libcrypto", "libssl": "libssl"}
+# The shared objects a figure is split into (the rest is "other": the kernel's vdso,
+# valgrind's preload, Python's extension modules)
+OBJECTS = {
+    "libpython": "libpython",
+    "haproxy": "/haproxy",
+    "libcrypto": "libcrypto",
+    "libssl": "libssl",
+    "libc": "/libc.so",
+}
 
 
 def by_object(path: Path) -> dict[str, int]:
@@ -301,6 +365,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", metavar="REF", help="also count snirelay as of git REF")
     ap.add_argument("--connections", type=int, default=1000, metavar="N")
+    ap.add_argument("--peer", choices=("haproxy",), help="also count HAProxy under the same load")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        metavar="W",
+        help="connections before the counted ones, in both runs (their cost cancels out:"
+        " the figure is then the steady state, without the first connections' one-time"
+        " work, such as the interpreter's first pass through a code path)",
+    )
     ap.add_argument(
         "--modes", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}"
     )
@@ -313,23 +387,28 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="snirelay-instr-") as tmp:
         work = Path(tmp)
-        builds = [("this tree", REPO / "src")]
+        builds: list[tuple[str, Path | None]] = [("this tree", REPO / "src")]
         if args.baseline:
             builds.insert(0, (f"snirelay@{args.baseline}", unpack(args.baseline, work)))
+        if args.peer:
+            if shutil.which("haproxy") is None:
+                print("haproxy is not installed (apt-get install haproxy)", file=sys.stderr)
+                return 2
+            builds.append((args.peer, None))
         certs = Certs(work) if any(m in TLS_MODES for m in modes) else None
         results: dict[tuple[str, str], float] = {}
         parts: dict[tuple[str, str], dict[str, float]] = {}
         for mode in modes:
             for name, src in builds:
-                idle = count(src, mode, 0, work, certs)
-                busy = count(src, mode, args.connections, work, certs)
+                idle = count(src, mode, 0, work, certs, args.warmup)
+                busy = count(src, mode, args.connections, work, certs, args.warmup)
                 per = (busy["total"] - idle["total"]) / args.connections
                 results[(name, mode)] = per
                 parts[(name, mode)] = {
                     k: (busy.get(k, 0) - idle.get(k, 0)) / args.connections
                     for k in (*OBJECTS, "other")
                 }
-                split = ", ".join(f"{k} {v:,.0f}" for k, v in parts[(name, mode)].items())
+                split = ", ".join(f"{k} {v:,.0f}" for k, v in parts[(name, mode)].items() if v)
                 print(f"{name:24} {mode:11} {per:10,.0f} instructions per connection ({split})")
         for name, _ in builds:
             for many_rt, (one_rt, what) in TRIP_MODES.items():
@@ -338,15 +417,18 @@ def main() -> int:
                 extra = ROUND_TRIPS[many_rt] - ROUND_TRIPS[one_rt]
                 trip = (results[(name, many_rt)] - results[(name, one_rt)]) / extra
                 many, one = parts[(name, many_rt)], parts[(name, one_rt)]
-                split = ", ".join(f"{k} {(many[k] - one[k]) / extra:,.0f}" for k in many)
+                split = ", ".join(
+                    f"{k} {(many[k] - one[k]) / extra:,.0f}" for k in many if many[k] or one[k]
+                )
                 print(
                     f"{name:24} one round trip through {what}: {trip:,.0f} instructions ({split})"
                 )
-        if args.baseline:
-            base = builds[0][0]
+        refs = [builds[0][0]] if args.baseline else []
+        refs += [args.peer] if args.peer else []
+        for ref in refs:
             for mode in modes:
-                ratio = results[("this tree", mode)] / results[(base, mode)]
-                print(f"{mode}: this tree / {base} = {ratio:.3f}")
+                ratio = results[("this tree", mode)] / results[(ref, mode)]
+                print(f"{mode}: this tree / {ref} = {ratio:.3f}")
     return 0
 
 
