@@ -108,5 +108,7 @@ remote = "127.0.0.1:9"
     assert len(records) == len(CONNECTIONS), text
     assert [r["route"] for r in records] == ["endpoints[0].routes[0]"] * len(CONNECTIONS)
     expected = [[p.decode("ascii", "backslashreplace") for p in c] for c in CONNECTIONS]
-    assert alpns == expected
+    # a record is written at its connection's close, and the closes of connections made
+    # one after the other can still come out of order on a busy machine
+    assert sorted(alpns) == sorted(expected)
     assert "close=forged" not in text.replace('close=forged"', "")  # only inside the quotes
