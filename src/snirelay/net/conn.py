@@ -59,6 +59,7 @@ from snirelay.net.proxy_out import proxy_header
 from snirelay.net.pump import CopyDir, SpliceDir, ViewCopyDir
 from snirelay.net.record import connection_record
 from snirelay.net.sides import RawSide
+from snirelay.net.tls import TlsSide, failure, quickack
 from snirelay.routing import Decision, SniffTimeout, decide
 from snirelay.wire.errors import ProtocolError
 from snirelay.wire.sniff import Sniffed
@@ -117,7 +118,7 @@ class Connection:
         self.slot = 0  # and the connection's place in that tick's bucket
         self.up: SpliceDir | CopyDir | None = None
         self.down: SpliceDir | CopyDir | None = None
-        self.t0 = ctx.loop.time()
+        self.t0 = ctx.poller.time()  # asyncio's loop.time, without its Python frame
         self.prefix: bytes | bytearray = b""  # sniffed bytes, replayed to the backend
         self.sent = 0  # how many of them the backend took
         self.seen: Sniffed | None = None
@@ -258,8 +259,6 @@ class Connection:
         client: Side = self.client
         initial, self.tls_in = self.tls_in, b""
         if ctx is not None:
-            from snirelay.net.tls import TlsSide
-
             assert isinstance(client, RawSide)
             client = TlsSide(client, ctx, server_side=True, initial=initial)
             initial = b""
@@ -292,8 +291,6 @@ class Connection:
         side: Side = backend
         ctls, ws = up.client_tls, up.client_ws
         if ctls is not None:
-            from snirelay.net.tls import TlsSide
-
             hello = self.seen.hello if self.seen is not None else None
             # a WebSocket upgrade is HTTP/1.1: offer only the transport's own alpn=
             offer = ctls.t.alpn if ws is not None else ctls.offer(hello.alpn if hello else None)
@@ -361,8 +358,6 @@ class Connection:
             # Nothing follows the client's Finished from our side (no ticket to send), so
             # acknowledge it now: a client whose request waits behind Nagle for that ACK
             # would otherwise wait out the delayed ACK (40 ms here).
-            from snirelay.net.tls import quickack
-
             quickack(self.client)
         if which == "client" and self.backend is None:
             self._connect()  # the client's handshake came first (_proceed)
@@ -389,8 +384,6 @@ class Connection:
         """A TLS handshake failed: close with its reason. When the backend's failed
         and the client's is still to come, the client is refused with a
         handshake_failure alert first (its ClientHello is already here)."""
-        from snirelay.net.tls import TlsSide, failure
-
         side = self.client if which == "client" else self.backend
         assert side is not None
         reason, hint = failure(which, exc, self.backend if which == "backend" else None, side.kind)
