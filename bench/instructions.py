@@ -43,6 +43,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from backends import RelayTLS
+from relays import _haproxy_conf
+
 REPO = Path(__file__).resolve().parent.parent
 HELLO = (REPO / "tests" / "vectors" / "clienthello" / "curl_sni_http2.bin").read_bytes()
 ANSWER = b"x" * 1500
@@ -223,10 +226,6 @@ HAPROXY_MODES = {
 
 def haproxy_config(mode: str, port: int, bport: int, work: Path, certs: Certs | None) -> Path:
     """HAProxy's config for `mode`, as `make bench` writes it (bench/relays.py)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from backends import RelayTLS
-    from relays import _haproxy_conf
-
     tls = None
     if certs is not None:
         tls = RelayTLS(str(certs.cert), str(certs.key), str(certs.combined), str(certs.ca))
