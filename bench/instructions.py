@@ -279,27 +279,21 @@ def count(
     and per shared object (`by_object`): snirelay from `src`, or HAProxy when `src` is
     None."""
     out = work / f"cg.{mode}.{n}.{'haproxy' if src is None else src.parent.name}.out"
-    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     if src is None:
-        run_loaded(
-            lambda cfg: [*valgrind, shutil.which("haproxy") or "haproxy", "-db", "-f", str(cfg)],
-            mode,
-            n,
-            work,
-            certs,
-            config=haproxy_config,
-            warmup=warmup,
-        )
+        cmd, env, config = [shutil.which("haproxy") or "haproxy", "-db", "-f"], None, haproxy_config
     else:
-        run_loaded(
-            lambda cfg: [*valgrind, sys.executable, "-m", "snirelay", "-c", str(cfg)],
-            mode,
-            n,
-            work,
-            certs,
-            env=dict(os.environ, PYTHONPATH=str(src)),
-            warmup=warmup,
-        )
+        cmd, env = [sys.executable, "-m", "snirelay", "-c"], dict(os.environ, PYTHONPATH=str(src))
+        config = snirelay_config
+    run_loaded(
+        lambda cfg: ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd, str(cfg)],
+        mode,
+        n,
+        work,
+        certs,
+        env=env,
+        config=config,
+        warmup=warmup,
+    )
     return by_object(out)
 
 
