@@ -393,6 +393,7 @@ class ViewCopyDir(CopyDir):
 
     def on_readable(self) -> None:
         recv_view, send = self.src.recv_view, self.dst.send  # type: ignore[attr-defined]
+        unsent = self.unsent
         try:
             for _ in range(MAX_ROUNDS):
                 data = recv_view()
@@ -405,7 +406,7 @@ class ViewCopyDir(CopyDir):
                 except BlockingIOError:
                     m = 0
                 self.nbytes += m
-                if m < n or (self.unsent is not None and self.unsent()):
+                if m < n or (unsent is not None and unsent()):
                     self._hold(data[m:] if m < n else None, n - m)  # the part is ours to keep
                     return
         except BlockingIOError:
